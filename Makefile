@@ -1,0 +1,28 @@
+# The two README commands: `make demo` (main job) and `make test` (test suite).
+# Both set the machine up first; setup is idempotent (a stamp file records a finished install).
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.lamflow-setup
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test
+
+setup: $(STAMP)
+
+$(STAMP): requirements/cpu.txt setup.py
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	  echo "== installing Debian ffmpeg"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends ffmpeg; }
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements/cpu.txt
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/lamflow demo $(DEMO_ARGS)
+
+# pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
+test: setup
+	@$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc

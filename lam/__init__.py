@@ -1,0 +1,1 @@
+"""Learnable Attention Mask transformer (see LAM_SPEC.md)."""

@@ -1,0 +1,1 @@
+"""Extraction: sources -> ffmpeg decode -> CLIP/audio tokens -> WebDataset shards (Dask-distributed)."""

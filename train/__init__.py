@@ -1,0 +1,1 @@
+"""Task heads, losses, the torchrun trainer, checkpoints and official metrics."""
