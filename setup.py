@@ -9,6 +9,7 @@ from setuptools import setup
 PACKAGE_FOLDERS = {
     "lamflow": "lamflow",
     "lamflow.commands": "lamflow/commands",
+    "lamflow.demo": "lamflow/demo",
     "lamflow.pipelines": "pipelines",
     "lamflow.lam": "lam",
     "lamflow.datasets": "datasets",
