@@ -1,0 +1,187 @@
+"""CLIP image and text embeddings through open_clip, loaded once and reused for many videos.
+
+Weights come from one of three places, and provenance records which:
+- ``"none"``: random initialisation, seeded so every worker and every re-run gets the same weights
+  (features stay consistent across a distributed or resumed run), flagged loudly as random_init;
+- an open_clip pretrained tag (e.g. ``"openai"``): fetched by open_clip from the hub (fails offline);
+- a local checkpoint file: loaded by open_clip with ``weights_only=True``, recorded by sha256.
+
+All embeddings are L2-normalised (per frame, per text, per text token), the usual space for CLIP
+similarity, and a bounded range that float16 storage keeps well.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+LAMFLOW_MODELS = ("lamflow-tiny",)
+RANDOM_INIT_SEED = 0
+NORMALISATION = "l2"
+
+
+class ClipWeightsError(RuntimeError):
+    """The requested CLIP model or weights cannot be loaded; the message says what to pass instead."""
+
+
+def register_lamflow_models() -> None:
+    """Make lamflow's own model configs (e.g. 'lamflow-tiny') known to open_clip; safe to call repeatedly."""
+    if not all(name in open_clip.list_models() for name in LAMFLOW_MODELS):
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _create_model(model_name: str, pretrained: str, device: str) -> torch.nn.Module:
+    """open_clip.create_model with lamflow's weight-source rules and errors that name the fix."""
+    if open_clip.get_model_config(model_name) is None:
+        raise ClipWeightsError(
+            f"clip_model {model_name!r} is not an open_clip model config; choose one of "
+            f"open_clip.list_models() (e.g. 'ViT-B-32-quickgelu') or 'lamflow-tiny'"
+        )
+    if pretrained == "none":
+        # Random weights must be identical in every worker and run, or a distributed/resumed extraction
+        # would mix features from different random models.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            return open_clip.create_model(model_name, pretrained=None, device=device)
+    if os.path.isfile(pretrained):
+        try:
+            return open_clip.create_model(model_name, pretrained=pretrained, device=device, weights_only=True)
+        except Exception as exc:  # open_clip raises assorted errors for a mismatched/corrupt state dict
+            raise ClipWeightsError(
+                f"checkpoint {pretrained!r} does not load into {model_name!r}: {exc}. Pass a checkpoint saved "
+                f"from this architecture (a state_dict saved with torch.save)"
+            ) from exc
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained not in tags:
+        raise ClipWeightsError(
+            f"pretrained {pretrained!r} is neither an existing checkpoint file nor a known tag for {model_name!r} "
+            f"(tags: {tags or 'none'}); pass 'none' for random weights, a tag, or a local checkpoint path"
+        )
+    try:
+        return open_clip.create_model(model_name, pretrained=pretrained, device=device)
+    except Exception as exc:  # download errors come in many types (hub, network, cache)
+        raise ClipWeightsError(
+            f"could not fetch open_clip weights {model_name!r}/{pretrained!r} ({exc}). Without internet access, "
+            f"download the checkpoint on a connected machine and pass its local path as pretrained "
+            f"(--pretrained /path/to/checkpoint.pt), or pass 'none' for random weights"
+        ) from exc
+
+
+class ClipEncoder:
+    """One open_clip model; encodes frames prepared by decode.iter_frames and texts, in inference mode."""
+
+    def __init__(self, model_name: str, pretrained: str = "none", device: str = "cpu"):
+        register_lamflow_models()
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.device = torch.device(device)
+        self.model = _create_model(model_name, pretrained, device).eval()
+        self.random_init = pretrained == "none"
+        if self.random_init:
+            log.warning(
+                "CLIP model %s has RANDOM weights (pretrained='none'): features carry no learned meaning; "
+                "pass a pretrained tag or a local checkpoint path for real features",
+                model_name,
+            )
+        self.weights_sha256 = file_sha256(pretrained) if os.path.isfile(pretrained) else None
+        config = open_clip.get_model_config(model_name)
+        self.quick_gelu = bool(config.get("quick_gelu", False))
+        image_size = self.model.visual.image_size
+        if isinstance(image_size, (tuple, list)):
+            if image_size[0] != image_size[1]:
+                raise ClipWeightsError(f"{model_name!r} has a non-square input {image_size}; use a square-input model")
+            image_size = image_size[0]
+        self.image_size = int(image_size)
+        self.embed_dim = int(config["embed_dim"])
+        preprocess = self.model.visual.preprocess_cfg
+        self.image_mean = tuple(float(v) for v in preprocess["mean"])
+        self.image_std = tuple(float(v) for v in preprocess["std"])
+        self._mean = torch.tensor(self.image_mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.image_std, device=self.device).view(1, 3, 1, 1)
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+
+    @torch.inference_mode()
+    def encode_frames(self, frames: np.ndarray) -> np.ndarray:
+        """(B, S, S, 3) uint8 RGB frames (S = image_size) -> (B, D) float32 L2-normalised embeddings."""
+        if frames.ndim != 4 or frames.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(
+                f"frames must be (B, {self.image_size}, {self.image_size}, 3) uint8 for {self.model_name}, "
+                f"got {frames.shape}"
+            )
+        if len(frames) == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        pixels = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+        pixels = (pixels - self._mean) / self._std
+        return self.model.encode_image(pixels, normalize=True).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Per-token (K, L, D), pooled (K, D), token counts (SOT..EOT inclusive); L = the longest count.
+
+        Per-token embeddings are the text transformer's output after the final layer norm, projected by
+        text_projection into the joint space (so D matches the pooled one); rows past a text's count are
+        zero. The pooled embedding is the model's own pooled token (EOT for CLIP), so it equals that row.
+        """
+        if not hasattr(self.model, "token_embedding"):
+            raise ClipWeightsError(
+                f"{self.model_name!r} has a custom text tower; per-token text embeddings need an open_clip CLIP "
+                f"model with the built-in text transformer (e.g. ViT-B-32-quickgelu)"
+            )
+        if not texts:
+            return np.zeros((0, 0, self.embed_dim), np.float32), np.zeros((0, self.embed_dim), np.float32), []
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        model = self.model
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding.to(cast_dtype)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+        projection = model.text_projection
+        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        pooled = text_global_pool(
+            x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
+        )
+        pad_id = getattr(self.tokenizer, "pad_id", 0) or 0
+        counts = (tokens != pad_id).sum(dim=1)
+        longest = int(counts.max())
+        per_token = F.normalize(x[:, :longest].float(), dim=-1)
+        per_token *= (torch.arange(longest, device=x.device)[None, :] < counts[:, None]).unsqueeze(-1)
+        pooled = F.normalize(pooled.float(), dim=-1)
+        return per_token.cpu().numpy(), pooled.cpu().numpy(), [int(c) for c in counts]
+
+    def provenance(self) -> dict[str, Any]:
+        """Everything needed to know which features these are (stored in meta.json)."""
+        return {
+            "encoder": "open_clip",
+            "open_clip_version": open_clip.__version__,
+            "model": self.model_name,
+            "pretrained": self.pretrained,
+            "weights_sha256": self.weights_sha256,
+            "random_init": self.random_init,
+            "init_seed": RANDOM_INIT_SEED if self.random_init else None,
+            "quick_gelu": self.quick_gelu,
+            "image_size": self.image_size,
+            "embed_dim": self.embed_dim,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "resize": "shorter side to image_size (ffmpeg bicubic) then center crop",
+            "normalisation": NORMALISATION,
+        }

@@ -1,0 +1,77 @@
+"""Per-video extraction settings: one frozen dataclass shared by decode, encoders and the run record.
+
+The same object is written to ``DIR/extraction.json`` by the orchestrator, so a re-run with different
+settings can be detected instead of silently mixing features; keep every field JSON-serialisable.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+FRAME_RULES = ("start", "middle")
+DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How one video becomes tokens. Defaults reproduce the issue's CLI defaults."""
+
+    fps: float = 1.0  # video tokens per second
+    # Which frame stands for each 1/fps interval [k/fps, (k+1)/fps):
+    #   "start"  -> the frame on screen at k/fps        (ffmpeg fps=F:round=up; 30 fps input -> frames 0, 30, 60)
+    #   "middle" -> the frame on screen at (k+0.5)/fps  (30 fps input -> frames 15, 45, 75)
+    frame_rule: str = "start"
+    sample_rate: int = 16000
+    audio_hop: float = 0.1  # seconds per audio token
+    n_mels: int = 64
+    clip_model: str = "ViT-B-32-quickgelu"
+    pretrained: str = "none"  # "none" | open_clip pretrained tag (e.g. "openai") | local checkpoint path
+    dtype: str = "float16"  # dtype of the stored arrays
+    frame_batch: int = 32  # frames decoded + encoded per batch: bounds memory on long videos
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        """Raise ValueError naming the offending field and how to fix it."""
+        if not self.fps > 0:
+            raise ValueError(f"fps must be > 0 (video tokens per second), got {self.fps!r}")
+        if self.frame_rule not in FRAME_RULES:
+            raise ValueError(f"frame_rule must be one of {FRAME_RULES}, got {self.frame_rule!r}")
+        if not (isinstance(self.sample_rate, int) and 1000 <= self.sample_rate <= 192000):
+            raise ValueError(f"sample_rate must be an integer in [1000, 192000] Hz, got {self.sample_rate!r}")
+        hop_samples = self.audio_hop * self.sample_rate
+        if not (self.audio_hop > 0 and hop_samples >= 1 and abs(hop_samples - round(hop_samples)) < 1e-6):
+            raise ValueError(
+                f"audio_hop must be > 0 and a whole number of samples at sample_rate={self.sample_rate} "
+                f"(audio_hop * sample_rate = {hop_samples:g}); e.g. use 0.1 or 0.02"
+            )
+        if not (isinstance(self.n_mels, int) and 1 <= self.n_mels <= 256):
+            raise ValueError(f"n_mels must be an integer in [1, 256], got {self.n_mels!r}")
+        if not self.clip_model:
+            raise ValueError("clip_model must name an open_clip model, e.g. 'ViT-B-32-quickgelu' or 'lamflow-tiny'")
+        if not self.pretrained:
+            raise ValueError("pretrained must be 'none', an open_clip tag such as 'openai', or a checkpoint path")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not (isinstance(self.frame_batch, int) and self.frame_batch >= 1):
+            raise ValueError(f"frame_batch must be an integer >= 1, got {self.frame_batch!r}")
+        if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+
+    @property
+    def audio_hop_samples(self) -> int:
+        return round(self.audio_hop * self.sample_rate)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ExtractSettings":
+        """Build from a dict (e.g. extraction.json); unknown keys are an error, missing ones take defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown extraction setting(s) {unknown}; known fields: {sorted(known)}")
+        settings = cls(**data)
+        settings.validate()
+        return settings
