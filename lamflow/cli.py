@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "export_h5",
     "inspect",
     "train",
+    "predict",
     "eval",
     "viz_masks",
     "demo",

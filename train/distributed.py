@@ -1,0 +1,117 @@
+"""Process-group setup from torchrun's environment, and the few collectives the trainer needs.
+
+Launched by ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) this joins a process group: NCCL when the
+run uses CUDA, gloo on CPU. Started as a plain process it runs alone and every collective is a no-op, so
+the trainer has a single code path.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """Join the torchrun process group if launched by torchrun; pick this rank's device.
+
+    ``device``: "auto" (the local GPU when CUDA is available, else CPU), "cpu" or "cuda".
+    """
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device=cuda but CUDA is not available here; use run.device=auto or cpu")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        torch_device = torch.device("cuda", local_rank)
+    else:
+        torch_device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=torch_device if use_cuda else None)
+    return DistContext(rank, world_size, local_rank, local_world_size, torch_device)
+
+
+def shutdown() -> None:
+    """Leave the process group (torchrun expects every rank to do so before exiting)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable python data, e.g. prediction dicts), ordered by rank."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Average a tensor of statistics (e.g. loss components) over all ranks."""
+    if not dist.is_initialized():
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / dist.get_world_size()
+
+
+def sum_over_ranks(value: float) -> float:
+    """Sum a number over all ranks (e.g. samples processed)."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor.item())
+
+
+def autocast(device: torch.device, amp: str) -> torch.autocast:
+    """bf16 autocast on GPU for amp "auto" (full precision on CPU, where bf16 matmuls are slow); "bf16"
+    forces it on any device; "off" disables it."""
+    enabled = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move every tensor of a collated batch (nested in dicts and lists) to ``device``."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    return move(batch)

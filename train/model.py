@@ -1,0 +1,143 @@
+"""MultimodalLAMModel: several time-stamped token streams -> one LAM-encoded sequence -> a task head.
+
+Each stream (query text, video frames, audio hops...) has its own feature size and token rate. Every
+stream is normalised and projected to the model width; a modality embedding says which stream a token
+came from and a sinusoidal embedding of its time in seconds keeps streams of different rates aligned
+(a frame at 12.0 s and the audio hop at 12.0 s get the same time code). The streams are concatenated in
+the configured order ([query ; video ; audio]) and encoded by the LAM encoder with the padding mask.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from lamflow.lam import LAMConfig, LAMEncoder
+from lamflow.train.config import ModelConfig
+from lamflow.train.heads import CLIP_SECONDS, ClassificationHead, MomentHead
+
+MOMENT_STREAM = "video"  # moment windows and saliency are anchored on the video tokens
+
+
+class TimeEmbedding(nn.Module):
+    """Seconds -> dim: sin/cos at geometrically spaced periods from 1 s to ``max_period``, then a linear map."""
+
+    def __init__(self, dim: int, frequencies: int, max_period: float) -> None:
+        super().__init__()
+        periods = torch.logspace(0.0, math.log10(max_period), frequencies)
+        self.register_buffer("angular_speed", 2 * math.pi / periods, persistent=False)
+        self.proj = nn.Linear(2 * frequencies, dim)
+
+    def forward(self, seconds: torch.Tensor) -> torch.Tensor:
+        angles = seconds.float().unsqueeze(-1) * self.angular_speed
+        return self.proj(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+
+def downsample_stream(
+    features: torch.Tensor, padding: torch.Tensor, times: torch.Tensor, factor: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Average every ``factor`` consecutive tokens (features and times, padding excluded).
+
+    A pooled token is padding only when all of its tokens were padding.
+    """
+    if factor == 1:
+        return features, padding, times
+    batch, tokens, width = features.shape
+    groups = math.ceil(tokens / factor)
+    extra = groups * factor - tokens
+    keep = (~padding).to(features.dtype)
+    if extra:
+        features = nn.functional.pad(features, (0, 0, 0, extra))
+        keep = nn.functional.pad(keep, (0, extra))
+        times = nn.functional.pad(times, (0, extra))
+    keep = keep.view(batch, groups, factor)
+    count = keep.sum(-1)
+    pooled = (features.view(batch, groups, factor, width) * keep.unsqueeze(-1)).sum(2) / count.clamp(min=1).unsqueeze(-1)
+    pooled_times = (times.view(batch, groups, factor) * keep).sum(-1) / count.clamp(min=1)
+    return pooled, count == 0, pooled_times
+
+
+def lam_config_from(model: ModelConfig) -> LAMConfig:
+    """The encoder's LAMConfig: every LAMConfig field is mirrored by a ModelConfig field of the same name."""
+    return LAMConfig(**{f.name: getattr(model, f.name) for f in dataclasses.fields(LAMConfig)})
+
+
+def infer_input_dims(batch: dict[str, Any], streams: Sequence[str]) -> dict[str, int]:
+    """Feature size of each stream, read from a collated batch (model.input_dims: auto)."""
+    return {name: int(batch["streams"][name].shape[-1]) for name in streams}
+
+
+class MultimodalLAMModel(nn.Module):
+    """LAM encoder over the concatenated streams with a moment-retrieval or classification head.
+
+    ``forward(batch)`` takes a collated batch (the batch contract) already on the model's device and
+    returns the head's outputs: for task "qvhighlights" a dict with foreground/offsets/saliency/... (see
+    ``MomentHead``), for task "classification" ``{"logits": (B, num_classes)}``.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        input_dims: dict[str, int],
+        streams: Sequence[str],
+        task: str,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        missing = [name for name in streams if name not in input_dims]
+        if missing:
+            raise ValueError(f"model.input_dims has no size for stream(s) {missing}; give e.g. {{{missing[0]}: 512}} or auto")
+        if task == "qvhighlights" and MOMENT_STREAM not in streams:
+            raise ValueError(f"task qvhighlights anchors moments on the {MOMENT_STREAM!r} stream; add it to data.streams")
+        if task == "classification" and not num_classes:
+            raise ValueError("task classification needs model.num_classes (or auto with a label file)")
+        self.config = config
+        self.streams = tuple(streams)
+        self.task = task
+        self.projections = nn.ModuleDict(
+            {name: nn.Sequential(nn.LayerNorm(input_dims[name]), nn.Linear(input_dims[name], config.dim)) for name in self.streams}
+        )
+        self.modality = nn.Embedding(len(self.streams), config.dim)
+        self.time = TimeEmbedding(config.dim, config.time_frequencies, config.max_period)
+        self.dropout = nn.Dropout(config.dropout)
+        self.encoder = LAMEncoder(lam_config_from(config))
+        if task == "qvhighlights":
+            self.head: nn.Module = MomentHead(config.dim)
+        else:
+            self.head = ClassificationHead(config.dim, int(num_classes))
+
+    def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, slice]]:
+        """Project, embed and concatenate the streams: (x (B, L, dim), padding (B, L), times (B, L), spans)."""
+        pieces, paddings, times, spans, start = [], [], [], {}, 0
+        for index, name in enumerate(self.streams):
+            features, padding, stamps = downsample_stream(
+                batch["streams"][name].float(),
+                batch["stream_padding"][name],
+                batch["stream_timestamps"][name].float(),
+                self.config.downsample.get(name, 1),
+            )
+            tokens = self.projections[name](features) + self.modality.weight[index]
+            pieces.append(tokens)
+            paddings.append(padding)
+            times.append(stamps)
+            spans[name] = slice(start, start + tokens.shape[1])
+            start += tokens.shape[1]
+        times_all = torch.cat(times, dim=1)
+        x = torch.cat(pieces, dim=1) + self.time(times_all)
+        return self.dropout(x), torch.cat(paddings, dim=1), times_all, spans
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x, padding, times, spans = self.embed(batch)
+        hidden = self.encoder(x, key_padding_mask=padding).hidden
+        if self.task == "classification":
+            return {"logits": self.head(hidden, padding)}
+        video = spans[MOMENT_STREAM]
+        duration = batch["duration"].float()
+        if "saliency" in batch:
+            num_clips = batch["saliency"].shape[1]
+        else:
+            num_clips = int(torch.ceil(duration.max() / CLIP_SECONDS).item()) if len(duration) else 0
+        return self.head(hidden[:, video], times[:, video], padding[:, video], duration, num_clips)

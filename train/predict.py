@@ -1,0 +1,140 @@
+"""Predictions in the official file formats, and their scores.
+
+QVHighlights lines follow the official submission format: ``qid``, ``query``, ``vid``,
+``pred_relevant_windows`` ([[start, end, score], ...] best first) and ``pred_saliency_scores`` (one per
+2-second clip). Classification lines hold the item's key and its top-5 labels best first
+(``{"key", "top_labels", "scores"}``, the format ``lamflow.train.eval_classification`` scores).
+Each rank predicts its share of an "eval" loader; :func:`gather_predictions` merges them on every rank.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from lamflow.train.config import DataConfig, ModelConfig, config_from_dict
+from lamflow.train.distributed import all_gather_objects, autocast, to_device
+from lamflow.train.heads import decode_moments
+
+TOP_K_CLASSES = 5
+
+
+def moment_rows(
+    batch: dict[str, Any], outputs: dict[str, torch.Tensor], model: ModelConfig, queries: Mapping[int, Any]
+) -> list[dict[str, Any]]:
+    """Official QVHighlights lines. ``queries`` maps qid -> its annotation (``QVHighlightsQuery``): the
+    evaluator checks vid (the annotated name, not the shard key), clip count and windows against it."""
+    annotations = [queries[int(qid)] for qid in batch["qids"]]
+    duration = torch.tensor([a.duration for a in annotations], device=outputs["offsets"].device)
+    windows, saliency = decode_moments(outputs, duration, [a.num_clips for a in annotations], model.num_windows, model.nms_iou)
+    return [
+        {"qid": a.qid, "query": a.query, "vid": a.vid, "pred_relevant_windows": item_windows, "pred_saliency_scores": item_saliency}
+        for a, item_windows, item_saliency in zip(annotations, windows, saliency)
+    ]
+
+
+def classification_rows(batch: dict[str, Any], outputs: dict[str, torch.Tensor], class_names: list[str]) -> list[dict[str, Any]]:
+    probabilities = outputs["logits"].float().softmax(-1).cpu()
+    top = probabilities.topk(min(TOP_K_CLASSES, probabilities.shape[-1]), dim=-1)
+    return [
+        # An output beyond the label file's classes (model.num_classes set larger) is named by its index.
+        {"key": key, "top_labels": [class_names[i] if i < len(class_names) else str(i) for i in indices],
+         "scores": [round(s, 6) for s in scores]}
+        for key, scores, indices in zip(batch["keys"], top.values.tolist(), top.indices.tolist())
+    ]
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, loader: Iterable[dict], task_adapter: Any, data: DataConfig, model_config: ModelConfig,
+    device: torch.device, amp: str, class_names: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Prediction lines for this rank's share of ``loader`` (use the unwrapped model: no collectives).
+
+    ``class_names`` (classification) are the names of the model's outputs, as stored at training time.
+    """
+    queries = {q.qid: q for q in task_adapter.queries} if data.task == "qvhighlights" else {}
+    was_training = model.training
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast(device, amp):
+            outputs = model(batch)
+        if data.task == "qvhighlights":
+            rows += moment_rows(batch, outputs, model_config, queries)
+        else:
+            rows += classification_rows(batch, outputs, class_names or [])
+    model.train(was_training)
+    return rows
+
+
+def gather_predictions(rows: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+    """Every rank's rows, one per query/item, in a stable order (qid, or key)."""
+    merged: dict[Any, dict[str, Any]] = {}
+    for rank_rows in all_gather_objects(rows):
+        for row in rank_rows:
+            merged[row["qid"] if task == "qvhighlights" else row["key"]] = row
+    return [merged[k] for k in sorted(merged, key=str if task != "qvhighlights" else int)]
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write one JSON object per line (temporary file, then rename: readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    temporary.replace(path)
+    return path
+
+
+def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
+    """The official numbers of ``rows`` on the validation split, against the part of the ground truth the
+    validation shards cover (the evaluators require a prediction for every ground-truth record).
+
+    QVHighlights: the 14 ``brief`` metrics; classification: top-1 and top-5 accuracy.
+    """
+    if data.task == "qvhighlights":
+        from lamflow.train.eval_qvhighlights import evaluate, load_jsonl
+
+        predicted = {row["qid"] for row in rows}
+        ground_truth = [record for record in load_jsonl(data.val_annotations) if record["qid"] in predicted]
+        return evaluate(ground_truth, rows, gt_source=data.val_annotations)["brief"]
+    from lamflow.train.eval_classification import load_labels, ranked_accuracy
+
+    predicted = {row["key"] for row in rows}
+    labels = {key: label for key, label in load_labels(data.labels).items() if key in predicted}
+    return ranked_accuracy(labels, rows)
+
+
+def predict_checkpoint(checkpoint: str | Path, split: str, out: str | Path, overrides: Iterable[str] = ()) -> Path:
+    """Rebuild the model of ``checkpoint``, predict every item of ``split`` and write ``out`` (jsonl).
+
+    ``overrides`` (``key=value``) change the stored config, e.g. ``data.val_shards=/other/shards``.
+    """
+    from lamflow.train.build import build_loader, build_model, build_task
+    from lamflow.train.checkpoint import load_checkpoint
+    from lamflow.train.config import apply_override
+    from lamflow.train.distributed import init_distributed, shutdown
+
+    state = load_checkpoint(checkpoint)
+    config = config_from_dict(state["config"], source=f"{checkpoint} (stored config)")
+    for override in overrides:
+        apply_override(config, override)
+    ctx = init_distributed(config.run.device)
+    try:
+        task = build_task(config.data, split)
+        model = build_model(config, state["input_dims"], state["num_classes"]).to(ctx.device)
+        model.load_state_dict(state["model"])
+        loader = build_loader(config, split, task, ctx.rank, ctx.world_size, mode="eval")
+        rows = predict(model, loader, task, config.data, config.model, ctx.device, config.run.amp, state["class_names"])
+        rows = gather_predictions(rows, config.data.task)
+        if ctx.is_main:
+            write_jsonl(out, rows)
+        return Path(out)
+    finally:
+        shutdown()

@@ -1,0 +1,218 @@
+"""The training loop, top to bottom: setup, (resume), then steps of accumulate -> clip -> update -> log ->
+checkpoint -> evaluate.
+
+The same code runs as one process (``lamflow train cfg.yaml``) and under ``torchrun --nproc_per_node N``
+(DDP: gloo on CPU, NCCL on GPU). Resuming restores the model, optimizer, scheduler, loader position and
+every rank's RNG states, so a resumed run reproduces the loss values the uninterrupted run would have
+logged (exactly, on CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from lamflow.train.build import build_loader, build_model, build_task, resolve_input_dims, resolve_num_classes
+from lamflow.train.checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from lamflow.train.config import TrainConfig, config_to_dict
+from lamflow.train.distributed import (
+    DistContext,
+    all_gather_objects,
+    autocast,
+    barrier,
+    init_distributed,
+    mean_over_ranks,
+    shutdown,
+    to_device,
+)
+from lamflow.train.losses import TASK_LOSSES
+from lamflow.train.predict import gather_predictions, predict, score, write_jsonl
+from lamflow.train.run_log import RunLog
+from lamflow.train.schedule import build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run ``config`` to ``optim.max_steps``; with ``resume`` continue from the newest checkpoint of
+    ``run.out_dir``. Returns the last logged training and validation records (rank 0; {} elsewhere)."""
+    ctx = init_distributed(config.run.device)
+    try:
+        return _train(config, resume, ctx)
+    finally:
+        shutdown()
+
+
+def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
+    run, optim = config.run, config.optim
+    out_dir = Path(run.out_dir)
+    checkpoints = out_dir / "checkpoints"
+    # One intra-op thread pool per process must not oversubscribe the node's cores.
+    torch.set_num_threads(run.threads or max(1, len(os.sched_getaffinity(0)) // ctx.local_world_size))
+    _seed_everything(run.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+
+    # ---- data and model
+    train_task = build_task(config.data, "train")
+    input_dims = resolve_input_dims(config, train_task)
+    num_classes = resolve_num_classes(config, train_task)
+    class_names = list(getattr(train_task, "class_names", []) or [])
+    model = build_model(config, input_dims, num_classes).to(ctx.device)
+    train_loader = build_loader(config, "train", train_task, ctx.rank, ctx.world_size, mode="train")
+    if len(train_loader) == 0:
+        raise RuntimeError(f"data.train_shards ({config.data.train_shards}) gives no training batch on rank {ctx.rank}")
+    val_task = build_task(config.data, "val") if config.data.val_shards else None
+    val_loader = build_loader(config, "val", val_task, ctx.rank, ctx.world_size, mode="eval") if val_task else None
+    compute_loss = TASK_LOSSES[config.data.task]
+
+    # Weight decay on matrices only: decaying norms and biases hurts and buys nothing.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=optim.lr, betas=optim.betas, fused=ctx.device.type == "cuda",
+    )
+    scheduler = build_scheduler(optimizer, optim.warmup_steps, optim.max_steps, optim.min_lr_ratio)
+
+    # ---- resume
+    step = 0
+    run_log = RunLog(out_dir) if ctx.is_main else None
+    if resume:
+        path = latest_checkpoint(checkpoints)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints}; run without --resume to start")
+        state = load_checkpoint(path, map_location=ctx.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        train_loader.load_state_dict(state["loader"])
+        step = int(state["step"])
+        if len(state["rng"]) == ctx.world_size:
+            restore_rng_state(state["rng"][ctx.rank])
+        else:  # another world size: the loss curve continues, but not bit for bit
+            log.warning("resuming %d-rank RNG states on %d ranks: reseeding", len(state["rng"]), ctx.world_size)
+            _seed_everything(run.seed + 1000 * step + ctx.rank)
+        if run_log:
+            run_log.truncate_after(step)
+        log.info("resumed from %s at step %d", path, step)
+    else:
+        _seed_everything(run.seed + ctx.rank)  # distinct dropout per rank, reproducible per run
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+
+    if ctx.distributed:
+        ddp_model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    else:
+        ddp_model = model
+    batches = _endless(train_loader)
+    progress = tqdm(total=optim.max_steps, initial=step, disable=not (ctx.is_main and run.progress), unit="step", dynamic_ncols=True)
+    last: dict[str, Any] = {}
+
+    def save() -> None:
+        # Every rank's RNG is gathered (a collective: all ranks call save at the same step).
+        rng_states = all_gather_objects(capture_rng_state())
+        if ctx.is_main:
+            save_checkpoint(checkpoints, step, {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                # The schedule's shape (warm-up, max_steps) comes from the resumed run's config, so a run
+                # can be extended with optim.max_steps=...; only the position (last_epoch) is restored.
+                "scheduler": {**scheduler.state_dict(), "lr_lambdas": [None]},
+                "loader": train_loader.state_dict(),
+                "rng": rng_states,
+                "config": config_to_dict(config),
+                "input_dims": input_dims,
+                "num_classes": num_classes,
+                "class_names": class_names,
+            }, keep_last=run.keep_checkpoints)
+        barrier()
+
+    def evaluate() -> None:
+        rows = gather_predictions(
+            predict(model, val_loader, val_task, config.data, config.model, ctx.device, run.amp, class_names),
+            config.data.task,
+        )
+        if ctx.is_main:
+            write_jsonl(out_dir / "predictions" / f"val-step-{step:08d}.jsonl", rows)
+            record = {"step": step, "split": "val", "items": len(rows), **score(rows, config.data)}
+            run_log.write(record)
+            last["val"] = record
+        barrier()
+
+    # ---- the loop: one iteration = one optimizer step over grad_accum micro-batches
+    model.train()
+    while step < optim.max_steps:
+        started = time.perf_counter()
+        samples = 0
+        terms_sum: dict[str, torch.Tensor] = {}
+        for micro in range(optim.grad_accum):
+            batch = to_device(next(batches), ctx.device)
+            samples += len(batch["sample_ids"])
+            # DDP all-reduces gradients on every backward unless told not to: sync on the last micro-batch only.
+            last_micro = micro == optim.grad_accum - 1
+            sync = contextlib.nullcontext() if last_micro or not ctx.distributed else ddp_model.no_sync()
+            with sync:
+                with autocast(ctx.device, run.amp):
+                    terms = compute_loss(ddp_model(batch), batch, config.model)
+                (terms["loss"] / optim.grad_accum).backward()
+            for name, value in terms.items():
+                terms_sum[name] = terms_sum.get(name, 0.0) + value.detach().float() / optim.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip or float("inf"))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        elapsed = time.perf_counter() - started
+        samples_per_s = samples * ctx.world_size / elapsed
+        progress.update(1)
+        if not progress.disable:  # .item() waits for the GPU: only pay for it when a bar is shown
+            progress.set_postfix(loss=f"{terms_sum['loss'].item():.4f}", samples_s=f"{samples_per_s:.1f}")
+        if run.log_every and (step % run.log_every == 0 or step == optim.max_steps):
+            names = sorted(terms_sum)
+            values = mean_over_ranks(torch.stack([terms_sum[n] for n in names])).tolist()
+            if ctx.is_main:
+                record = {"step": step, "split": "train", **dict(zip(names, values)), "lr": lr,
+                          "grad_norm": float(grad_norm), "samples_per_s": samples_per_s,
+                          "epoch": train_loader.state_dict()["epoch"]}
+                run_log.write(record)
+                last["train"] = record
+        if step == optim.max_steps or (run.checkpoint_every and step % run.checkpoint_every == 0):
+            save()
+        if val_loader is not None and (step == optim.max_steps or (run.eval_every and step % run.eval_every == 0)):
+            evaluate()
+    progress.close()
+    if run_log:
+        run_log.close()
+    return last
+
+
+def _endless(loader: Any) -> Iterator[dict]:
+    """Batches across epochs: the loader moves to the next epoch at the end of one, and resumes mid-epoch
+    after ``load_state_dict``."""
+    while True:
+        yield from loader
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
