@@ -1,0 +1,189 @@
+"""Time and peak memory of vanilla SDPA vs LAM attention (eager reference, fused flex), mul and add.
+
+    python benchmarks/attention.py [--lengths 256 512 1024 2048] [--batch 1] [--repeats 5] [--json out.json]
+
+CPU: forward in fp32 under torch.no_grad (FlexAttention has no CPU backward). CUDA: forward+backward in
+bf16, gradients for q, k, v and the mask tensors (the generator trains through them).
+Rows: vanilla-sdpa; flex-nomask (FlexAttention without score_mod: the fused kernel's own cost);
+lam-{eager,flex}-{mul,add}; lam-lowrank-sdpa-add (dynamic generator: the exact fused SDPA path that
+attention="auto" takes for additive low-rank masks). Timed: the attention call of lamflow.lam.attention
+on (B, heads, L, dim/heads) inputs, given the mask in the form the generator hands it over (dynamic:
+low-rank factors, shared by the heads; fixed: dense B x 1 x L x L logits); the generator's own
+per-token MLP is not included. Time = the best of --repeats calls after one
+warm-up call (which includes flex's compile): on a shared machine other processes only ever add time.
+
+Memory: "added" = the call's peak minus what was in use just before it (its working memory and output);
+"peak" = added + the inputs it reads (q, k, v and the mask tensors), the ratio column compares peaks.
+- CUDA: torch.cuda.max_memory_allocated.
+- CPU: the process's peak resident set size (VmHWM, reset through /proc/self/clear_refs, Linux only).
+  That counts every buffer, including the fused kernels' internal scratch that torch's allocator never
+  sees. The script re-executes itself with MALLOC_MMAP_THRESHOLD_=65536 so that glibc returns freed large
+  buffers to the OS instead of recycling them unseen (which would hide later calls' peaks).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.attention.flex_attention import flex_attention
+
+from lamflow.lam.attention import LAM_PATHS, vanilla_attention
+from lamflow.lam.generator import LAMMask
+
+MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
+# FlexAttention without any score_mod: the fused kernel's own cost, to tell it apart from the mask's.
+plain_flex_attention = torch.compile(flex_attention, dynamic=True)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--generator", choices=["dynamic", "fixed"], default="dynamic")
+    parser.add_argument("--rank", type=int, default=16, help="rank of the dynamic generator's factors")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, help="write the measurements here")
+    return parser.parse_args()
+
+
+def cpu_memory(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"{field}:\s+(\d+) kB", status.read()).group(1)) * 1024
+
+
+def peak_memory(run, device: torch.device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current resident set size
+    before = cpu_memory("VmRSS")
+    run()
+    return cpu_memory("VmHWM") - before
+
+
+def best_seconds(run, device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def make_inputs(args, length: int, device: torch.device, dtype: torch.dtype, combine: str | None, train: bool):
+    """q, k, v and (for LAM) a mask whose values are near the identity but not equal to it."""
+    head_dim = args.dim // args.heads
+    q, k, v = (torch.randn(args.batch, args.heads, length, head_dim, device=device, dtype=dtype) for _ in range(3))
+    leaves = [q, k, v]
+    mask = None
+    if combine is not None:
+        if args.generator == "dynamic":
+            u, w = (0.1 * torch.randn(args.batch, 1, length, args.rank, device=device, dtype=dtype) for _ in range(2))
+            mask, leaves = LAMMask(combine, "none", u=u, v=w), leaves + [u, w]
+        else:
+            logits = 0.1 * torch.randn(args.batch, 1, length, length, device=device, dtype=dtype)
+            mask, leaves = LAMMask(combine, "none", logits=logits), leaves + [logits]
+    for leaf in leaves:
+        leaf.requires_grad_(train)
+    return q, k, v, mask, leaves
+
+
+def build_run(kind: str, q, k, v, mask, leaves, train: bool):
+    def forward():
+        if kind == "sdpa":
+            return vanilla_attention(q, k, v, None)
+        if kind == "flex-nomask":
+            return plain_flex_attention(q, k, v)
+        return LAM_PATHS[kind](q, k, v, mask, None)
+
+    def run():
+        if not train:
+            with torch.no_grad():
+                return forward()
+        out = forward()
+        return torch.autograd.grad(out, leaves, torch.ones_like(out))
+
+    return run
+
+
+def measure(args, device: torch.device) -> list[dict]:
+    train = device.type == "cuda"
+    dtype = torch.bfloat16 if train else torch.float32
+    variants = [("vanilla-sdpa", "sdpa", None), ("flex-nomask", "flex-nomask", None)] + [
+        (f"lam-{kind}-{combine}", kind, combine) for combine in ("mul", "add") for kind in ("eager", "flex")
+    ]
+    if args.generator == "dynamic":  # the exact fused path auto takes for additive low-rank masks
+        variants.append(("lam-lowrank-sdpa-add", "lowrank-sdpa", "add"))
+    rows = []
+    for length in args.lengths:
+        for name, kind, combine in variants:
+            q, k, v, mask, leaves = make_inputs(args, length, device, dtype, combine, train)
+            run = build_run(kind, q, k, v, mask, leaves, train)
+            run()  # warm-up; compiles flex
+            seconds = best_seconds(run, device, args.repeats)
+            added = peak_memory(run, device) / 2**20
+            peak = added + sum(t.nbytes for t in leaves) / 2**20
+            rows.append(dict(length=length, variant=name, ms=1e3 * seconds, added_mib=added, peak_mib=peak))
+            print(f"  L={length:5d} {name:20s} {1e3 * seconds:9.2f} ms {peak:9.1f} MiB", file=sys.stderr)
+            del q, k, v, mask, leaves, run
+    vanilla = {r["length"]: r for r in rows if r["variant"] == "vanilla-sdpa"}
+    for row in rows:
+        base = vanilla[row["length"]]
+        row["time_ratio"] = row["ms"] / base["ms"]
+        row["memory_ratio"] = row["peak_mib"] / base["peak_mib"]
+    return rows
+
+
+def print_table(rows: list[dict], device: torch.device, target_length: int) -> None:
+    print(f"{'L':>6} {'variant':20} {'time ms':>10} {'peak MiB':>10} {'added MiB':>10} {'x time':>8} {'x peak':>8}")
+    for r in rows:
+        print(
+            f"{r['length']:6d} {r['variant']:20} {r['ms']:10.2f} {r['peak_mib']:10.1f} {r['added_mib']:10.1f} "
+            f"{r['time_ratio']:8.2f} {r['memory_ratio']:8.2f}"
+        )
+    lengths = {r["length"] for r in rows}
+    length = target_length if target_length in lengths else max(lengths)
+    at_target = [r for r in rows if r["length"] == length and r["variant"].startswith("lam-")]
+    mode = "fwd+bwd bf16" if device.type == "cuda" else "fwd fp32"
+    ratios = ", ".join(f"{r['variant']} {r['time_ratio']:.2f}x time {r['memory_ratio']:.2f}x peak" for r in at_target)
+    print(f"LAM/vanilla at L={length} ({device.type} {mode}): {ratios}")
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if device.type == "cpu" and os.environ.get(MMAP_ENV) is None:
+        os.environ[MMAP_ENV] = "65536"  # see the module docstring: makes freed buffers visible in RSS
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = measure(args, device)
+    # The issue's targets: CPU at L=1024 (forward), GPU at L=2048 (forward+backward).
+    print_table(rows, device, target_length=2048 if device.type == "cuda" else 1024)
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        info = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(), settings=settings)
+        args.json.write_text(json.dumps(dict(info, rows=rows), indent=2))
+
+
+if __name__ == "__main__":
+    main()
