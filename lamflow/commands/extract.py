@@ -1,0 +1,152 @@
+"""`lamflow extract`: videos -> time-stamped CLIP / audio / text tokens in WebDataset shards (Dask)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lamflow.pipelines.settings import DTYPES, FRAME_RULES, ExtractSettings
+
+_DEFAULTS = ExtractSettings()
+
+
+def _resources(text: str) -> dict[str, float]:
+    """Parse 'GPU=1,MEM=4e9' into {'GPU': 1.0, 'MEM': 4e9}."""
+    resources = {}
+    for item in filter(None, text.split(",")):
+        name, sep, amount = item.partition("=")
+        try:
+            resources[name.strip()] = float(amount)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"--task-resources expects NAME=AMOUNT[,NAME=AMOUNT], got {text!r}")
+    return resources
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "extract",
+        help="extract time-stamped video/audio/text tokens from videos into WebDataset shards",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Decode every input with ffmpeg (in a subprocess, so a bad file cannot take a worker down), embed\n"
+            "sampled frames with an open_clip image tower, turn the audio into log-mel tokens, optionally embed\n"
+            "texts with the same CLIP text tower, and write one WebDataset sample per input into\n"
+            "OUT/shards/shard-NNNNNN.tar, with OUT/manifest.jsonl (one record per input, ok or error),\n"
+            "OUT/stats.json, OUT/sizes.json and OUT/extraction.json (the settings of the run).\n\n"
+            "Work is spread over Dask: an embedded local cluster of --workers processes, or an existing cluster\n"
+            "(--scheduler). Each worker loads the models once. Running the same command again resumes: inputs\n"
+            "already in a shard are skipped, nothing is duplicated, and a run killed at any moment loses only\n"
+            "unfinished work. Inputs that failed (corrupt, truncated, no streams) are recorded, not fatal;\n"
+            "--retry-failed tries them again."
+        ),
+        epilog=(
+            "examples:\n"
+            "  lamflow extract videos/ --out feats --workers 8\n"
+            "  lamflow extract 'clips/**/*.mp4' list.csv --out feats --fps 2 --dtype float32\n"
+            "  lamflow extract videos/ --out feats --texts highlight_train_release.jsonl --pretrained openai\n"
+            "  lamflow extract videos/ --out feats --scheduler tcp://head:8786 --task-resources GPU=1 --device cuda"
+        ),
+    )
+    parser.add_argument(
+        "sources", nargs="+", metavar="SOURCE",
+        help="video files, directories (searched recursively by extension), globs (quote them), or list files: "
+             ".txt (one path per line) or .csv/.jsonl with a 'path' column and optional metadata columns "
+             "(a 'key' column names the sample). Local paths or fsspec URLs (s3://, gs://, https://).",
+    )
+    parser.add_argument("--out", required=True, help="output directory (created; an existing one is resumed)")
+    features = parser.add_argument_group("features (recorded in extraction.json; a resume must use the same)")
+    features.add_argument("--fps", type=float, default=_DEFAULTS.fps,
+                          help=f"video frames embedded per second (default {_DEFAULTS.fps:g})")
+    features.add_argument("--frame-rule", choices=FRAME_RULES, default=_DEFAULTS.frame_rule,
+                          help="which frame represents each 1/fps interval: 'start' = the frame on screen at k/fps, "
+                               f"'middle' = at (k+0.5)/fps (default {_DEFAULTS.frame_rule})")
+    features.add_argument("--sample-rate", type=int, default=_DEFAULTS.sample_rate,
+                          help=f"audio is decoded to mono at this rate in Hz (default {_DEFAULTS.sample_rate})")
+    features.add_argument("--audio-hop", type=float, default=_DEFAULTS.audio_hop,
+                          help=f"seconds per audio token (log-mel frames pooled per hop; default {_DEFAULTS.audio_hop:g})")
+    features.add_argument("--n-mels", type=int, default=_DEFAULTS.n_mels,
+                          help=f"mel bands = audio token dimension (default {_DEFAULTS.n_mels})")
+    features.add_argument("--clip-model", default=_DEFAULTS.clip_model,
+                          help=f"open_clip model name, e.g. ViT-B-32-quickgelu or lamflow-tiny (default {_DEFAULTS.clip_model})")
+    features.add_argument("--pretrained", default=_DEFAULTS.pretrained,
+                          help="CLIP weights: 'none' (random init: features carry no learned meaning), an open_clip "
+                               "tag such as 'openai' (downloaded by open_clip), or a local checkpoint path "
+                               f"(default {_DEFAULTS.pretrained})")
+    features.add_argument("--dtype", choices=DTYPES, default=_DEFAULTS.dtype,
+                          help=f"dtype of the stored arrays (default {_DEFAULTS.dtype})")
+    features.add_argument("--texts", metavar="JSONL",
+                          help="queries/captions to embed with the CLIP text tower: jsonl with a video column "
+                               "(key or vid), a text column (text, query or caption) and an id column (id, qid "
+                               "or sen_id) — e.g. a QVHighlights annotation file")
+    compute = parser.add_argument_group("compute (may change between resumed runs)")
+    compute.add_argument("--workers", type=int, default=1,
+                         help="worker processes of the embedded local Dask cluster (default 1; ignored with --scheduler)")
+    compute.add_argument("--scheduler", metavar="ADDRESS",
+                         help="address of an existing Dask scheduler (e.g. tcp://head:8786) instead of a local cluster")
+    compute.add_argument("--task-resources", type=_resources, metavar="NAME=AMOUNT",
+                         help="Dask resources each video task needs, e.g. GPU=1: tasks then run only on workers "
+                              "started with matching --resources (see cluster/README.md)")
+    compute.add_argument("--device", default=_DEFAULTS.device, help=f"torch device for the encoders (default {_DEFAULTS.device})")
+    compute.add_argument("--frame-batch", type=int, default=_DEFAULTS.frame_batch,
+                         help=f"frames decoded and embedded at a time; bounds memory on long videos (default {_DEFAULTS.frame_batch})")
+    output = parser.add_argument_group("output")
+    output.add_argument("--shard-samples", type=int, default=1000, help="videos per shard at most (default 1000)")
+    output.add_argument("--shard-bytes", type=float, default=1e9,
+                        help="start a new shard once a shard reaches this many bytes (default 1e9)")
+    output.add_argument("--retry-failed", action="store_true",
+                        help="extract inputs that failed in an earlier run again (default: skip them)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="delete OUT's previous shards and records first (needed to change feature settings)")
+    output.add_argument("--extensions", default=None,
+                        help="comma-separated file extensions searched in directories (default: common video formats)")
+    output.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    output.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from lamflow.pipelines.clip_encoder import ClipWeightsError
+    from lamflow.pipelines.extract import run_extraction
+    from lamflow.pipelines.manifest import OutputDirError, SettingsMismatchError
+    from lamflow.pipelines.sources import VIDEO_EXTENSIONS, SourceError
+
+    settings = ExtractSettings(
+        fps=args.fps, frame_rule=args.frame_rule, sample_rate=args.sample_rate, audio_hop=args.audio_hop,
+        n_mels=args.n_mels, clip_model=args.clip_model, pretrained=args.pretrained, dtype=args.dtype,
+        frame_batch=args.frame_batch, device=args.device,
+    )
+    if settings.pretrained == "none":
+        print("WARNING: --pretrained none: CLIP weights are RANDOM; video/text features carry no learned "
+              "meaning (fine for tests and benchmarks, not for training). Pass --pretrained openai or a "
+              "checkpoint path for real features.", file=sys.stderr)
+    extensions = tuple(f".{e.strip().lstrip('.')}" for e in args.extensions.split(",")) if args.extensions else VIDEO_EXTENSIONS
+    try:
+        summary = run_extraction(
+            args.sources, args.out, settings, workers=args.workers, scheduler=args.scheduler,
+            shard_samples=args.shard_samples, shard_bytes=int(args.shard_bytes), retry_failed=args.retry_failed,
+            texts=args.texts, overwrite=args.overwrite, extensions=extensions,
+            task_resources=args.task_resources, progress=not args.no_progress,
+        )
+    except (SettingsMismatchError, OutputDirError, SourceError, ClipWeightsError, ValueError, FileNotFoundError) as error:
+        print(f"lamflow extract: error: {error}", file=sys.stderr)
+        return 2
+    for repair in summary.repairs:
+        print(f"resumed after an interrupted run: {repair}", file=sys.stderr)
+    if summary.unmatched_text_keys:
+        shown = ", ".join(summary.unmatched_text_keys[:5])
+        print(f"note: {len(summary.unmatched_text_keys)} video(s) in --texts match no input ({shown} ...)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary.to_json() | {"failures": summary.failures}, indent=2))
+    else:
+        print(f"{summary.out_dir}: {summary.ok} extracted, {summary.failed} failed, {summary.skipped_done} already "
+              f"done, {summary.skipped_failed} failed before (use --retry-failed) of {summary.inputs} inputs; "
+              f"{len(summary.shards_written)} shard(s) written in {summary.seconds:.1f} s "
+              f"({summary.videos_per_second:.2f} videos/s)")
+        for source, error in summary.failures.items():
+            print(f"  failed: {source}: {error}")
+    if settings.pretrained == "none" and summary.ok:
+        print("WARNING: features were computed with RANDOM CLIP weights (--pretrained none).", file=sys.stderr)
+    return 0  # failed inputs are recorded in the manifest, not a failed run
+

@@ -1,0 +1,178 @@
+"""SOURCES arguments -> the list of media inputs to extract, with per-input metadata.
+
+A SOURCE is a media file, a directory (searched recursively by extension), a glob, or a list file:
+``.txt`` (one path per line, ``#`` comments), ``.csv`` / ``.jsonl`` (a path column plus any metadata
+columns). Paths may be local or fsspec URLs (``s3://``, ``gs://``, ``https://`` ...); relative paths inside
+a list file are resolved against the list file's folder, so a dataset folder can be moved as a whole.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import fsspec
+
+VIDEO_EXTENSIONS = (
+    ".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp", ".ogv",
+)
+LIST_EXTENSIONS = (".txt", ".csv", ".jsonl")
+# Accepted names of the column holding the media path in .csv / .jsonl list files, in priority order.
+PATH_COLUMNS = ("path", "source", "video_path", "file", "filename", "url")
+_GLOB_CHARS = "*?["
+
+
+class SourceError(ValueError):
+    """A SOURCES argument that cannot be turned into media inputs (message names it and the fix)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One media input: ``path`` (local absolute path or fsspec URL) and metadata from a list file."""
+
+    path: str
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _normalise(path: str) -> str:
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    return path if is_url(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def _join(base_dir: str, path: str) -> str:
+    """Resolve ``path`` from a list file located in ``base_dir`` (absolute paths and URLs pass through)."""
+    if is_url(path) or path.startswith("file://") or os.path.isabs(os.path.expanduser(path)):
+        return _normalise(path)
+    return posixpath.join(base_dir, path) if is_url(base_dir) else _normalise(os.path.join(base_dir, path))
+
+
+def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(path)
+
+
+def _as_source_path(fs: fsspec.AbstractFileSystem, found: str, like: str) -> str:
+    return fs.unstrip_protocol(found) if is_url(like) else _normalise(found)
+
+
+def _has_extension(path: str, extensions: Sequence[str]) -> bool:
+    return path.lower().endswith(tuple(e.lower() for e in extensions))
+
+
+def _read_text(path: str) -> str:
+    with fsspec.open(path, "rt", encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _path_column(columns: Sequence[str], list_file: str) -> str:
+    for name in PATH_COLUMNS:
+        if name in columns:
+            return name
+    raise SourceError(
+        f"list file {list_file!r} has no path column; name one of its columns {list(PATH_COLUMNS)} "
+        f"(found columns: {list(columns)})"
+    )
+
+
+def _rows_of_list_file(list_file: str) -> list[dict[str, Any]]:
+    text = _read_text(list_file)
+    if list_file.lower().endswith(".txt"):
+        lines = (line.strip() for line in text.splitlines())
+        return [{"path": line} for line in lines if line and not line.startswith("#")]
+    if list_file.lower().endswith(".csv"):
+        return list(csv.DictReader(io.StringIO(text)))
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise SourceError(f"{list_file}:{number} is not valid JSON ({error.msg}); fix or remove the line") from None
+        if not isinstance(row, dict):
+            raise SourceError(f"{list_file}:{number} must be a JSON object with a path column, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _expand_list_file(list_file: str) -> list[Source]:
+    base_dir = posixpath.dirname(list_file) if is_url(list_file) else os.path.dirname(list_file)
+    sources = []
+    for number, row in enumerate(_rows_of_list_file(list_file), start=1):
+        column = _path_column(list(row), list_file)
+        value = row[column]
+        if not isinstance(value, str) or not value.strip():
+            raise SourceError(f"{list_file}: row {number} has an empty {column!r} value; give a media path")
+        metadata = {k: v for k, v in row.items() if k != column}
+        sources.append(Source(_join(base_dir, value.strip()), metadata))
+    return sources
+
+
+def _expand_one(spec: str, extensions: Sequence[str]) -> list[Source]:
+    path = _normalise(spec)
+    fs, root = _fs(path)
+    if any(c in spec for c in _GLOB_CHARS):
+        found = sorted(p for p in fs.glob(root) if not fs.isdir(p))
+        if not found:
+            raise SourceError(f"glob {spec!r} matched no files; check the pattern (quote it so the shell leaves it)")
+        return [Source(_as_source_path(fs, p, path)) for p in found]
+    if not fs.exists(root):
+        raise SourceError(f"source {spec!r} does not exist; give a media file, a directory, a glob or a list file")
+    if fs.isdir(root):
+        found = sorted(p for p in fs.find(root) if _has_extension(p, extensions))
+        if not found:
+            raise SourceError(
+                f"directory {spec!r} holds no files with a media extension {list(extensions)}; "
+                "pass --extensions to widen the search"
+            )
+        return [Source(_as_source_path(fs, p, path)) for p in found]
+    if _has_extension(path, LIST_EXTENSIONS):
+        return _expand_list_file(path)
+    return [Source(path)]
+
+
+def expand_sources(specs: Sequence[str], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Source]:
+    """Expand SOURCES arguments into unique media inputs, in argument order (each argument sorted).
+
+    The same media path reached twice (say, a directory and a glob inside it) is kept once, with the
+    metadata of its first appearance. Raises :class:`SourceError` for a missing path, an empty glob or
+    directory, or a list file without a path column.
+    """
+    if not specs:
+        raise SourceError("no SOURCES given; pass media files, directories, globs or list files")
+    seen: dict[str, Source] = {}
+    for spec in specs:
+        for source in _expand_one(spec, extensions):
+            seen.setdefault(source.path, source)
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def local_copy(source: str) -> Iterator[str]:
+    """Yield a local path for ``source``: local files as-is, URLs staged to a temporary file.
+
+    ffmpeg reads local files; staging keeps the decoder ignorant of object stores, and the copy is
+    deleted afterwards so a worker's disk holds one staged video per task at most.
+    """
+    if not is_url(source):
+        yield source
+        return
+    suffix = os.path.splitext(posixpath.basename(source.split("?", 1)[0]))[1]
+    handle, staged = tempfile.mkstemp(prefix="lamflow-", suffix=suffix)
+    try:
+        with os.fdopen(handle, "wb") as target, fsspec.open(source, "rb") as remote:
+            shutil.copyfileobj(remote, target, length=4 << 20)
+        yield staged
+    finally:
+        os.unlink(staged)

@@ -1,0 +1,289 @@
+"""`lamflow extract` end to end on real media, real open_clip (tiny config), real Dask clusters and real
+webdataset tars: shard contents, corrupt inputs, resume/retry, kill-and-resume, settings mismatch,
+safe keys, existing schedulers and one model load per worker."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from distributed import Client, LocalCluster
+
+from lamflow.pipelines.clip_encoder import ClipWeightsError
+from lamflow.pipelines.extract import run_extraction
+from lamflow.pipelines.manifest import MANIFEST, OutputDir, OutputDirError, SettingsMismatchError
+from lamflow.pipelines.settings import ExtractSettings
+from lamflow.pipelines.shards import iter_shard
+from lamflow.pipelines.worker import worker_counters
+from media import make_media
+
+TINY = ExtractSettings(clip_model="lamflow-tiny", frame_batch=4)
+CLI = [sys.executable, "-m", "lamflow.cli", "extract", "--clip-model", "lamflow-tiny", "--no-progress"]
+SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """One 2-worker process cluster shared by the in-process tests (workers keep their loaded model)."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Short videos of different durations, rates and sizes, with and without audio."""
+    root = tmp_path_factory.mktemp("corpus")
+    make_media(root / "talk.mp4", duration=3.0, size="160x90", rate=25)
+    make_media(root / "silent.mp4", duration=2.0, size="96x72", rate=10, audio=False)
+    make_media(root / "short.mkv", duration=1.5, size="120x120", rate=15, tone_hz=880)
+    make_media(root / "tone.wav", duration=2.0, video=False)
+    return root
+
+
+def read_shards(out: Path) -> dict[str, dict]:
+    """Every sample of ``out`` through the plain webdataset library, keyed; asserts keys are unique."""
+    urls = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
+    keys = [s["__key__"] for s in samples]
+    assert len(keys) == len(set(keys)), f"duplicate samples: {keys}"
+    return {s["__key__"]: s for s in samples}
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+
+
+def assert_manifest_lists_each_shard_in_tar_order(out: Path) -> None:
+    """Readers (datasets/shardlist.py) take a shard's keys from the manifest: they must be the tar's, in order."""
+    records = manifest(out)
+    for shard in sorted((out / "shards").glob("*.tar")):
+        in_manifest = [r["key"] for r in records if r["status"] == "ok" and r["shard"] == shard.name]
+        assert in_manifest == [s["__key__"] for s in iter_shard(shard, {"meta.json"})]
+
+
+def assert_same_samples(a: dict[str, dict], b: dict[str, dict]) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        fields = sorted(f for f in a[key] if f.endswith(".npy"))
+        assert fields == sorted(f for f in b[key] if f.endswith(".npy"))
+        for field in fields:
+            assert np.array_equal(a[key][field], b[key][field]), f"{key}/{field} differs"
+
+
+def test_every_input_becomes_one_sample_with_timestamped_streams(corpus, tmp_path, scheduler):
+    texts = tmp_path / "queries.jsonl"
+    texts.write_text(json.dumps({"vid": "talk", "query": "a test pattern", "qid": 7}) + "\n"
+                     + json.dumps({"vid": "talk", "query": "a beep", "qid": 8}) + "\n")
+    out = tmp_path / "out"
+    summary = run_extraction([str(corpus), str(corpus / "tone.wav")], out, TINY, scheduler=scheduler,
+                             shard_samples=3, texts=texts, progress=False)
+    assert (summary.ok, summary.failed, summary.attempted) == (4, 0, 4)
+
+    samples = read_shards(out)
+    assert sorted(samples) == ["short", "silent", "talk", "tone"]
+    talk = samples["talk"]
+    assert talk["video.npy"].shape == (3, 64) and talk["video.npy"].dtype == np.float16
+    assert np.allclose(talk["video_ts.npy"], [0, 1, 2])
+    assert talk["audio.npy"].shape == (30, TINY.n_mels) and np.allclose(np.diff(talk["audio_ts.npy"]), 0.1)
+    assert talk["text.npy"].shape[0] == 2 and talk["text_pooled.npy"].shape == (2, 64)
+    assert [t["id"] for t in talk["meta.json"]["texts"]] == ["7", "8"]
+    assert talk["meta.json"]["source"] == str(corpus / "talk.mp4")
+    assert "random_init" in json.dumps(talk["meta.json"]["provenance"]["video"])
+    # a missing stream is an empty array with the right trailing dim plus a note, never a missing field
+    assert samples["silent"]["audio.npy"].shape == (0, TINY.n_mels)
+    assert any("no audio" in n for n in samples["silent"]["meta.json"]["notes"])
+    assert samples["tone"]["video.npy"].shape == (0, 64) and samples["tone"]["audio.npy"].shape[0] == 20
+    assert "text.npy" not in samples["short"]
+
+    records = manifest(out)
+    assert sorted(r["key"] for r in records) == sorted(samples) and {r["status"] for r in records} == {"ok"}
+    assert {r["key"]: r["counts"]["video"] for r in records}["talk"] == 3
+    sizes = json.loads((out / "sizes.json").read_text())
+    assert sizes == {"shard-000000.tar": 3, "shard-000001.tar": 1}
+    assert json.loads((out / "stats.json").read_text())["ok"] == 4
+    assert json.loads((out / "extraction.json").read_text())["settings"]["clip_model"] == "lamflow-tiny"
+    assert not list((out / "shards").glob("*.tmp"))
+
+
+def test_corrupt_inputs_are_recorded_and_retry_failed_reattempts_only_them(corpus, tmp_path, scheduler):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    good = (corpus / "talk.mp4").read_bytes()
+    (videos / "good.mp4").write_bytes(good)
+    (videos / "empty.mp4").write_bytes(b"")
+    (videos / "truncated.mp4").write_bytes(good[: len(good) // 2])
+    (videos / "garbage.mp4").write_bytes(os.urandom(5000))
+    out = tmp_path / "out"
+
+    first = run_extraction([str(videos)], out, TINY, scheduler=scheduler, progress=False)
+    assert (first.ok, first.failed) == (1, 3)
+    status = {r["key"]: r for r in manifest(out)}
+    assert status["good"]["status"] == "ok"
+    for key in ("empty", "truncated", "garbage"):
+        assert status[key]["status"] == "error" and str(videos / f"{key}.mp4") in status[key]["error"]
+
+    (videos / "empty.mp4").write_bytes(good)  # the user fixes one file
+    again = run_extraction([str(videos)], out, TINY, scheduler=scheduler, progress=False)
+    assert (again.attempted, again.skipped_done, again.skipped_failed) == (0, 1, 3)
+
+    retried = run_extraction([str(videos)], out, TINY, scheduler=scheduler, retry_failed=True, progress=False)
+    assert (retried.attempted, retried.ok, retried.failed) == (3, 1, 2)
+    records = manifest(out)
+    assert len(records) == 4  # one record per input, the latest
+    assert {r["key"]: r["status"] for r in records} == {"good": "ok", "empty": "ok", "truncated": "error", "garbage": "error"}
+    assert sorted(read_shards(out)) == ["empty", "good"]
+    assert_manifest_lists_each_shard_in_tar_order(out)
+
+
+def test_rerunning_the_same_command_changes_nothing(corpus, tmp_path, scheduler):
+    out = tmp_path / "out"
+    run_extraction([str(corpus)], out, TINY, scheduler=scheduler, shard_samples=2, progress=False)
+    before = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
+    manifest_before = (out / MANIFEST).read_text()
+    again = run_extraction([str(corpus)], out, TINY, scheduler=scheduler, shard_samples=2, progress=False)
+    assert (again.attempted, again.skipped_done, again.shards_written) == (0, 3, [])
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == before
+    assert (out / MANIFEST).read_text() == manifest_before
+
+
+def test_new_inputs_are_added_in_new_shards_without_touching_old_ones(corpus, tmp_path, scheduler):
+    out = tmp_path / "out"
+    run_extraction([str(corpus / "talk.mp4")], out, TINY, scheduler=scheduler, progress=False)
+    old = (out / "shards" / "shard-000000.tar").read_bytes()
+    summary = run_extraction([str(corpus)], out, TINY, scheduler=scheduler, progress=False)
+    assert summary.shards_written == ["shard-000001.tar"] and summary.skipped_done == 1
+    assert (out / "shards" / "shard-000000.tar").read_bytes() == old
+    assert sorted(read_shards(out)) == ["short", "silent", "talk"]
+
+
+def test_changed_feature_settings_are_refused_unless_overwrite(corpus, tmp_path, scheduler):
+    out = tmp_path / "out"
+    run_extraction([str(corpus / "talk.mp4")], out, TINY, scheduler=scheduler, progress=False)
+    other = ExtractSettings(clip_model="lamflow-tiny", fps=2.0)
+    with pytest.raises(SettingsMismatchError, match=r"fps: 1\.0 -> 2\.0.*new --out.*--overwrite"):
+        run_extraction([str(corpus / "talk.mp4")], out, other, scheduler=scheduler, progress=False)
+    # runtime-only settings may change between resumed runs
+    faster = ExtractSettings(clip_model="lamflow-tiny", frame_batch=64)
+    assert run_extraction([str(corpus / "talk.mp4")], out, faster, scheduler=scheduler, progress=False).skipped_done == 1
+    run_extraction([str(corpus / "talk.mp4")], out, other, scheduler=scheduler, overwrite=True, progress=False)
+    assert read_shards(out)["talk"]["video.npy"].shape[0] == 6
+
+
+def test_cli_reports_settings_mismatch_with_the_fix(corpus, tmp_path, scheduler):
+    out = tmp_path / "out"
+    run_extraction([str(corpus / "talk.mp4")], out, TINY, scheduler=scheduler, progress=False)
+    done = subprocess.run(CLI + [str(corpus / "talk.mp4"), "--out", str(out), "--dtype", "float32"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "dtype: 'float16' -> 'float32'" in done.stderr and "--overwrite" in done.stderr
+
+
+def test_unsafe_names_become_safe_unique_keys_and_keep_the_original_name(corpus, tmp_path, scheduler):
+    videos = tmp_path / "videos"
+    clip = (corpus / "short.mkv").read_bytes()
+    names = ["my clip.v1 (final).mkv", "a/dup.mkv", "b/dup.mkv", "café.mkv", "x.y.mkv", "x_y.mkv"]
+    for name in names:
+        (videos / name).parent.mkdir(parents=True, exist_ok=True)
+        (videos / name).write_bytes(clip)
+    out = tmp_path / "out"
+    assert run_extraction([str(videos)], out, TINY, scheduler=scheduler, progress=False).ok == len(names)
+    samples = read_shards(out)
+    assert len(samples) == len(names) and all(SAFE.match(k) for k in samples)
+    assert {"my_clip_v1__final_", "dup", "cafe"} <= set(samples)
+    originals = sorted(s["meta.json"]["original_name"] for s in samples.values())
+    assert originals == sorted(["my clip.v1 (final)", "dup", "dup", "café", "x.y", "x_y"])
+
+
+def test_a_model_that_cannot_load_stops_the_run_instead_of_failing_every_video(corpus, tmp_path, scheduler):
+    broken = ExtractSettings(clip_model="no-such-model")
+    with pytest.raises(ClipWeightsError, match="no-such-model"):
+        run_extraction([str(corpus)], tmp_path / "out", broken, scheduler=scheduler, progress=False)
+    assert not (tmp_path / "out" / MANIFEST).exists() or manifest(tmp_path / "out") == []
+    # nothing was written, so fixing the typo needs no --overwrite
+    fixed = run_extraction([str(corpus / "short.mkv")], tmp_path / "out", TINY, scheduler=scheduler, progress=False)
+    assert fixed.ok == 1
+
+
+def test_open_repairs_everything_a_killed_run_can_leave(tmp_path):
+    """The states a SIGKILL can leave between shard write, manifest append and rename, built by hand."""
+    record = {"kind": "video", "settings": {"fps": 1.0}, "texts": None}
+    out = tmp_path / "out"
+    OutputDir(out, record).close()
+    shards = out / "shards"
+    (shards / "shard-000000.tar").write_bytes(b"complete")
+    (shards / "shard-000001.tar.tmp").write_bytes(b"half written")
+    lines = [
+        {"key": "a", "source": "/a.mp4", "status": "ok", "shard": "shard-000000.tar"},
+        {"key": "b", "source": "/b.mp4", "status": "error", "error": "DecodeError: bad"},
+        {"key": "c", "source": "/c.mp4", "status": "ok", "shard": "shard-000001.tar"},  # never renamed
+    ]
+    (out / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"key": "d", "sou')  # torn append
+
+    output = OutputDir(out, record)
+    assert output.done_sources() == {"/a.mp4"} and output.failed_sources() == {"/b.mp4"}
+    assert output.next_shard_index() == 1
+    assert not (shards / "shard-000001.tar.tmp").exists()
+    assert [json.loads(line)["key"] for line in (out / MANIFEST).read_text().splitlines()] == ["a", "b"]
+    output.close()
+
+    (shards / "shard-000005.tar").write_bytes(b"not in the manifest")
+    with pytest.raises(OutputDirError, match=r"shard-000005.tar.*not in manifest.jsonl"):
+        OutputDir(out, record)
+
+
+def _cli_extract(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(CLI + [str(videos), "--out", str(out), "--shard-samples", "2", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
+    videos = tmp_path / "videos"
+    for i in range(8):
+        make_media(videos / f"v{i}.mp4", duration=2.0 + 0.5 * (i % 3), size="96x72", rate=10, audio=i % 4 != 3)
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert _cli_extract(videos, reference, "--workers", "2").wait(timeout=300) == 0
+
+    run = _cli_extract(videos, resumed, "--workers", "2")
+    deadline = time.time() + 240
+    while not list((resumed / "shards").glob("shard-*.tar")) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGKILL)  # the CLI and its Dask workers: its own session, started above
+    run.wait()
+    killed_ok = [r for r in manifest(resumed) if r["status"] == "ok"]
+    assert 2 <= len(killed_ok) < 8, "the kill should land mid-run"
+
+    finish = _cli_extract(videos, resumed, "--workers", "2")
+    assert finish.wait(timeout=300) == 0, finish.stderr.read().decode()
+    assert_same_samples(read_shards(reference), read_shards(resumed))
+    records = manifest(resumed)
+    assert sorted(r["key"] for r in records) == [f"v{i}" for i in range(8)]
+    assert {r["status"] for r in records} == {"ok"}
+    assert_manifest_lists_each_shard_in_tar_order(resumed)
+    sizes = json.loads((resumed / "sizes.json").read_text())
+    assert sum(sizes.values()) == 8 and set(sizes) == {p.name for p in (resumed / "shards").iterdir()}
+
+
+def test_existing_scheduler_workers_load_the_model_once_each(corpus, tmp_path):
+    videos = tmp_path / "videos"
+    clip = (corpus / "short.mkv").read_bytes()
+    for i in range(6):
+        (videos / f"c{i}.mkv").parent.mkdir(exist_ok=True)
+        (videos / f"c{i}.mkv").write_bytes(clip)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        done = subprocess.run(CLI + [str(videos), "--out", str(tmp_path / "out"), "--scheduler", cluster.scheduler_address],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "RANDOM" in done.stderr  # --pretrained none is said loudly
+        counters = client.run(worker_counters)
+    assert sum(c["videos"] for c in counters.values()) == 6
+    assert max(c["videos"] for c in counters.values()) >= 2  # some worker reused its model
+    for c in counters.values():
+        assert c["encoder_loads"] == (1 if c["videos"] else 0)
+    assert len(read_shards(tmp_path / "out")) == 6

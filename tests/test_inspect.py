@@ -1,0 +1,67 @@
+"""`lamflow inspect`: summaries of real extraction/import outputs and the problems it must flag."""
+import shutil
+
+import h5py
+import numpy as np
+
+from lamflow.cli import main
+from lamflow.pipelines.extract import run_extraction
+from lamflow.pipelines.h5io import import_h5
+from lamflow.pipelines.inspect import format_report, inspect_output
+from lamflow.pipelines.settings import ExtractSettings
+from media import make_media
+
+
+def test_inspect_summarises_streams_notes_and_failures_of_an_extraction(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    make_media(videos / "with_audio.mp4", duration=2.0, size="96x72", rate=10)
+    make_media(videos / "no_audio.mp4", duration=3.0, size="96x72", rate=10, audio=False)
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    # workers=1 without a scheduler: the embedded LocalCluster path
+    run_extraction([str(videos)], out, ExtractSettings(clip_model="lamflow-tiny"), workers=1, progress=False)
+
+    report = inspect_output(out)
+    assert (report["samples"], report["shards"], report["inputs"], report["ok"], report["failed"]) == (2, 1, 3, 2, 1)
+    assert report["streams"]["video"]["dtypes"] == {"float16": 2}
+    assert report["streams"]["video"]["trailing_shapes"] == {"[64]": 2}
+    assert (report["streams"]["video"]["length_min"], report["streams"]["video"]["length_max"]) == (2, 3)
+    assert report["streams"]["audio"]["empty"] == 1
+    assert report["notes"]["no audio stream"] == 1
+    assert list(report["failures"]) == [str(videos / "broken.mp4")]
+    assert report["problems"] == []
+
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "2 samples in 1 shards" in text and "failed: " + str(videos / "broken.mp4") in text
+    assert "video" in text and "(T, 64)" in text
+
+
+def test_inspect_flags_duplicates_stale_sizes_and_unfinished_shards(tmp_path, capsys):
+    path = tmp_path / "feats.h5"
+    with h5py.File(path, "w") as h5:
+        for i in range(3):
+            h5.create_dataset(f"m{i}", data=np.ones((4, 8), np.float32))
+    out = tmp_path / "out"
+    import_h5(path, out, fps=1.0)
+    assert inspect_output(out)["problems"] == []
+
+    shutil.copy(out / "shards" / "shard-000000.tar", out / "shards" / "shard-000001.tar")
+    (out / "shards" / "shard-000002.tar.tmp").write_bytes(b"")
+    report = inspect_output(out)
+    assert report["samples"] == 6
+    assert any("key 'm0' appears 2 times" in p for p in report["problems"])
+    assert any("sizes.json disagrees" in p for p in report["problems"])
+    assert any("shard-000002.tar.tmp" in p for p in report["problems"])
+    assert "PROBLEM:" in format_report(report)
+    assert main(["inspect", str(out)]) == 1
+    capsys.readouterr()
+
+
+def test_inspect_reads_a_single_shard_file(tmp_path):
+    path = tmp_path / "feats.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("m", data=np.ones((4, 8), np.float16))
+    import_h5(path, tmp_path / "out", fps=2.0)
+    report = inspect_output(tmp_path / "out" / "shards" / "shard-000000.tar")
+    assert report["samples"] == 1 and report["streams"]["video"]["dtypes"] == {"float16": 1}

@@ -1,0 +1,149 @@
+"""SOURCES expansion, safe keys and --texts loading (no Dask, no decoding: fast)."""
+import json
+import re
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from lamflow.pipelines.keys import MAX_KEY_LENGTH, assign_keys, safe_key, source_name
+from lamflow.pipelines.sources import SourceError, expand_sources, local_copy
+from lamflow.pipelines.texts import load_texts
+
+SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A small corpus: videos at several depths plus files that are not videos."""
+    for name in ["a.mp4", "sub/b.mkv", "sub/deeper/c.webm", "sub/notes.txt", "cover.jpg", "sub/D.MOV"]:
+        touch(tmp_path / "corpus" / name)
+    return tmp_path / "corpus"
+
+
+def paths(sources):
+    return [s.path for s in sources]
+
+
+def test_directory_is_searched_recursively_by_video_extension(tree):
+    found = paths(expand_sources([str(tree)]))
+    assert found == sorted(str(tree / n) for n in ["a.mp4", "sub/D.MOV", "sub/b.mkv", "sub/deeper/c.webm"])
+
+
+def test_directory_search_honours_custom_extensions(tree):
+    assert paths(expand_sources([str(tree)], extensions=(".jpg",))) == [str(tree / "cover.jpg")]
+
+
+def test_glob_matches_files_and_recursive_double_star(tree):
+    assert paths(expand_sources([str(tree / "*.mp4")])) == [str(tree / "a.mp4")]
+    assert set(paths(expand_sources([str(tree / "**" / "*.webm")]))) == {str(tree / "sub/deeper/c.webm")}
+
+
+def test_txt_list_resolves_relative_paths_against_its_folder_and_skips_comments(tree, monkeypatch, tmp_path):
+    listing = touch(tree / "list.txt", b"# my videos\na.mp4\n\nsub/b.mkv\n")
+    monkeypatch.chdir(tmp_path)  # relative to the list file, not the working directory
+    assert paths(expand_sources([str(listing)])) == [str(tree / "a.mp4"), str(tree / "sub/b.mkv")]
+
+
+def test_csv_list_keeps_metadata_columns(tree):
+    listing = touch(tree / "list.csv", b"path,label,key\na.mp4,cat,clip-a\nsub/b.mkv,dog,\n")
+    sources = expand_sources([str(listing)])
+    assert [(s.path, s.metadata) for s in sources] == [
+        (str(tree / "a.mp4"), {"label": "cat", "key": "clip-a"}),
+        (str(tree / "sub/b.mkv"), {"label": "dog", "key": ""}),
+    ]
+
+
+def test_jsonl_list_accepts_other_path_column_names(tree):
+    rows = [{"video_path": str(tree / "a.mp4"), "split": "train"}, {"video_path": "sub/b.mkv", "split": "val"}]
+    listing = touch(tree / "list.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    sources = expand_sources([str(listing)])
+    assert [(s.path, s.metadata["split"]) for s in sources] == [(str(tree / "a.mp4"), "train"), (str(tree / "sub/b.mkv"), "val")]
+
+
+def test_list_without_path_column_names_the_accepted_columns(tree):
+    listing = touch(tree / "bad.csv", b"name,label\na.mp4,cat\n")
+    with pytest.raises(SourceError, match=r"bad.csv.*no path column.*'path'"):
+        expand_sources([str(listing)])
+
+
+def test_missing_source_empty_glob_and_videoless_directory_are_clear_errors(tree, tmp_path):
+    with pytest.raises(SourceError, match="does not exist"):
+        expand_sources([str(tmp_path / "nope.mp4")])
+    with pytest.raises(SourceError, match="matched no files"):
+        expand_sources([str(tree / "*.avi")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no files with a media extension"):
+        expand_sources([str(tmp_path / "empty")])
+
+
+def test_an_input_reached_twice_is_kept_once_with_its_first_metadata(tree):
+    listing = touch(tree / "list.csv", b"path,label\na.mp4,cat\n")
+    sources = expand_sources([str(listing), str(tree), str(tree / "*.mp4")])
+    assert paths(sources).count(str(tree / "a.mp4")) == 1
+    assert sources[0].metadata == {"label": "cat"}
+
+
+def test_fsspec_urls_are_listed_and_staged_to_a_local_file():
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/lamflow-test/videos/x.mp4", b"remote bytes")
+    fs.pipe("/lamflow-test/videos/readme.md", b"not a video")
+    sources = expand_sources(["memory://lamflow-test/videos"])
+    assert len(sources) == 1  # memory:// spells its root with an extra slash: compare the ends
+    assert sources[0].path.startswith("memory://") and sources[0].path.endswith("lamflow-test/videos/x.mp4")
+    with local_copy(sources[0].path) as local:
+        assert Path(local).read_bytes() == b"remote bytes"
+    assert not Path(local).exists()  # staged copies are cleaned up
+
+
+def test_safe_key_keeps_only_safe_characters_and_folds_accents():
+    assert safe_key("my clip.v1 (final)") == "my_clip_v1__final_"
+    assert safe_key("café") == "cafe"
+    assert safe_key("NUsG9BgSes0_210.0_360.0") == "NUsG9BgSes0_210_0_360_0"
+    assert SAFE.match(safe_key("日本語/動画"))
+    long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
+    assert len(safe_key(long_a)) == MAX_KEY_LENGTH and safe_key(long_a) != safe_key(long_b)
+
+
+def test_source_name_is_the_file_stem_for_paths_and_urls():
+    assert source_name("/data/clips/movie.part1.mp4") == "movie.part1"
+    assert source_name("s3://bucket/v/abc.mkv") == "abc"
+    assert source_name("https://host/v/abc.mp4?sig=1") == "abc"
+
+
+def test_colliding_keys_get_a_stable_suffix_independent_of_input_order():
+    named = [("/b/x.mp4", "x"), ("/a/x.mp4", "x"), ("/c/x y.mp4", "x y"), ("/d/x_y.mp4", "x_y")]
+    keys = assign_keys(named)
+    assert keys == assign_keys(reversed(named))
+    assert len(set(keys.values())) == 4 and all(SAFE.match(k) for k in keys.values())
+    assert keys["/a/x.mp4"] == "x" and keys["/b/x.mp4"].startswith("x-")
+
+
+def test_keys_fixed_by_an_earlier_run_are_kept_and_avoided():
+    keys = assign_keys([("/new/x.mp4", "x"), ("/old/x.mp4", "x")], taken={"/old/x.mp4": "x"})
+    assert keys["/old/x.mp4"] == "x" and keys["/new/x.mp4"].startswith("x-")
+
+
+def test_texts_from_a_qvhighlights_annotation_file_are_grouped_by_safe_key(tmp_path):
+    real = Path("/work/shared/data/qvhighlights/highlight_val_release.jsonl")
+    rows = [json.loads(line) for line in real.read_text().splitlines()[:3]] if real.exists() else [
+        {"qid": 1, "query": "a man talks", "vid": "abc_0.0_150.0"}, {"qid": 2, "query": "a dog", "vid": "abc_0.0_150.0"}]
+    path = tmp_path / "ann.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts = load_texts(path)
+    for row in rows:
+        assert {"id": str(row["qid"]), "text": row["query"]} in texts[safe_key(row["vid"])]
+    assert all(SAFE.match(k) for k in texts)
+
+
+def test_texts_without_a_text_column_name_the_line_and_columns(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"vid": "a", "qid": 1}) + "\n")
+    with pytest.raises(ValueError, match=r"t.jsonl:1 has no text column.*'query'"):
+        load_texts(path)
