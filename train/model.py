@@ -36,6 +36,35 @@ class TimeEmbedding(nn.Module):
         return self.proj(torch.cat([angles.sin(), angles.cos()], dim=-1))
 
 
+class RunningStandardizer(nn.Module):
+    """Per-feature standardisation with running statistics of the real (non-padding) training tokens.
+
+    Why not only LayerNorm: CLIP features (random-weight ones especially) share one dominant direction, so
+    frames that differ in content differ by a few percent of the vector; per-token LayerNorm keeps that
+    common part. Subtracting the per-feature mean and dividing by the per-feature spread over the data
+    makes the differences the signal. The statistics are buffers (saved in checkpoints, broadcast by DDP
+    from rank 0), updated in training mode and frozen in eval mode, so train and eval see the same map.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.01, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def forward(self, features: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            real = features[~padding].detach()
+            if len(real) > 1:
+                # Plain average over the first 1/momentum batches, then an exponential moving average.
+                rate = max(self.momentum, 1.0 / float(self.updates + 1))
+                self.mean.lerp_(real.mean(0), rate)
+                self.var.lerp_(real.var(0, unbiased=False), rate)
+                self.updates += 1
+        return (features - self.mean) * torch.rsqrt(self.var + self.eps)
+
+
 def downsample_stream(
     features: torch.Tensor, padding: torch.Tensor, times: torch.Tensor, factor: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -97,6 +126,7 @@ class MultimodalLAMModel(nn.Module):
         self.config = config
         self.streams = tuple(streams)
         self.task = task
+        self.standardizers = nn.ModuleDict({name: RunningStandardizer(input_dims[name]) for name in self.streams})
         self.projections = nn.ModuleDict(
             {name: nn.Sequential(nn.LayerNorm(input_dims[name]), nn.Linear(input_dims[name], config.dim)) for name in self.streams}
         )
@@ -119,7 +149,7 @@ class MultimodalLAMModel(nn.Module):
                 batch["stream_timestamps"][name].float(),
                 self.config.downsample.get(name, 1),
             )
-            tokens = self.projections[name](features) + self.modality.weight[index]
+            tokens = self.projections[name](self.standardizers[name](features, padding)) + self.modality.weight[index]
             pieces.append(tokens)
             paddings.append(padding)
             times.append(stamps)
@@ -128,6 +158,13 @@ class MultimodalLAMModel(nn.Module):
         times_all = torch.cat(times, dim=1)
         x = torch.cat(pieces, dim=1) + self.time(times_all)
         return self.dropout(x), torch.cat(paddings, dim=1), times_all, spans
+
+    def attention_masks(self, batch: dict[str, Any]) -> tuple[list[torch.Tensor], list[tuple[str, int, int]], torch.Tensor]:
+        """Each layer's LAM mask for ``batch``, where each stream sits in the sequence, and the padding
+        (the inputs of ``lamflow.lam.save_masks``). Empty list for mask "none"."""
+        x, padding, _, spans = self.embed(batch)
+        masks = self.encoder(x, key_padding_mask=padding, return_masks=True).masks
+        return masks, [(name, span.start, span.stop) for name, span in spans.items()], padding
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x, padding, times, spans = self.embed(batch)

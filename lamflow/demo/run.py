@@ -1,0 +1,198 @@
+"""`lamflow demo`: the main job end to end, stage by stage, reusing every stage that is already done.
+
+    corpus   ffmpeg renders short audio-visual videos + QVHighlights annotations (lamflow.demo.corpus)
+    extract  Dask LocalCluster: ffmpeg decode -> CLIP frame/text tokens + log-mel audio tokens -> shards
+    train    torchrun, N processes: the multi-layer LAM model, then the vanilla model (same data, seed, budget)
+    evaluate `lamflow eval qvhighlights` on both models and on two trivial baselines
+    report   metrics JSON, summary.md/.html, training curves, LAM mask heatmaps of a validation item
+
+Training and evaluation run as real subprocesses (`torchrun ... -m lamflow train`, `lamflow eval`), exactly
+the commands a user would type, so the demo exercises the same paths as a cluster job.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lamflow.train
+from lamflow.demo.baselines import BASELINES
+from lamflow.demo.corpus import CorpusConfig, CorpusResult, build_corpus
+
+DEMO_CONFIG = Path(lamflow.train.__file__).parent / "configs" / "demo.yaml"
+# The two models compared: identical but for the attention mask.
+VARIANTS = {"lam": "multi", "vanilla": "none"}
+# Videos per shard: several shards so 2 ranks split them exactly (the loader deals whole shards).
+SHARD_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What `lamflow demo` runs; the defaults are the README's main job (<= 15 min on 2 CPU cores)."""
+
+    out: Path = Path("demo")
+    quick: bool = False  # a small corpus and a short training run, for tests and smoke checks
+    clip_model: str | None = None  # None: ViT-B-32-quickgelu, or the tiny test model with quick
+    pretrained: str = "none"  # "none" (random CLIP weights), "openai" or a local checkpoint path
+    workers: int = 2  # Dask workers for extraction
+    nproc: int = 2  # torchrun processes per model
+    steps: int | None = None  # optimizer steps per model; None: demo.yaml's (or the quick size)
+    seed: int = 0
+
+    @property
+    def corpus(self) -> CorpusConfig:
+        if self.quick:
+            return CorpusConfig(train_videos=12, val_videos=4, duration=20, duration_jitter=2, seed=self.seed)
+        return CorpusConfig(seed=self.seed)
+
+    @property
+    def model_name(self) -> str:
+        return self.clip_model or ("lamflow-tiny" if self.quick else "ViT-B-32-quickgelu")
+
+    @property
+    def max_steps(self) -> int | None:
+        return self.steps or (150 if self.quick else None)
+
+
+def stage(title: str) -> None:
+    print(f"\n=== {title}", flush=True)
+
+
+def run_demo(config: DemoConfig) -> Path:
+    """Run every stage into ``config.out``; returns the report directory."""
+    started = time.perf_counter()
+    out = Path(config.out).resolve()
+    timings: dict[str, float] = {}
+    random_weights = config.pretrained == "none"
+    if random_weights:
+        print("NOTE: CLIP weights are RANDOM (no --pretrained given): video and text tokens are features of an "
+              "untrained network. The task is still learnable; pass --pretrained openai or a checkpoint path "
+              "for real CLIP features.", flush=True)
+
+    stage("1/5 corpus: rendering videos and annotations with ffmpeg")
+    t0 = time.perf_counter()
+    corpus = build_corpus(config.corpus, out / "corpus", progress=lambda line: print(line, flush=True))
+    print(f"{corpus.videos_generated} videos rendered, {corpus.videos_reused} reused", flush=True)
+    timings["corpus"] = time.perf_counter() - t0
+
+    stage(f"2/5 extract: {config.model_name} frame/text tokens + audio tokens, {config.workers} Dask workers")
+    t0 = time.perf_counter()
+    features = extract_features(config, corpus, out / "features")
+    timings["extract"] = time.perf_counter() - t0
+
+    runs: dict[str, Path] = {}
+    predictions: dict[str, Path] = {}
+    for index, (variant, mask) in enumerate(VARIANTS.items(), start=1):
+        stage(f"3/5 train ({index}/{len(VARIANTS)}): {variant} model (mask={mask}), torchrun with {config.nproc} processes")
+        t0 = time.perf_counter()
+        runs[variant] = out / "runs" / variant
+        predictions[variant] = train_variant(config, mask, features, corpus, runs[variant])
+        timings[f"train {variant}"] = time.perf_counter() - t0
+
+    stage("4/5 evaluate: official QVHighlights metrics (lamflow eval qvhighlights)")
+    t0 = time.perf_counter()
+    report_dir = out / "report"
+    annotations = [json.loads(line) for line in corpus.val_annotations.read_text().splitlines() if line.strip()]
+    for name, make in BASELINES.items():
+        predictions[name] = write_jsonl(report_dir / "baselines" / f"{name}.jsonl", make(annotations))
+    metrics = {name: evaluate(corpus.val_annotations, path, report_dir / f"metrics_{name}.json")
+               for name, path in predictions.items()}
+    timings["evaluate"] = time.perf_counter() - t0
+
+    stage("5/5 report: summary, training curves, LAM mask heatmaps")
+    from lamflow.demo.report import write_report
+
+    summary = write_report(report_dir, metrics, runs, lam_masks(runs["lam"], report_dir / "masks"), {
+        "corpus": dataclasses.asdict(config.corpus),
+        "clip_model": config.model_name,
+        "pretrained": config.pretrained,
+        "random_clip_weights": random_weights,
+        "train_processes": config.nproc,
+        "extraction_workers": config.workers,
+        "seconds": {**{k: round(v, 1) for k, v in timings.items()}, "total": round(time.perf_counter() - started, 1)},
+    })
+    print(summary.read_text(encoding="utf-8"), flush=True)
+    print(f"report: {report_dir}", flush=True)
+    return report_dir
+
+
+def extract_features(config: DemoConfig, corpus: CorpusResult, out: Path) -> Path:
+    """`lamflow extract` as a library call (resumes: finished videos are skipped)."""
+    from lamflow.pipelines.extract import run_extraction
+    from lamflow.pipelines.settings import ExtractSettings
+
+    settings = ExtractSettings(clip_model=config.model_name, pretrained=config.pretrained)
+    summary = run_extraction([str(corpus.videos_dir)], out, settings, workers=config.workers,
+                             shard_samples=SHARD_SAMPLES, texts=corpus.texts)
+    print(f"{summary.ok} videos extracted, {summary.skipped_done} already done, {summary.failed} failed", flush=True)
+    if summary.failed:
+        raise RuntimeError(f"{summary.failed} demo videos failed to extract: see {out / 'manifest.jsonl'}")
+    return out
+
+
+def train_variant(config: DemoConfig, mask: str, features: Path, corpus: CorpusResult, run_dir: Path) -> Path:
+    """Train one model under torchrun unless its final predictions exist; returns the prediction file."""
+    from lamflow.train.checkpoint import latest_checkpoint
+    from lamflow.train.config import load_config
+
+    overrides = [
+        f"data.train_shards={features}", f"data.val_shards={features}",
+        f"data.train_annotations={corpus.train_annotations}", f"data.val_annotations={corpus.val_annotations}",
+        f"model.mask={mask}", f"run.out_dir={run_dir}", f"run.seed={config.seed}",
+    ]
+    if config.max_steps:
+        overrides.append(f"optim.max_steps={config.max_steps}")
+    steps = load_config(DEMO_CONFIG, overrides).optim.max_steps
+    final = run_dir / "predictions" / f"val-step-{steps:08d}.jsonl"
+    if final.exists():
+        print(f"reusing {final}", flush=True)
+        return final
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is not None and checkpoint.name == f"step-{steps:08d}.pt":
+        # Trained to the end but stopped before its final evaluation: predict from the checkpoint.
+        run([sys.executable, "-m", "lamflow", "predict", str(checkpoint), "--split", "val", "--out", str(final)])
+        return final
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.nproc}",
+               "-m", "lamflow", "train", str(DEMO_CONFIG), *overrides]
+    if checkpoint is not None:
+        print(f"resuming from {checkpoint}", flush=True)
+        command.append("--resume")
+    run(command)
+    return final
+
+
+def evaluate(ground_truth: Path, predictions: Path, out: Path) -> dict[str, Any]:
+    """`lamflow eval qvhighlights` in a subprocess, exactly as a user runs it; returns its metrics."""
+    run([sys.executable, "-m", "lamflow", "eval", "qvhighlights", "--gt", str(ground_truth),
+         "--pred", str(predictions), "--out", str(out)], quiet=True)
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def lam_masks(run_dir: Path, out_dir: Path) -> list[Path]:
+    """Heatmaps of the trained LAM model's per-layer masks on the first validation item."""
+    from lamflow.lam import render_masks
+    from lamflow.train.checkpoint import latest_checkpoint
+    from lamflow.train.masks import checkpoint_masks
+
+    saved = checkpoint_masks(latest_checkpoint(run_dir / "checkpoints"), out_dir / "val_item0.npz")
+    return render_masks(saved, out_dir)
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def run(command: list[str], quiet: bool = False) -> None:
+    """Run a stage's subprocess with the demo's environment; its output streams to the console."""
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL if quiet else None)
+    if result.returncode:
+        raise RuntimeError(f"demo stage failed (exit {result.returncode}): {' '.join(command)}")
