@@ -40,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lamflow {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"lamflow.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"lamflow.commands.{name}":
-                raise
-            continue  # not built yet in this checkout
-        module.register(subparsers)
+        importlib.import_module(f"lamflow.commands.{name}").register(subparsers)
     return parser
 
 

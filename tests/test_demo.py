@@ -1,0 +1,68 @@
+"""The main job end to end (`lamflow demo --quick`): real ffmpeg, real Dask, real torchrun, official metrics."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+MODELS = ("lam", "vanilla")
+BASELINES = ("whole-video", "random")
+
+
+def run_demo(out):
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "lamflow", "demo", "--quick", "--out", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr, time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    log, _ = run_demo(out)
+    return out, log
+
+
+def brief(out, name):
+    return json.loads((out / "report" / f"metrics_{name}.json").read_text())["brief"]
+
+
+def test_demo_writes_the_report_with_metrics_curves_and_mask_heatmaps(demo):
+    out, _ = demo
+    report = out / "report"
+    for name in (*MODELS, *BASELINES):
+        assert len(brief(out, name)) == 14
+    assert (report / "curves.png").stat().st_size > 0
+    assert sorted(p.name for p in (report / "masks").glob("layer_*.png")) == ["layer_00.png", "layer_01.png", "layer_02.png"]
+    summary = (report / "summary.md").read_text()
+    assert "| MR-full-mAP |" in summary and "RANDOM CLIP weights" in summary
+    assert (report / "summary.html").read_text().count("<tr>") == 15  # header + 14 metrics
+
+
+def test_demo_says_clip_weights_are_random_and_shows_every_stage(demo):
+    _, log = demo
+    assert "CLIP weights are RANDOM" in log
+    for stage in ("1/5 corpus", "2/5 extract", "3/5 train (1/2): lam", "3/5 train (2/2): vanilla", "4/5 evaluate", "5/5 report"):
+        assert stage in log
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_trained_models_beat_trivial_baselines_by_a_clear_margin(demo, model):
+    out, _ = demo
+    trained = brief(out, model)
+    best_baseline = {key: max(brief(out, b)[key] for b in BASELINES) for key in ("MR-full-mAP", "HL-min-VeryGood-mAP")}
+    assert trained["MR-full-mAP"] >= best_baseline["MR-full-mAP"] + 10
+    assert trained["HL-min-VeryGood-mAP"] >= best_baseline["HL-min-VeryGood-mAP"] + 5
+
+
+def test_rerunning_the_demo_reuses_every_finished_stage(demo):
+    out, _ = demo
+    before = brief(out, "lam")
+    log, seconds = run_demo(out)
+    assert "64 videos rendered" not in log and "0 videos rendered, 16 reused" in log
+    assert "0 videos extracted, 16 already done" in log
+    assert log.count("reusing") == len(MODELS)
+    assert brief(out, "lam") == before
+    assert seconds < 120  # no retraining: imports, evaluation and the mask dump only
