@@ -14,19 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _step_timing import DEFAULT_CONFIG, train_step_seconds
 
 from lamflow.datasets.collate import collate_streams
 from lamflow.train.config import load_config
-from lamflow.train.distributed import autocast, to_device
-from lamflow.train.losses import moment_loss
+from lamflow.train.distributed import to_device
 from lamflow.train.model import MultimodalLAMModel
 
-CONFIG = Path(__file__).resolve().parents[1] / "train" / "configs" / "qvhighlights_lam.yaml"
 STREAMS = ("text", "video", "audio")
 
 
@@ -54,7 +51,7 @@ def qvhighlights_batch(batch_size: int, duration: float, fps: float, audio_hop: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(CONFIG), help="training config whose model section is timed")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="training config whose model section is timed")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per mode (after 2 warm-up steps)")
     parser.add_argument("--duration", type=float, default=150.0, help="video seconds (QVHighlights: 150)")
@@ -80,17 +77,7 @@ def main() -> None:
         optimizers[mode] = torch.optim.AdamW(models[mode].parameters(), lr=1e-4)
 
     def step(mode: str) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        with autocast(device, config.run.amp):
-            loss = moment_loss(models[mode](batch), batch, config.model)["loss"]
-        loss.backward()
-        optimizers[mode].step()
-        optimizers[mode].zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - started
+        return train_step_seconds(models[mode], optimizers[mode], batch, config, device)
 
     for mode in models:  # warm-up: allocator, kernels, compilation
         step(mode), step(mode)

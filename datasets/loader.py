@@ -14,6 +14,12 @@ in the worker. The main process interleaves workers round-robin (skipping finish
 function of (seed, epoch, rank, config) only, which is what makes resume exact: ``load_state_dict`` restores
 (epoch, batches_done) and each worker rebuilds its stream, skipping (without collating) the batches the
 round-robin order had already taken from it.
+
+Worker processes persist across epochs (one DataLoader with ``persistent_workers=True``): starting them per
+epoch made short epochs many times slower. A persistent worker keeps the dataset object it was started with,
+so the epoch cannot travel in that object's attributes; the main process writes (epoch, seed, batches each
+worker skips) into shared memory before every iteration and each worker reads it when the DataLoader
+restarts its iterator (see ``_RankStream``).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lamflow.datasets.bucketing import batched, bucket_batches
@@ -108,6 +115,7 @@ class LoaderConfig:
 @dataclass(frozen=True)
 class _EpochPlan:
     epoch: int
+    seed: int  # may differ from a worker's copy of LoaderConfig.seed after load_state_dict
     worker_shards: tuple[tuple[int, ...], ...]  # this rank's shards, per worker
     quotas: tuple[int, ...] | None  # train: items per worker; eval: None (read the shards once)
     worker_batches: tuple[int, ...]  # planned batches per worker
@@ -137,8 +145,8 @@ def _as_is(message: Any) -> Any:
     return message
 
 
-class _EpochStream(IterableDataset):
-    """One epoch of one rank; each DataLoader worker streams its own shards (see module docstring)."""
+class _EpochStream:
+    """One epoch of one rank as seen by one worker: its shards, read into batches (see module docstring)."""
 
     def __init__(self, config: LoaderConfig, task: Task, shards: Sequence[ShardInfo], rank: int,
                  plan: _EpochPlan, skips: Sequence[int]):
@@ -146,7 +154,7 @@ class _EpochStream(IterableDataset):
         self.shard_streams = [s for s in config.streams if s not in TASK_STREAMS]
 
     def _rng(self, worker: int, purpose: int, pass_index: int = 0) -> np.random.Generator:
-        return _rng(self.config.seed, self.plan.epoch, self.rank, worker, purpose, pass_index)
+        return _rng(self.plan.seed, self.plan.epoch, self.rank, worker, purpose, pass_index)
 
     def _read(self, shard_ids: Sequence[int], counter: SkipCounter) -> Iterator[dict]:
         shards = [self.shards[i] for i in shard_ids]
@@ -202,6 +210,48 @@ class _EpochStream(IterableDataset):
         yield "end", worker, None, counter.take()
 
 
+class _RankStream(IterableDataset):
+    """Every epoch of one rank: the DataLoader's dataset, kept by its persistent workers.
+
+    ``start`` is called in the main process before each iteration; ``__iter__`` runs in every worker when the
+    DataLoader (re)starts its iterator, after ``start`` (the restart message reaches a worker through a queue
+    the main process writes after ``start``), and reads the position once, so a worker still finishing an
+    abandoned iteration keeps its own epoch (the DataLoader discards those stale batches).
+    """
+
+    def __init__(self, config: LoaderConfig, task: Task, shards: Sequence[ShardInfo], shard_items: Sequence[int],
+                 rank: int, world_size: int, mode: str):
+        self.config, self.task, self.shards, self.shard_items = config, task, shards, shard_items
+        self.rank, self.world_size, self.mode = rank, world_size, mode
+        self.workers = max(1, config.num_workers)
+        # (epoch, seed, batches to skip per worker) in shared memory, visible to already running workers.
+        self.position = torch.zeros(2 + self.workers, dtype=torch.int64).share_memory_()
+
+    def plan(self, epoch: int, seed: int) -> _EpochPlan:
+        """The epoch's shards, quotas and batches per worker of this rank (the same on every rank)."""
+        workers, config = self.workers, self.config
+        train = self.mode == "train"
+        order = _rng(seed, epoch, SHARD_ORDER).permutation(len(self.shards)) if train else np.arange(len(self.shards))
+        slots = assign_shards([self.shard_items[i] for i in order], self.world_size * workers)
+        mine = tuple(tuple(int(order[j]) for j in slots[self.rank * workers + w]) for w in range(workers))
+        if train:
+            per_rank = math.ceil((config.samples_per_epoch or sum(self.shard_items)) / self.world_size)
+            quotas = tuple(per_rank // workers + (w < per_rank % workers) for w in range(workers))
+            counts = quotas
+        else:
+            quotas = None
+            counts = tuple(sum(self.shard_items[i] for i in shards) for shards in mine)
+        batches = tuple(math.ceil(count / config.batch_size) for count in counts)
+        return _EpochPlan(epoch=epoch, seed=seed, worker_shards=mine, quotas=quotas, worker_batches=batches)
+
+    def start(self, plan: _EpochPlan, skips: Sequence[int]) -> None:
+        self.position.copy_(torch.tensor([plan.epoch, plan.seed, *skips], dtype=torch.int64))
+
+    def __iter__(self) -> Iterator[tuple[str, int, dict | None, dict]]:
+        epoch, seed, *skips = self.position.tolist()
+        return iter(_EpochStream(self.config, self.task, self.shards, self.rank, self.plan(epoch, seed), skips))
+
+
 class StreamingLoader:
     """Batches (the batch contract) of one rank; see the module docstring for the epoch plan.
 
@@ -225,34 +275,31 @@ class StreamingLoader:
                 f"no items: none of the {sum(s.num_samples for s in self.shards)} samples in {config.shards!r} "
                 f"(keys like {examples}) match the task's annotations; check the shard DIR and the annotation file"
             )
+        self._stream = _RankStream(config, task, self.shards, self.shard_items, rank, world_size, mode)
+        self._workers = self._stream.workers
         slots = world_size * self._workers
         if len(self.shards) < slots:
             # Shards are the unit of the split: a slot without a shard idles (eval) or draws from all shards (train).
             log.warning("%d shards for %d ranks x %d workers: write more, smaller shards for an exact split",
                         len(self.shards), world_size, self._workers)
+        self._dataloader: DataLoader | None = None  # started on the first iteration, reused by every epoch
         self.epoch = 0
         self.batches_done = 0
         self.stats: dict[str, Any] = {"items": 0, "batches": 0, **{name: 0 for name in COUNTERS}, "skip_reasons": []}
 
-    @property
-    def _workers(self) -> int:
-        return max(1, self.config.num_workers)
-
     def _plan(self, epoch: int) -> _EpochPlan:
-        workers, config = self._workers, self.config
-        train = self.mode == "train"
-        order = _rng(config.seed, epoch, SHARD_ORDER).permutation(len(self.shards)) if train else np.arange(len(self.shards))
-        slots = assign_shards([self.shard_items[i] for i in order], self.world_size * workers)
-        mine = tuple(tuple(int(order[j]) for j in slots[self.rank * workers + w]) for w in range(workers))
-        if train:
-            per_rank = math.ceil((config.samples_per_epoch or sum(self.shard_items)) / self.world_size)
-            quotas = tuple(per_rank // workers + (w < per_rank % workers) for w in range(workers))
-            counts = quotas
-        else:
-            quotas = None
-            counts = tuple(sum(self.shard_items[i] for i in shards) for shards in mine)
-        batches = tuple(math.ceil(count / config.batch_size) for count in counts)
-        return _EpochPlan(epoch=epoch, worker_shards=mine, quotas=quotas, worker_batches=batches)
+        return self._stream.plan(epoch, self.config.seed)
+
+    def _messages(self, plan: _EpochPlan, skips: Sequence[int]) -> Iterator[tuple[str, int, dict | None, dict]]:
+        self._stream.start(plan, skips)
+        if not self.config.num_workers:
+            return iter(self._stream)
+        if self._dataloader is None:
+            self._dataloader = DataLoader(self._stream, batch_size=None, num_workers=self.config.num_workers,
+                                          collate_fn=_as_is, persistent_workers=True)
+        # With persistent workers this restarts the running workers' iterators (an unfinished previous
+        # iteration of this loader stops: iterate one epoch at a time).
+        return iter(self._dataloader)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (eval: as planned from the index; fewer if samples are corrupt)."""
@@ -292,11 +339,7 @@ class StreamingLoader:
             self.epoch, self.batches_done = self.epoch + 1, 0
             plan = self._plan(self.epoch)
         taken, next_worker = _round_robin_position(plan.worker_batches, self.batches_done)
-        stream = _EpochStream(self.config, self.task, self.shards, self.rank, plan, taken)
-        if self.config.num_workers:
-            messages = iter(DataLoader(stream, batch_size=None, num_workers=self.config.num_workers, collate_fn=_as_is))
-        else:
-            messages = iter(stream)
+        messages = self._messages(plan, taken)
         pending: dict[int, deque] = {w: deque() for w in range(self._workers)}
         ended: set[int] = set()
         while len(ended) < self._workers or any(pending.values()):

@@ -2,6 +2,7 @@
 
 The extraction pipeline writes the real thing; these tests build the same layout by hand so the datasets side
 is specified against the contract itself: DIR/shards/shard-%06d.tar, DIR/sizes.json, DIR/manifest.jsonl.
+``write_toy_qvhighlights`` uses the same writer for videos whose features carry a learnable signal.
 """
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ class Video:
     duration: float = 4.0
     audio: bool = True
     texts: Sequence[tuple[str, str, int]] = ()  # (id, text, token count)
-    extra: dict = field(default_factory=dict)  # raw members overriding/adding fields, e.g. garbage bytes
+    video_step: float = VIDEO_STEP
+    audio_step: float = AUDIO_STEP
+    # Raw members overriding/adding fields: garbage bytes, or arrays carrying a signal instead of random ones.
+    extra: dict = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -34,8 +38,8 @@ class Video:
 def contract_sample(video: Video) -> dict:
     seed = sum(map(ord, video.name))
     rng = np.random.default_rng(seed)
-    video_ts = np.arange(0, video.duration, VIDEO_STEP, dtype=np.float32)
-    audio_ts = np.arange(0, video.duration, AUDIO_STEP, dtype=np.float32) if video.audio else np.zeros(0, np.float32)
+    video_ts = np.arange(0, video.duration, video.video_step, dtype=np.float32)
+    audio_ts = np.arange(0, video.duration, video.audio_step, dtype=np.float32) if video.audio else np.zeros(0, np.float32)
     sample = {
         "__key__": video.key,
         "video.npy": rng.standard_normal((len(video_ts), D_VIDEO)).astype(np.float16),
@@ -48,7 +52,7 @@ def contract_sample(video: Video) -> dict:
         "original_name": video.name,  # as the extraction pipeline records it
         "source": f"/videos/{video.name}.mp4",
         "duration": video.duration,
-        "streams": {"video": {"fps": 1 / VIDEO_STEP}, "audio": {"hop": AUDIO_STEP}},
+        "streams": {"video": {"fps": 1 / video.video_step}, "audio": {"hop": video.audio_step}},
         "provenance": {"video": {"model": "test"}, "audio": {"model": "log-mel"}},
         "notes": [] if video.audio else ["no audio track"],
         "lamflow_version": "test",
@@ -87,3 +91,60 @@ def write_extraction_dir(root: Path, shards: Sequence[Sequence[Video]]) -> Path:
 def grid(num_shards: int, per_shard: int, **video_args) -> list[list[Video]]:
     """num_shards x per_shard videos named v{shard}.{index} (dotted names, like QVHighlights vids)."""
     return [[Video(f"v{s}.{i}", **video_args) for i in range(per_shard)] for s in range(num_shards)]
+
+
+# The learnable toy: wider features and fewer tokens than the defaults above (trainer tests run real steps).
+TOY_VIDEO_DIM, TOY_AUDIO_DIM, TOY_TEXT_DIM = 16, 8, 12
+TOY_VIDEO_STEP, TOY_AUDIO_STEP = 1.0, 0.5
+
+
+@dataclass
+class ToyQVHighlights:
+    shards: Path  # extraction-style DIR: shards/, sizes.json, manifest.jsonl
+    train_annotations: Path
+    val_annotations: Path
+
+
+def write_toy_qvhighlights(
+    root: Path, videos: int = 8, val_videos: int = 2, duration: float = 20.0, per_shard: int = 3, seed: int = 0
+) -> ToyQVHighlights:
+    """``videos`` toy videos with one query each in shards under ``root``; the last ``val_videos`` are annotated as val.
+
+    Each query's ground-truth window is marked in the video features (frames inside the window carry one fixed
+    pattern, frames outside another, plus noise), so a model that learns anything lowers its loss and finds it.
+    """
+    rng = np.random.default_rng(seed)
+    inside, outside = rng.normal(size=TOY_VIDEO_DIM), rng.normal(size=TOY_VIDEO_DIM)
+    toys: list[Video] = []
+    annotations: list[dict] = []
+    for index in range(videos):
+        key, qid, query = f"vid{index:03d}", 1000 + index, f"toy query {index}"
+        start = 2.0 * rng.integers(0, int(duration / 2) - 4)
+        end = start + 2.0 * rng.integers(2, 4)
+        video_ts = (np.arange(int(duration / TOY_VIDEO_STEP)) + 0.5) * TOY_VIDEO_STEP  # frame centres
+        in_window = ((video_ts >= start) & (video_ts <= end))[:, None]
+        video = np.where(in_window, inside, outside) + 0.3 * rng.normal(size=(len(video_ts), TOY_VIDEO_DIM))
+        audio_ts = np.arange(int(duration / TOY_AUDIO_STEP)) * TOY_AUDIO_STEP
+        audio = rng.normal(size=(len(audio_ts), TOY_AUDIO_DIM))
+        text = np.zeros((1, 4, TOY_TEXT_DIM))  # 3 query tokens, zero-padded like a batch of texts
+        text[0, :3] = rng.normal(size=(3, TOY_TEXT_DIM))
+        toys.append(Video(key, duration, texts=[(str(qid), query, 3)], video_step=TOY_VIDEO_STEP,
+                          audio_step=TOY_AUDIO_STEP, extra={
+                              "video.npy": video.astype(np.float16),
+                              "video_ts.npy": video_ts.astype(np.float32),
+                              "audio.npy": audio.astype(np.float32),
+                              "audio_ts.npy": audio_ts.astype(np.float32),
+                              "text.npy": text.astype(np.float32),
+                              "text_pooled.npy": text[:, 0].astype(np.float32),
+                          }))
+        clips = list(range(int(start // 2), int(end // 2)))
+        annotations.append({
+            "qid": qid, "query": query, "duration": duration, "vid": key,
+            "relevant_windows": [[start, end]], "relevant_clip_ids": clips,
+            "saliency_scores": [[3, 4, 2] for _ in clips],
+        })
+    write_extraction_dir(root, [toys[first:first + per_shard] for first in range(0, videos, per_shard)])
+    train_path, val_path = root / "train.jsonl", root / "val.jsonl"
+    train_path.write_text("".join(json.dumps(a) + "\n" for a in annotations[: videos - val_videos]))
+    val_path.write_text("".join(json.dumps(a) + "\n" for a in annotations[videos - val_videos :]))
+    return ToyQVHighlights(root, train_path, val_path)

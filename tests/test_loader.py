@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections import Counter
 
 import numpy as np
@@ -125,6 +126,42 @@ def test_resume_mid_epoch_yields_exactly_the_batches_the_uninterrupted_run_yield
     resumed.load_state_dict(state)
     resumed.set_epoch(1)  # a trainer re-selecting the saved epoch keeps the position
     assert_same_batches(taken + list(resumed), expected)
+
+
+class CollatingProcessTask(ClassificationTask):
+    """Classification whose batches also name the process that collated them (a DataLoader worker)."""
+
+    def collate(self, items: list[dict]) -> dict:
+        return {**super().collate(items), "collated_by": os.getpid()}
+
+
+def test_worker_processes_persist_across_epochs(tmp_path):
+    root, _ = make_dataset(tmp_path, grid(6, 4))
+    current = loader(root, CollatingProcessTask(tmp_path / "labels.json"), num_workers=2)
+    epoch0 = {batch["collated_by"] for batch in current}
+    epoch1 = {batch["collated_by"] for batch in current}
+    assert current.state_dict()["epoch"] == 2
+    assert len(epoch0) == 2 and os.getpid() not in epoch0
+    assert epoch1 == epoch0  # the same two worker processes served both epochs
+
+
+def test_running_workers_follow_an_abandoned_epoch_load_state_dict_and_set_epoch(tmp_path):
+    root, task = make_dataset(tmp_path, [[Video(f"s{s}.{i}", duration=1.0 + i) for i in range(6)] for s in range(5)])
+
+    def fresh(epoch, seed=0):
+        reference = loader(root, task, seed=seed)
+        reference.set_epoch(epoch)
+        return list(reference)
+
+    current = loader(root, task)
+    assert_same_batches(list(current), fresh(0))  # starts the workers
+    abandoned = iter(current)
+    taken = [next(abandoned), next(abandoned)]  # workers keep prefetching batches of epoch 1 for it
+    assert_same_batches(taken + list(current), fresh(1))
+    current.load_state_dict({"epoch": 0, "batches_done": 3, "seed": 5})  # the workers hold seed 0 in their config
+    assert_same_batches(list(current), fresh(0, seed=5)[3:])
+    current.set_epoch(4)
+    assert_same_batches(list(current), fresh(4, seed=5))
 
 
 def test_a_state_saved_with_the_last_batch_of_an_epoch_resumes_at_the_next_epoch(tmp_path):

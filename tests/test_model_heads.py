@@ -10,7 +10,7 @@ from lamflow.train.config import ModelConfig
 from lamflow.train.heads import decode_moments, nms_1d, pool_to_clips
 from lamflow.train.losses import moment_loss, moment_targets
 from lamflow.train.model import MultimodalLAMModel, downsample_stream, infer_input_dims
-from shard_factory import write_toy_qvhighlights
+from contract_shards import write_toy_qvhighlights
 
 SMALL = dict(dim=32, depth=2, heads=2, generator_hidden=32, generator_rank=4, dropout=0.0)
 

@@ -77,6 +77,13 @@ def test_overrides_are_coerced_to_the_field_types():
     assert config.model.num_classes == 7
 
 
+def test_choice_words_that_yaml_reads_as_booleans_stay_words():
+    config = TrainConfig()
+    for override in ("run.amp=off", "model.mask=none", "model.num_classes=auto"):
+        apply_override(config, override)
+    assert (config.run.amp, config.model.mask, config.model.num_classes) == ("off", "none", "auto")
+
+
 def test_yaml_exponents_without_a_dot_are_read_as_floats(tmp_path):
     # PyYAML reads 1e-3 as the string "1e-3"; a float field accepts it.
     path = tmp_path / "c.yaml"

@@ -21,8 +21,8 @@ from lamflow.train.eval_qvhighlights import BRIEF_KEYS, evaluate_files
 from lamflow.train.run_log import read_metrics
 from lamflow.train.schedule import WarmupCosine
 from lamflow.train.trainer import train
+from contract_shards import write_toy_qvhighlights
 from media import make_media
-from shard_factory import write_toy_qvhighlights
 
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
 DURATION = 6.0

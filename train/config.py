@@ -381,6 +381,10 @@ def _parse_text(text: str, hint: Any) -> Any:
     accepts_str = hint is str or (is_union and str in typing.get_args(hint))
     if accepts_str and text.lower() not in ("null", "none", "~"):
         return text
+    # A word the field lists as a choice stays that word: YAML would read `run.amp=off` as False.
+    options = typing.get_args(hint) if is_union else (hint,)
+    if any(typing.get_origin(option) is Literal and text in typing.get_args(option) for option in options):
+        return text
     parsed = yaml.safe_load(text) if text else None
     if typing.get_origin(hint) is tuple and isinstance(parsed, str) and "," in parsed:
         return [yaml.safe_load(part) for part in parsed.split(",")]
