@@ -25,9 +25,10 @@ from lamflow.train.eval_qvhighlights import (
     highlight_average_precision,
     load_jsonl,
 )
+from real_data import QVHIGHLIGHTS, requires_qvhighlights
 
-VAL_FILE = Path("/work/shared/data/qvhighlights/highlight_val_release.jsonl")
-TEST_FILE = Path("/work/shared/data/qvhighlights/highlight_test_release.jsonl")
+VAL_FILE = QVHIGHLIGHTS / "highlight_val_release.jsonl"
+TEST_FILE = QVHIGHLIGHTS / "highlight_test_release.jsonl"
 
 
 def gt_record(qid, duration, windows, clip_ids=(0,), scores=((4, 4, 4),)):
@@ -358,6 +359,7 @@ def test_ground_truth_problems_are_errors():
         evaluate([gt_record(1, 20, [(0, 10)], clip_ids=[0, 1])], [])
 
 
+@requires_qvhighlights
 def test_unlabelled_test_split_as_ground_truth_points_to_val(tmp_path):
     pred = write_jsonl(tmp_path / "pred.jsonl", [pred_record(1, 20, [(0, 10, 1.0)])])
     with pytest.raises(EvaluationInputError, match=r"highlight_test_release.jsonl:1: .*evaluate on highlight_val"):
@@ -410,6 +412,7 @@ def run_cli(capsys, gt_path, pred_path, *extra):
     return code, captured.out, captured.err
 
 
+@requires_qvhighlights
 def test_whole_video_baseline_on_one_real_query_matches_hand_computation():
     record = load_jsonl(VAL_FILE)[0]
     assert record["qid"] == 2579 and record["relevant_windows"] == [[82, 150]] and record["duration"] == 150
@@ -424,6 +427,7 @@ def test_whole_video_baseline_on_one_real_query_matches_hand_computation():
     assert brief["HL-min-Fair-Hit1"] == 0.0
 
 
+@requires_qvhighlights
 def test_cli_on_real_val_file_reproduces_the_official_golden_numbers(tmp_path, capsys):
     gt_records = load_jsonl(VAL_FILE)
     assert len(gt_records) == 1550
@@ -456,6 +460,7 @@ def test_cli_on_real_val_file_reproduces_the_official_golden_numbers(tmp_path, c
     }
 
 
+@requires_qvhighlights
 def test_cli_reports_bad_predictions_on_stderr_with_exit_status_2(tmp_path, capsys):
     gt_records = load_jsonl(VAL_FILE)[:3]
     gt_path = write_jsonl(tmp_path / "gt.jsonl", gt_records)

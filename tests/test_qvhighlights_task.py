@@ -12,16 +12,16 @@ from contract_shards import D_TEXT, Video, contract_sample, write_extraction_dir
 from lamflow.datasets.join import NameIndex
 from lamflow.datasets.loader import LoaderConfig, StreamingLoader
 from lamflow.datasets.qvhighlights import AnnotationError, QVHighlightsTask, load_queries
+from real_data import QVHIGHLIGHTS, requires_qvhighlights
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "qvhighlights"
 VID_A, VID_B = "j7rJstUseKg_360.0_510.0", "NUsG9BgSes0_210.0_360.0"
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="real QVHighlights annotations not present")
+@requires_qvhighlights
 def test_the_real_train_val_and_test_files_load_and_satisfy_the_schema():
     counts = {}
     for split in ("train", "val", "test"):
-        queries = load_queries(REAL / f"highlight_{split}_release.jsonl")
+        queries = load_queries(QVHIGHLIGHTS / f"highlight_{split}_release.jsonl")
         counts[split] = len(queries)
         assert len({q.qid for q in queries}) == len(queries)
         for query in queries:

@@ -9,6 +9,7 @@ import pytest
 from lamflow.pipelines.keys import MAX_KEY_LENGTH, assign_keys, safe_key, source_name
 from lamflow.pipelines.sources import SourceError, expand_sources, local_copy
 from lamflow.pipelines.texts import load_texts
+from real_data import QVHIGHLIGHTS
 
 SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -131,7 +132,7 @@ def test_keys_fixed_by_an_earlier_run_are_kept_and_avoided():
 
 
 def test_texts_from_a_qvhighlights_annotation_file_are_grouped_by_safe_key(tmp_path):
-    real = Path("/work/shared/data/qvhighlights/highlight_val_release.jsonl")
+    real = QVHIGHLIGHTS / "highlight_val_release.jsonl"
     rows = [json.loads(line) for line in real.read_text().splitlines()[:3]] if real.exists() else [
         {"qid": 1, "query": "a man talks", "vid": "abc_0.0_150.0"}, {"qid": 2, "query": "a dog", "vid": "abc_0.0_150.0"}]
     path = tmp_path / "ann.jsonl"
