@@ -98,9 +98,9 @@ def probe(path: str, timeout: float = PROBE_TIMEOUT_S) -> MediaInfo:
     try:
         done = subprocess.run(args, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise DecodeError(f"{path}: ffprobe did not finish within {timeout:.0f} s (file unreadable or hung)")
+        raise DecodeError(f"{path}: ffprobe did not finish within {timeout:.0f} s (file unreadable or hung)") from None
     except FileNotFoundError:
-        raise DecodeError("ffprobe not found on PATH: install ffmpeg (e.g. apt-get install ffmpeg)")
+        raise DecodeError("ffprobe not found on PATH: install ffmpeg (e.g. apt-get install ffmpeg)") from None
     if done.returncode != 0:
         reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
         raise DecodeError(f"{path}: cannot read media ({reason[-1] if reason else 'ffprobe failed'})")
