@@ -39,8 +39,8 @@ def total_tokens(item: Mapping[str, Any], streams: Sequence[str], max_tokens: Ma
 
 
 def _writable(array: np.ndarray) -> np.ndarray:
-    # Arrays decoded from tar bytes are read-only views; torch.from_numpy warns on those. Only the copy
-    # into the padded batch tensor reads them, so a flag flip is not needed: copy just the rare read-only case.
+    # torch.from_numpy warns on read-only arrays (e.g. np.frombuffer output from a custom text_encoder).
+    # Decoded .npy members are writable, so the copy only costs something in that rare case.
     return array if array.flags.writeable else array.copy()
 
 

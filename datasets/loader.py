@@ -295,8 +295,12 @@ class StreamingLoader:
         if not self.config.num_workers:
             return iter(self._stream)
         if self._dataloader is None:
+            # A generator of its own: without it, every new iterator draws the workers' base seed from
+            # torch's global RNG, which would shift the training run's dropout stream by where epochs start
+            # (and break bit-exact resume). Shuffling never uses it: the stream seeds from (seed, epoch).
             self._dataloader = DataLoader(self._stream, batch_size=None, num_workers=self.config.num_workers,
-                                          collate_fn=_as_is, persistent_workers=True)
+                                          collate_fn=_as_is, persistent_workers=True,
+                                          generator=torch.Generator().manual_seed(self.config.seed))
         # With persistent workers this restarts the running workers' iterators (an unfinished previous
         # iteration of this loader stops: iterate one epoch at a time).
         return iter(self._dataloader)

@@ -122,7 +122,7 @@ def resolve_shards(spec: str | Path | Sequence[str]) -> list[ShardInfo]:
     if isinstance(spec, (str, Path)) and Path(spec).is_dir():
         shards = shards_from_dir(Path(spec))
     else:
-        urls = expand_urls([str(s) for s in spec] if not isinstance(spec, (str, Path)) else str(spec))
+        urls = expand_urls(str(spec) if isinstance(spec, (str, Path)) else spec)
         missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.isfile(u)]
         if missing:
             raise FileNotFoundError(

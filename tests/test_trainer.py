@@ -129,12 +129,14 @@ def test_torchrun_two_processes_train_from_real_shards_and_write_official_predic
         assert torch.allclose(torch.tensor(first["pred_saliency_scores"]), torch.tensor(second["pred_saliency_scores"]), atol=1e-4)
 
 
-def test_resume_after_a_checkpoint_reproduces_the_uninterrupted_losses(extracted, tmp_path):
-    # dropout on (RNG must be restored), checkpoint mid-epoch (4 batches per epoch), run across an epoch end.
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_after_a_checkpoint_reproduces_the_uninterrupted_losses(extracted, tmp_path, workers):
+    # dropout on (RNG must be restored), checkpoint mid-epoch (4 batches per epoch), run across an epoch end;
+    # with loader worker processes too (starting their iterators must not consume the training RNG).
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     train(load_config(CONFIGS / "qvhighlights_lam.yaml", qv_overrides(
         extracted, full, "optim.max_steps=7", "run.checkpoint_every=3", "run.keep_checkpoints=5", "run.eval_every=0",
-        "data.val_shards=", "model.dropout=0.2")))
+        "data.val_shards=", "model.dropout=0.2", f"data.num_workers={workers}")))
     uninterrupted = train_losses(full)
     assert sorted(uninterrupted) == list(range(1, 8))
 
@@ -145,7 +147,7 @@ def test_resume_after_a_checkpoint_reproduces_the_uninterrupted_losses(extracted
     (resumed / "metrics.jsonl").write_text("\n".join(log_lines) + "\n")
 
     overrides = qv_overrides(extracted, resumed, "optim.max_steps=7", "run.checkpoint_every=3", "run.eval_every=0",
-                             "data.val_shards=", "model.dropout=0.2")
+                             "data.val_shards=", "model.dropout=0.2", f"data.num_workers={workers}")
     train(load_config(CONFIGS / "qvhighlights_lam.yaml", overrides), resume=True)
     assert train_losses(resumed) == uninterrupted  # exact equality: same batches, same dropout masks
 

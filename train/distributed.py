@@ -84,17 +84,6 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values / dist.get_world_size()
 
 
-def sum_over_ranks(value: float) -> float:
-    """Sum a number over all ranks (e.g. samples processed)."""
-    if not dist.is_initialized():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return float(tensor.item())
-
-
 def autocast(device: torch.device, amp: str) -> torch.autocast:
     """bf16 autocast on GPU for amp "auto" (full precision on CPU, where bf16 matmuls are slow); "bf16"
     forces it on any device; "off" disables it."""

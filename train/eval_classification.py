@@ -14,14 +14,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from lamflow.datasets.classification import load_labels
-from lamflow.train.eval_qvhighlights import EvaluationInputError, load_jsonl
+from lamflow.train.eval_qvhighlights import EvaluationInputError, as_percent, listed, load_jsonl
 
 DEFAULT_TOPK: tuple[int, ...] = (1, 5)
-_LISTED_IN_ERRORS = 5
-
-
-def _percent(value: float) -> float:
-    return float(f"{100 * value:.2f}")  # same 2-dp formatting as the QVHighlights metrics
 
 
 def _check_ks(ks: Sequence[int]) -> None:
@@ -50,13 +45,7 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = DE
     ranking = np.argsort(-logits, axis=1, kind="stable")
     # rank_of_label[i]: 0 when the label is the top prediction of sample i.
     rank_of_label = np.argmax(ranking == labels[:, None], axis=1)
-    return {f"top{k}": _percent(np.mean(rank_of_label < k)) for k in ks}
-
-
-def _listed(keys: set[str]) -> str:
-    shown = ", ".join(sorted(keys)[:_LISTED_IN_ERRORS])
-    more = len(keys) - _LISTED_IN_ERRORS
-    return f"{shown} (and {more} more)" if more > 0 else shown
+    return {f"top{k}": as_percent(np.mean(rank_of_label < k)) for k in ks}
 
 
 def ranked_accuracy(
@@ -98,11 +87,11 @@ def ranked_accuracy(
         for k in ks:
             hits[k] += truth in ranked[:k]
     if unknown:
-        raise EvaluationInputError(f"{source}: {len(unknown)} key(s) have no label: {_listed(unknown)}")
+        raise EvaluationInputError(f"{source}: {len(unknown)} key(s) have no label: {listed(unknown)}")
     missing = set(labels) - seen
     if missing:
-        raise EvaluationInputError(f"{source}: no prediction for {len(missing)} labelled key(s): {_listed(missing)}")
-    result: dict[str, float | int] = {f"top{k}": _percent(hits[k] / len(labels)) for k in ks}
+        raise EvaluationInputError(f"{source}: no prediction for {len(missing)} labelled key(s): {listed(missing)}")
+    result: dict[str, float | int] = {f"top{k}": as_percent(hits[k] / len(labels)) for k in ks}
     result["num_samples"] = len(labels)
     return result
 

@@ -231,9 +231,10 @@ def validate_ground_truth(records: Sequence[Mapping], source: str = "ground trut
     return queries
 
 
-def _listed(qids: set[int]) -> str:
-    shown = ", ".join(str(q) for q in sorted(qids)[:_LISTED_IN_ERRORS])
-    more = len(qids) - _LISTED_IN_ERRORS
+def listed(values: set[int] | set[str]) -> str:
+    """The first few of ``values`` (sorted) for an error message, and how many more there are."""
+    shown = ", ".join(str(v) for v in sorted(values)[:_LISTED_IN_ERRORS])
+    more = len(values) - _LISTED_IN_ERRORS
     return f"{shown} (and {more} more)" if more > 0 else shown
 
 
@@ -296,14 +297,14 @@ def validate_predictions(
         predictions[qid] = PredictedQuery(qid, windows, np.asarray(saliency, dtype=float))
     if unknown:
         raise EvaluationInputError(
-            f"{source}: {len(unknown)} qid(s) not in the ground truth: {_listed(unknown)}; "
+            f"{source}: {len(unknown)} qid(s) not in the ground truth: {listed(unknown)}; "
             "are the predictions for another split?"
         )
     missing = set(ground_truth) - set(predictions)
     if missing:
         raise EvaluationInputError(
             f"{source}: no prediction for {len(missing)} of {len(ground_truth)} ground-truth qid(s): "
-            f"{_listed(missing)}; the official evaluator requires one prediction per query"
+            f"{listed(missing)}; the official evaluator requires one prediction per query"
         )
     return predictions
 
@@ -379,7 +380,7 @@ def detection_average_precision(
     return np.array([interpolated_average_precision(precision[t], recall[t]) for t in range(len(thresholds))])
 
 
-def _as_percent(value: float) -> float:
+def as_percent(value: float) -> float:
     """The official formatting of every reported number: ``float(f"{100 * value:.2f}")``."""
     return float(f"{100 * value:.2f}")
 
@@ -419,7 +420,7 @@ def recall_at_one(
         ]
     )
     ious = temporal_iou_hull(top_windows, best_gt)
-    return {_threshold_key(t): _as_percent(np.mean(ious >= t)) for t in IOU_THRESHOLDS}
+    return {_threshold_key(t): as_percent(np.mean(ious >= t)) for t in IOU_THRESHOLDS}
 
 
 def mean_average_precision(
@@ -434,8 +435,8 @@ def mean_average_precision(
         ]
     )
     per_threshold = per_query.mean(axis=0)
-    result = {_threshold_key(t): _as_percent(ap) for t, ap in zip(IOU_THRESHOLDS, per_threshold)}
-    result["average"] = _as_percent(np.mean(per_threshold))
+    result = {_threshold_key(t): as_percent(ap) for t, ap in zip(IOU_THRESHOLDS, per_threshold)}
+    result["average"] = as_percent(np.mean(per_threshold))
     return result
 
 
@@ -519,8 +520,8 @@ def evaluate_highlights(
                 highlight_average_precision(positives[:, a], fitted) for a in range(NUM_ANNOTATORS)
             )
         metrics[f"HL-min-{level}"] = {
-            "HL-mAP": _as_percent(np.mean(average_precisions)),
-            "HL-Hit1": _as_percent(np.mean(hits)),
+            "HL-mAP": as_percent(np.mean(average_precisions)),
+            "HL-Hit1": as_percent(np.mean(hits)),
         }
     return metrics
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-CLIP_SECONDS = 2.0  # QVHighlights scores saliency per 2-second clip
+from lamflow.datasets.qvhighlights import CLIP_SECONDS
 
 
 def _mlp(dim: int, out: int) -> nn.Sequential:

@@ -17,7 +17,7 @@ from torch import nn
 
 from lamflow.lam import LAMConfig, LAMEncoder
 from lamflow.train.config import ModelConfig
-from lamflow.train.heads import CLIP_SECONDS, ClassificationHead, MomentHead
+from lamflow.train.heads import ClassificationHead, MomentHead
 
 MOMENT_STREAM = "video"  # moment windows and saliency are anchored on the video tokens
 
@@ -172,9 +172,6 @@ class MultimodalLAMModel(nn.Module):
         if self.task == "classification":
             return {"logits": self.head(hidden, padding)}
         video = spans[MOMENT_STREAM]
-        duration = batch["duration"].float()
-        if "saliency" in batch:
-            num_clips = batch["saliency"].shape[1]
-        else:
-            num_clips = int(torch.ceil(duration.max() / CLIP_SECONDS).item()) if len(duration) else 0
-        return self.head(hidden[:, video], times[:, video], padding[:, video], duration, num_clips)
+        # Saliency is predicted for the clips the batch's targets cover (QVHighlightsTask.collate).
+        num_clips = batch["saliency"].shape[1]
+        return self.head(hidden[:, video], times[:, video], padding[:, video], batch["duration"].float(), num_clips)

@@ -192,7 +192,7 @@ def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any
             if ctx.is_main:
                 record = {"step": step, "split": "train", **dict(zip(names, values)), "lr": lr,
                           "grad_norm": float(grad_norm), "samples_per_s": samples_per_s,
-                          "epoch": train_loader.state_dict()["epoch"]}
+                          "epoch": train_loader.epoch}
                 run_log.write(record)
                 last["train"] = record
         if step == optim.max_steps or (run.checkpoint_every and step % run.checkpoint_every == 0):
