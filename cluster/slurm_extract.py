@@ -52,22 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from lamflow.cli import main as lamflow_main
 
+    job = dict(queue=args.queue, account=args.account, walltime=args.walltime, cores=args.cores, memory=args.memory,
+               job_script_prologue=args.prologue, local_directory=args.local_directory)
     if args.gpus:
         # One worker process per GPU job: every process of a multi-process job would see the same GPUs.
         cluster = SLURMCluster(
-            queue=args.queue, account=args.account, walltime=args.walltime, cores=args.cores, processes=1,
-            memory=args.memory, job_extra_directives=["--gres=gpu:1"], job_script_prologue=args.prologue,
+            **job, processes=1, job_extra_directives=["--gres=gpu:1"],
             worker_extra_args=["--resources", f"GPU={args.tasks_per_gpu}", "--nthreads", str(args.tasks_per_gpu)],
-            local_directory=args.local_directory,
         )
         extract_args += ["--task-resources", "GPU=1", "--device", "cuda"]
     else:
         # Single-threaded worker processes, as the embedded LocalCluster uses: decode and torch never share a GIL.
-        cluster = SLURMCluster(
-            queue=args.queue, account=args.account, walltime=args.walltime, cores=args.cores,
-            processes=args.cores, memory=args.memory, job_script_prologue=args.prologue,
-            local_directory=args.local_directory,
-        )
+        cluster = SLURMCluster(**job, processes=args.cores)
     with cluster:
         cluster.scale(jobs=args.jobs)
         print(f"Dask scheduler {cluster.scheduler_address}; dashboard {cluster.dashboard_link}", file=sys.stderr)

@@ -21,15 +21,13 @@ from lamflow import __version__
 from lamflow.pipelines.keys import assign_keys, source_name
 from lamflow.pipelines.manifest import OutputDir, Record
 from lamflow.pipelines.settings import ExtractSettings
-from lamflow.pipelines.shards import ShardSink
+from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, ShardSink
 from lamflow.pipelines.sources import VIDEO_EXTENSIONS, Source, expand_sources
 from lamflow.pipelines.texts import load_texts, texts_fingerprint
 from lamflow.pipelines.worker import VideoOutcome, extract_video
 
 # Settings that change how fast features are computed, not what they are: a resume may change them.
 RUNTIME_FIELDS = ("device", "frame_batch")
-DEFAULT_SHARD_SAMPLES = 1000
-DEFAULT_SHARD_BYTES = 1_000_000_000
 TASKS_PER_THREAD = 2  # submitted-but-unfinished tasks per worker thread: keeps workers busy, memory bounded
 WINDOW_WITHOUT_WORKERS = 64  # window while an external cluster has no workers yet (e.g. SLURM jobs queued)
 
@@ -94,11 +92,8 @@ def _record_of(outcome: VideoOutcome, names: dict[str, str]) -> Record:
     if outcome.sample is None:
         return Record(outcome.key, outcome.source, "error", error=outcome.error,
                       original_name=names[outcome.source], seconds=round(outcome.seconds, 3))
-    sample = outcome.sample
-    counts = {"video": len(sample["video.npy"]), "audio": len(sample["audio.npy"])}
-    if "text_pooled.npy" in sample:
-        counts["text"] = len(sample["text_pooled.npy"])
-    return Record(outcome.key, outcome.source, "ok", counts=counts, duration=sample["meta.json"].get("duration"),
+    meta = outcome.sample["meta.json"]  # featurize_video already counted the tokens per stream
+    return Record(outcome.key, outcome.source, "ok", counts=dict(meta["counts"]), duration=meta.get("duration"),
                   original_name=names[outcome.source], seconds=round(outcome.seconds, 3))
 
 
@@ -156,16 +151,9 @@ def run_extraction(
             unmatched_text_keys=sorted(set(texts_by_key) - set(keys.values())),
         )
         if todo:
-            sink = ShardSink(output.shards_dir, output.next_shard_index(), shard_samples, shard_bytes,
-                             on_commit=lambda shard, records: output.append(
-                                 [_with_shard(r, shard) for r in records]))
-            try:
+            with output.shard_sink(shard_samples, shard_bytes) as sink:
                 _run_tasks(todo, keys, names, settings, texts_by_key, sink, output, summary,
                            workers, scheduler, task_resources, progress)
-                sink.close()
-            except BaseException:
-                sink.close_after_error()  # Ctrl-C or a fatal error: keep finished samples
-                raise
             summary.shards_written = list(sink.committed)
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.videos_per_second = round(summary.attempted / summary.seconds, 3) if summary.seconds else 0.0
@@ -174,11 +162,6 @@ def run_extraction(
         return summary
     finally:
         output.close()
-
-
-def _with_shard(record: Record, shard: str) -> Record:
-    record.shard = shard
-    return record
 
 
 def _run_tasks(

@@ -9,9 +9,9 @@ a shard directory back as one dataset per video, named by the original id.
 from __future__ import annotations
 
 import json
-from collections import Counter
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,10 @@ import numpy as np
 from lamflow import __version__
 from lamflow.pipelines.keys import assign_keys
 from lamflow.pipelines.manifest import EXTRACTION, OutputDir, Record, read_json
-from lamflow.pipelines.shards import ShardSink, final_shards, iter_shard
+from lamflow.pipelines.settings import DTYPES
+from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, final_shards, iter_shard
 
 STREAMS = ("video", "audio")
-STORED_DTYPES = ("float16", "float32")
 
 
 @dataclass
@@ -61,7 +61,7 @@ def _stored(array: np.ndarray, dtype: str | None) -> np.ndarray:
     """Keep float16/float32 as in the file (so export reproduces it bit for bit) unless ``dtype`` is given."""
     if dtype is not None:
         return array.astype(dtype)
-    return array if array.dtype.name in STORED_DTYPES else array.astype(np.float32)
+    return array if array.dtype.name in DTYPES else array.astype(np.float32)
 
 
 def _imported_sample(key: str, name: str, source: str, array: np.ndarray, stream: str, fps: float,
@@ -99,8 +99,8 @@ def import_h5(
     stream: str = "video",
     fps: float = 1.0,
     dtype: str | None = None,
-    shard_samples: int = 1000,
-    shard_bytes: int = 1_000_000_000,
+    shard_samples: int = DEFAULT_SHARD_SAMPLES,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
     overwrite: bool = False,
 ) -> ImportSummary:
     """Import every dataset of a MAD-style ``h5_path`` as one sample each; resumable like extraction."""
@@ -108,8 +108,8 @@ def import_h5(
         raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
     if not fps > 0:
         raise ValueError(f"fps must be > 0 (feature rows per second of the h5 file), got {fps!r}")
-    if dtype is not None and dtype not in STORED_DTYPES:
-        raise ValueError(f"dtype must be one of {STORED_DTYPES} or None (keep the file's), got {dtype!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES} or None (keep the file's), got {dtype!r}")
     h5_path = Path(h5_path).resolve()
     if not h5_path.is_file():
         raise FileNotFoundError(f"h5 file {h5_path} does not exist")
@@ -124,10 +124,7 @@ def import_h5(
             keys = assign_keys(((source_of[n], n) for n in names), taken=output.keys_by_source())
             done = output.done_sources()
             todo = [n for n in names if source_of[n] not in done]
-            sink = ShardSink(output.shards_dir, output.next_shard_index(), shard_samples, shard_bytes,
-                             on_commit=lambda shard, records: output.append(
-                                 [Record(**{**r.to_json(), "shard": shard}) for r in records]))
-            try:
+            with output.shard_sink(shard_samples, shard_bytes) as sink:
                 for name in todo:
                     source = source_of[name]
                     raw = h5[name][()]
@@ -135,10 +132,6 @@ def import_h5(
                     sample = _imported_sample(keys[source], name, source, array, stream, fps, raw.dtype.name, h5_path)
                     sink.write(sample, Record(keys[source], source, "ok", counts={stream: len(array)},
                                               duration=len(array) / fps, original_name=name))
-                sink.close()
-            except BaseException:
-                sink.close_after_error()
-                raise
         output.compact()
         output.write_summaries()
         return ImportSummary(str(out_dir), len(names), len(todo), len(names) - len(todo), sink.committed,

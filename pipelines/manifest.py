@@ -22,10 +22,10 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from lamflow import __version__
-from lamflow.pipelines.shards import fsync_dir, final_shards, remove_temp_shards, shard_index
+from lamflow.pipelines.shards import ShardSink, fsync_dir, final_shards, remove_temp_shards, shard_index
 
 MANIFEST = "manifest.jsonl"
 EXTRACTION = "extraction.json"
@@ -69,15 +69,24 @@ class Record:
         return dataclasses.asdict(self)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temp file + rename, so readers never see half a file."""
+def _write_atomic(path: Path, lines: Iterable[str]) -> None:
+    """Write ``lines`` to ``path`` via a fsynced temp file + rename, so readers never see half a file."""
     temp = path.with_name(path.name + ".tmp")
     with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+        handle.writelines(lines)  # streamed: a compacted manifest of millions of records is never one string
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` atomically (readers see the old or the new file, never half of one)."""
+    _write_atomic(path, [json.dumps(data, indent=2, sort_keys=True), "\n"])
+
+
+def _jsonl(records: Iterable[Record]) -> Iterator[str]:
+    return (json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records)
 
 
 def read_json(path: Path) -> Any:
@@ -217,12 +226,19 @@ class OutputDir:
         return shard_index(shards[-1].name) + 1 if shards else 0
 
     # -- writing -------------------------------------------------------------------------------------
+    def shard_sink(self, max_samples: int, max_bytes: int) -> ShardSink[Record]:
+        """A sink writing new shards after the existing ones; each committed shard's records are
+        appended to the manifest with their shard name (see :class:`ShardSink` for the ordering)."""
+        return ShardSink(
+            self.shards_dir, self.next_shard_index(), max_samples, max_bytes,
+            on_commit=lambda shard, records: self.append(dataclasses.replace(r, shard=shard) for r in records),
+        )
+
     def append(self, records: Iterable[Record]) -> None:
         """Append records durably: one write, then fsync (a kill can tear only the last line)."""
         records = list(records)
-        payload = "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records)
         with open(self.root / MANIFEST, "a", encoding="utf-8") as handle:
-            handle.write(payload)
+            handle.write("".join(_jsonl(records)))
             handle.flush()
             os.fsync(handle.fileno())
         for record in records:
@@ -236,15 +252,7 @@ class OutputDir:
 
     def compact(self) -> None:
         """Rewrite the manifest with one record (the latest) per input, atomically."""
-        path = self.root / MANIFEST
-        temp = path.with_name(path.name + ".tmp")
-        with open(temp, "w", encoding="utf-8") as handle:
-            for record in self.latest.values():
-                handle.write(json.dumps(record.to_json(), sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-        fsync_dir(self.root)
+        _write_atomic(self.root / MANIFEST, _jsonl(self.latest.values()))
 
     def write_summaries(self, last_run: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write sizes.json ({shard: samples}) and stats.json from the manifest; returns the stats."""

@@ -20,6 +20,8 @@ import webdataset as wds
 
 SHARD_PATTERN = "shard-%06d.tar"
 TEMP_SUFFIX = ".tmp"
+DEFAULT_SHARD_SAMPLES = 1000
+DEFAULT_SHARD_BYTES = 1_000_000_000
 _SHARD_NAME = re.compile(r"^shard-(\d{6,})\.tar$")
 
 Record = TypeVar("Record")
@@ -93,6 +95,9 @@ class ShardSink(Generic[Record]):
     missing shard and drops them (see manifest.py), so "a final shard exists" implies "all its samples
     are recorded". Rolls over after ``max_samples`` samples or once ``max_bytes`` is reached (a shard may
     exceed ``max_bytes`` by its last sample).
+
+    Used as a context manager: a normal exit commits the open shard, an exception (Ctrl-C included)
+    goes through :meth:`close_after_error`, so finished samples survive an interrupted run.
     """
 
     def __init__(
@@ -157,6 +162,15 @@ class ShardSink(Generic[Record]):
         self._writer.write(encoded)  # may first roll over, committing the previous shard
         self._pending.append(record)
         self._torn = False
+
+    def __enter__(self) -> "ShardSink[Record]":
+        return self
+
+    def __exit__(self, error_type: type[BaseException] | None, *_: Any) -> None:
+        if error_type is None:
+            self.close()
+        else:
+            self.close_after_error()
 
     def close(self) -> None:
         """Commit the open shard (every sample in it is complete)."""

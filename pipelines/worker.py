@@ -7,7 +7,6 @@ one model at a time so memory stays at one model per worker.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -17,25 +16,20 @@ from lamflow.pipelines.settings import ExtractSettings
 from lamflow.pipelines.sources import local_copy
 
 _lock = threading.Lock()  # threads of one worker share the model; only one may load it
-_cache: dict[str, Any] = {}
+_cache: dict[ExtractSettings, Any] = {}  # frozen dataclass: equal settings hash equal after pickling
 _counters = {"encoder_loads": 0, "videos": 0}
-
-
-def _settings_id(settings: ExtractSettings) -> str:
-    return json.dumps(settings.to_json(), sort_keys=True)
 
 
 def cached_encoders(settings: ExtractSettings) -> tuple[Any, Any]:
     """(ClipEncoder, AudioTokenizer) for ``settings``, loaded on the first call in this process."""
     from lamflow.pipelines.featurize import load_encoders
 
-    wanted = _settings_id(settings)
     with _lock:
-        if wanted not in _cache:
+        if settings not in _cache:
             _cache.clear()  # free the previous model before loading another
-            _cache[wanted] = load_encoders(settings)
+            _cache[settings] = load_encoders(settings)
             _counters["encoder_loads"] += 1
-        return _cache[wanted]
+        return _cache[settings]
 
 
 def worker_counters() -> dict[str, int]:

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,7 +59,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cls.set_defaults(func=_run_classification)
 
 
-def _report(result: dict, out: Path | None) -> int:
+def _score(task: str, evaluate: Callable[[], dict], out: Path | None) -> int:
+    """Print (and optionally write) ``evaluate()``'s result; unscorable input is exit status 2."""
+    from lamflow.train.eval_qvhighlights import EvaluationInputError
+
+    try:
+        result = evaluate()
+    except EvaluationInputError as error:
+        print(f"lamflow eval {task}: error: {error}", file=sys.stderr)
+        return 2
     text = json.dumps(result, indent=4)
     print(text)
     if out is not None:
@@ -68,23 +77,12 @@ def _report(result: dict, out: Path | None) -> int:
 
 
 def _run_qvhighlights(args: argparse.Namespace) -> int:
-    from lamflow.train.eval_qvhighlights import EvaluationInputError, evaluate_files
+    from lamflow.train.eval_qvhighlights import evaluate_files
 
-    try:
-        result = evaluate_files(args.gt, args.pred)
-    except EvaluationInputError as error:
-        print(f"lamflow eval qvhighlights: error: {error}", file=sys.stderr)
-        return 2
-    return _report(result, args.out)
+    return _score("qvhighlights", lambda: evaluate_files(args.gt, args.pred), args.out)
 
 
 def _run_classification(args: argparse.Namespace) -> int:
     from lamflow.train.eval_classification import evaluate_files
-    from lamflow.train.eval_qvhighlights import EvaluationInputError
 
-    try:
-        result = evaluate_files(args.labels, args.pred, tuple(args.topk))
-    except EvaluationInputError as error:
-        print(f"lamflow eval classification: error: {error}", file=sys.stderr)
-        return 2
-    return _report(result, args.out)
+    return _score("classification", lambda: evaluate_files(args.labels, args.pred, tuple(args.topk)), args.out)

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export-h5",
         help="write one stream of an output directory's shards to a MAD-style HDF5 file",

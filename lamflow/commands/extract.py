@@ -24,7 +24,7 @@ def _resources(text: str) -> dict[str, float]:
     return resources
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "extract",
         help="extract time-stamped video/audio/text tokens from videos into WebDataset shards",

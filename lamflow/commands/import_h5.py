@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lamflow.pipelines.settings import DTYPES
 
-def register(subparsers) -> None:
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "import-h5",
         help="turn a MAD-style HDF5 feature file (one T x D dataset per video) into lamflow shards",
@@ -24,7 +26,7 @@ def register(subparsers) -> None:
                         help="which stream the features are (default video)")
     parser.add_argument("--fps", type=float, required=True,
                         help="feature rows per second in the file (e.g. 5 for MAD's CLIP features)")
-    parser.add_argument("--dtype", choices=("float16", "float32"), default=None,
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="dtype to store (default: keep the file's float16/float32; other types become float32)")
     parser.add_argument("--shard-samples", type=int, default=1000, help="videos per shard at most (default 1000)")
     parser.add_argument("--shard-bytes", type=float, default=1e9, help="start a new shard at this size (default 1e9)")

@@ -5,7 +5,7 @@ import argparse
 import json
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "inspect",
         help="summarise shards, streams, shapes, dtypes and failures of an output directory",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="write predictions of a checkpoint in the official format (QVHighlights jsonl or classification)",

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a LAM model on extracted shards (QVHighlights moments or classification)",

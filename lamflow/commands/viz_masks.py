@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "viz-masks",
         help="render saved Learnable Attention Masks as PNG heatmaps, one per layer",
