@@ -29,16 +29,14 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
-from torch.nn.attention.flex_attention import flex_attention
 
-from lamflow.lam.attention import LAM_PATHS, vanilla_attention
+from lamflow.lam.attention import LAM_PATHS, compiled_flex_attention, vanilla_attention
 from lamflow.lam.generator import LAMMask
 
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
-# FlexAttention without any score_mod: the fused kernel's own cost, to tell it apart from the mask's.
-plain_flex_attention = torch.compile(flex_attention, dynamic=True)
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,7 +59,7 @@ def cpu_memory(field: str) -> int:
         return int(re.search(rf"{field}:\s+(\d+) kB", status.read()).group(1)) * 1024
 
 
-def peak_memory(run, device: torch.device) -> int:
+def peak_memory(run: Callable[[], Any], device: torch.device) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
@@ -76,7 +74,7 @@ def peak_memory(run, device: torch.device) -> int:
     return cpu_memory("VmHWM") - before
 
 
-def best_seconds(run, device: torch.device, repeats: int) -> float:
+def best_seconds(run: Callable[[], Any], device: torch.device, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -87,7 +85,9 @@ def best_seconds(run, device: torch.device, repeats: int) -> float:
     return min(times)
 
 
-def make_inputs(args, length: int, device: torch.device, dtype: torch.dtype, combine: str | None, train: bool):
+def make_inputs(
+    args: argparse.Namespace, length: int, device: torch.device, dtype: torch.dtype, combine: str | None, train: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LAMMask | None, list[torch.Tensor]]:
     """q, k, v and (for LAM) a mask whose values are near the identity but not equal to it."""
     head_dim = args.dim // args.heads
     q, k, v = (torch.randn(args.batch, args.heads, length, head_dim, device=device, dtype=dtype) for _ in range(3))
@@ -105,12 +105,15 @@ def make_inputs(args, length: int, device: torch.device, dtype: torch.dtype, com
     return q, k, v, mask, leaves
 
 
-def build_run(kind: str, q, k, v, mask, leaves, train: bool):
+def build_run(
+    kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: LAMMask | None, leaves: list[torch.Tensor],
+    train: bool,
+) -> Callable[[], Any]:
     def forward():
         if kind == "sdpa":
             return vanilla_attention(q, k, v, None)
-        if kind == "flex-nomask":
-            return plain_flex_attention(q, k, v)
+        if kind == "flex-nomask":  # no score_mod: the fused kernel's own cost, to tell it apart from the mask's
+            return compiled_flex_attention(q, k, v)
         return LAM_PATHS[kind](q, k, v, mask, None)
 
     def run():
@@ -123,7 +126,7 @@ def build_run(kind: str, q, k, v, mask, leaves, train: bool):
     return run
 
 
-def measure(args, device: torch.device) -> list[dict]:
+def measure(args: argparse.Namespace, device: torch.device) -> list[dict]:
     train = device.type == "cuda"
     dtype = torch.bfloat16 if train else torch.float32
     variants = [("vanilla-sdpa", "sdpa", None), ("flex-nomask", "flex-nomask", None)] + [

@@ -19,20 +19,25 @@ from lamflow.lam.generator import LAMMask
 FLEX_MIN_LENGTH_CPU = 1024
 
 # torch.compile is lazy: nothing is compiled until the first call. One module-level object means every
-# encoder and layer shares its compile cache (the first CPU compile takes ~10-20 s). dynamic=True because
+# encoder and layer (and benchmarks/attention.py's flex row without a mask) shares its compile cache (the first CPU compile takes ~10-20 s). dynamic=True because
 # sequence lengths change from batch to batch, and because torch 2.14.1's automatic switch to dynamic
 # shapes (static first compile, dynamic recompile on the next length) fails for our score_mod in the CPU
 # C++ codegen ("'cur_kvSplitSize8' was not declared in this scope"); a dynamic first compile does not.
-_compiled_flex_attention = torch.compile(flex_attention, dynamic=True)
+compiled_flex_attention = torch.compile(flex_attention, dynamic=True)
 
 
 def combine_scores(scores: Tensor, mask: Tensor, combine: str) -> Tensor:
     return scores * mask if combine == "mul" else scores + mask
 
 
+def sdpa_attend_mask(key_padding: Tensor | None) -> Tensor | None:
+    """SDPA's boolean attn_mask (True = may attend) from a (B, L) key padding mask, broadcast over heads
+    and queries."""
+    return None if key_padding is None else ~key_padding[:, None, None, :]
+
+
 def vanilla_attention(q: Tensor, k: Tensor, v: Tensor, key_padding: Tensor | None) -> Tensor:
-    attend_to = None if key_padding is None else ~key_padding[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attend_to)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_attend_mask(key_padding))
 
 
 def eager_lam_attention(q: Tensor, k: Tensor, v: Tensor, mask: LAMMask, key_padding: Tensor | None) -> Tensor:
@@ -62,7 +67,7 @@ def flex_lam_attention(q: Tensor, k: Tensor, v: Tensor, mask: LAMMask, key_paddi
             score = torch.where(key_padding[b, kv_idx], float("-inf"), score)
         return score
 
-    return _compiled_flex_attention(q, k, v, score_mod=score_mod)
+    return compiled_flex_attention(q, k, v, score_mod=score_mod)
 
 
 def lowrank_additive_attention(q: Tensor, k: Tensor, v: Tensor, mask: LAMMask, key_padding: Tensor | None) -> Tensor:
@@ -74,15 +79,17 @@ def lowrank_additive_attention(q: Tensor, k: Tensor, v: Tensor, mask: LAMMask, k
     q_aug = torch.cat([q * head_dim**-0.5, u], dim=-1)
     k_aug = torch.cat([k, w], dim=-1)
     v_pad = F.pad(v, (0, u.shape[-1]))
-    attend_to = None if key_padding is None else ~key_padding[:, None, None, :]
-    out = F.scaled_dot_product_attention(q_aug, k_aug, v_pad, attn_mask=attend_to, scale=1.0)
+    out = F.scaled_dot_product_attention(q_aug, k_aug, v_pad, attn_mask=sdpa_attend_mask(key_padding), scale=1.0)
     return out[..., :head_dim]
 
 
 def flex_unavailable_reason(device: torch.device, needs_grad: bool) -> str | None:
     """Why the flex backend cannot run here, or None when it can."""
     if device.type not in ("cpu", "cuda"):
-        return f"FlexAttention is only supported on cpu and cuda devices here, not {device.type}"
+        return (
+            f"FlexAttention is only supported on cpu and cuda devices here, not {device.type}; "
+            'use attention="eager" or "auto" on this device'
+        )
     if device.type == "cpu" and needs_grad:
         return (
             f"FlexAttention has no CPU backward in torch {torch.__version__} "
@@ -90,7 +97,7 @@ def flex_unavailable_reason(device: torch.device, needs_grad: bool) -> str | Non
             'CPU, or run the forward under torch.no_grad()'
         )
     if device.type == "cpu" and not torch.cpu._is_avx2_supported():
-        return "FlexAttention on CPU needs a CPU with AVX2"
+        return 'FlexAttention on CPU needs a CPU with AVX2; use attention="eager" or "auto" on this machine'
     return None
 
 

@@ -5,7 +5,7 @@ import math
 import random
 from typing import Any
 
-CLIP_SECONDS = 2.0
+from lamflow.datasets.qvhighlights import CLIP_SECONDS
 
 
 def _clip_count(duration: float) -> int:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lamflow.train.run_log import read_metrics
+
 CURVE_METRIC = "MR-full-mAP"  # the validation number plotted next to the training loss
 
 
@@ -20,24 +22,21 @@ def write_report(
     report_dir.mkdir(parents=True, exist_ok=True)
     briefs = {name: result["brief"] for name, result in metrics.items()}
     (report_dir / "report.json").write_text(json.dumps({"info": info, "brief": briefs}, indent=2), encoding="utf-8")
-    curves = plot_curves({name: read_log(run / "metrics.jsonl") for name, run in runs.items()}, report_dir / "curves.png")
-    rows = metric_rows(briefs)
+    curves = plot_curves({name: read_metrics(run / "metrics.jsonl") for name, run in runs.items()},
+                         report_dir / "curves.png")
+    table = metric_table(briefs)
     images = [curves, *mask_images]
     summary = report_dir / "summary.md"
-    summary.write_text(markdown(rows, list(briefs), info, images, report_dir), encoding="utf-8")
-    (report_dir / "summary.html").write_text(page(rows, list(briefs), info, images, report_dir), encoding="utf-8")
+    summary.write_text(markdown(table, info, images, report_dir), encoding="utf-8")
+    (report_dir / "summary.html").write_text(page(table, info, images, report_dir), encoding="utf-8")
     return summary
 
 
-def read_log(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def metric_rows(briefs: dict[str, dict[str, float | None]]) -> list[list[str]]:
-    """One row per official metric, one column per model, plus LAM minus vanilla."""
+def metric_table(briefs: dict[str, dict[str, float | None]]) -> list[list[str]]:
+    """A header row, then one row per official metric: one column per model, plus LAM minus vanilla."""
     names = list(briefs)
     keys = list(next(iter(briefs.values())))
-    rows = []
+    rows = [["metric", *names, "LAM - vanilla"]]
     for key in keys:
         values = [briefs[name].get(key) for name in names]
         delta = ""
@@ -84,8 +83,8 @@ def _notes(info: dict[str, Any]) -> list[str]:
     ]
 
 
-def markdown(rows: list[list[str]], models: list[str], info: dict[str, Any], images: list[Path], root: Path) -> str:
-    header = ["metric", *models, "LAM - vanilla"]
+def markdown(table: list[list[str]], info: dict[str, Any], images: list[Path], root: Path) -> str:
+    header, *rows = table
     lines = ["# lamflow demo: LAM vs vanilla attention on the generated audio-visual corpus", ""]
     lines += [f"- {note}" for note in _notes(info)]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -94,8 +93,9 @@ def markdown(rows: list[list[str]], models: list[str], info: dict[str, Any], ima
     return "\n".join(lines) + "\n"
 
 
-def page(rows: list[list[str]], models: list[str], info: dict[str, Any], images: list[Path], root: Path) -> str:
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in ["metric", *models, "LAM - vanilla"])
+def page(table: list[list[str]], info: dict[str, Any], images: list[Path], root: Path) -> str:
+    header_row, *rows = table
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in header_row)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     notes = "".join(f"<li>{html.escape(note)}</li>" for note in _notes(info))
     figures = "".join(f'<p><img src="{html.escape(str(image.relative_to(root)))}"></p>' for image in images)

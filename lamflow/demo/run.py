@@ -97,8 +97,11 @@ def run_demo(config: DemoConfig) -> Path:
 
     stage("4/5 evaluate: official QVHighlights metrics (lamflow eval qvhighlights)")
     t0 = time.perf_counter()
+    from lamflow.train.eval_qvhighlights import load_jsonl
+    from lamflow.train.predict import write_jsonl
+
     report_dir = out / "report"
-    annotations = [json.loads(line) for line in corpus.val_annotations.read_text().splitlines() if line.strip()]
+    annotations = load_jsonl(corpus.val_annotations)
     for name, make in BASELINES.items():
         predictions[name] = write_jsonl(report_dir / "baselines" / f"{name}.jsonl", make(annotations))
     metrics = {name: evaluate(corpus.val_annotations, path, report_dir / f"metrics_{name}.json")
@@ -182,12 +185,6 @@ def lam_masks(run_dir: Path, out_dir: Path) -> list[Path]:
 
     saved = checkpoint_masks(latest_checkpoint(run_dir / "checkpoints"), out_dir / "val_item0.npz")
     return render_masks(saved, out_dir)
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def run(command: list[str], quiet: bool = False) -> None:
