@@ -30,6 +30,9 @@ from lamflow.pipelines.worker import VideoOutcome, extract_video
 RUNTIME_FIELDS = ("device", "frame_batch")
 TASKS_PER_THREAD = 2  # submitted-but-unfinished tasks per worker thread: keeps workers busy, memory bounded
 WINDOW_WITHOUT_WORKERS = 64  # window while an external cluster has no workers yet (e.g. SLURM jobs queued)
+# Finished videos held back (at most this many windows) while an earlier, slower one is still running, so
+# samples reach the shards in input order: the same inputs give the same shards however workers finish.
+REORDER_WINDOWS = 4
 
 
 @dataclass
@@ -95,6 +98,19 @@ def _record_of(outcome: VideoOutcome, names: dict[str, str]) -> Record:
     meta = outcome.sample["meta.json"]  # featurize_video already counted the tokens per stream
     return Record(outcome.key, outcome.source, "ok", counts=dict(meta["counts"]), duration=meta.get("duration"),
                   original_name=names[outcome.source], seconds=round(outcome.seconds, 3))
+
+
+def _write(outcome: VideoOutcome, names: dict[str, str], sink: ShardSink, output: OutputDir,
+           summary: ExtractionSummary) -> None:
+    """One finished input into the output: its sample into the open shard, or its failure into the manifest."""
+    record = _record_of(outcome, names)
+    if outcome.sample is None:
+        output.append([record])  # failures are final at once: no shard to wait for
+        summary.failed += 1
+        summary.failures[outcome.source] = outcome.error or ""
+    else:
+        sink.write(outcome.sample, record)
+        summary.ok += 1
 
 
 def _outcome_of(future: Any, source: str, key: str) -> VideoOutcome:
@@ -184,14 +200,16 @@ def _run_tasks(
     with dask_client(workers, scheduler) as client:
         threads = sum(client.nthreads().values())
         window = TASKS_PER_THREAD * threads if threads else WINDOW_WITHOUT_WORKERS
-        queue = iter(todo)
+        queue = iter(enumerate(todo))
         running = as_completed()
-        source_of: dict[str, Source] = {}
+        index_of: dict[str, int] = {}
+        finished: dict[int, VideoOutcome] = {}  # done, waiting for every earlier input to be written
+        written = 0
 
-        def submit_next() -> None:
-            source = next(queue, None)
+        def submit_next() -> bool:
+            index, source = next(queue, (None, None))
             if source is None:
-                return
+                return False
             key = keys[source.path]
             extra = {"original_name": names[source.path]}
             if source.metadata:
@@ -200,26 +218,26 @@ def _run_tasks(
                 extract_video, source.path, key, settings, texts_by_key.get(key), extra,
                 key=f"lamflow-extract-{key}-{uuid.uuid4().hex[:8]}", pure=False, resources=task_resources,
             )
-            source_of[future.key] = source
+            index_of[future.key] = index
             running.add(future)
+            return True
 
         for _ in range(window):
             submit_next()
         bar = tqdm(total=len(todo), unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         try:
             for future in running:
-                source = source_of.pop(future.key)
-                outcome = _outcome_of(future, source.path, keys[source.path])
+                index = index_of.pop(future.key)
+                source = todo[index]
+                finished[index] = _outcome_of(future, source.path, keys[source.path])
                 future.release()
-                submit_next()
-                record = _record_of(outcome, names)
-                if outcome.sample is None:
-                    output.append([record])  # failures are final at once: no shard to wait for
-                    summary.failed += 1
-                    summary.failures[outcome.source] = outcome.error or ""
-                else:
-                    sink.write(outcome.sample, record)
-                    summary.ok += 1
+                while written in finished:
+                    _write(finished.pop(written), names, sink, output, summary)
+                    written += 1
+                # Keep `window` tasks running unless too many finished ones already wait for a slow one.
+                while len(index_of) < window and len(index_of) + len(finished) < REORDER_WINDOWS * window:
+                    if not submit_next():
+                        break
                 bar.update(1)
                 bar.set_postfix(ok=summary.ok, failed=summary.failed, refresh=False)
         finally:

@@ -152,6 +152,19 @@ def test_rerunning_the_same_command_changes_nothing(corpus, tmp_path, scheduler)
     assert (out / MANIFEST).read_text() == manifest_before
 
 
+def test_samples_reach_the_shards_in_input_order_whatever_order_workers_finish(tmp_path, scheduler):
+    # With 2 workers the two short videos finish while the long first one is still being encoded.
+    videos = tmp_path / "videos"
+    make_media(videos / "a_slow.mp4", duration=12.0, size="320x240", rate=30)
+    make_media(videos / "b_quick.mp4", duration=1.0)
+    make_media(videos / "c_quick.mp4", duration=1.0)
+    out = tmp_path / "out"
+    run_extraction([str(videos)], out, TINY, scheduler=scheduler, shard_samples=2, progress=False)
+    layout = {p.name: [s["__key__"] for s in iter_shard(p, {"meta.json"})] for p in sorted((out / "shards").glob("*.tar"))}
+    assert layout == {"shard-000000.tar": ["a_slow", "b_quick"], "shard-000001.tar": ["c_quick"]}
+    assert_manifest_lists_each_shard_in_tar_order(out)
+
+
 def test_new_inputs_are_added_in_new_shards_without_touching_old_ones(corpus, tmp_path, scheduler):
     out = tmp_path / "out"
     run_extraction([str(corpus / "talk.mp4")], out, TINY, scheduler=scheduler, progress=False)
