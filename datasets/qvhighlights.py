@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lamflow.datasets.join import NameIndex
+from lamflow.errors import LamflowError
 
 LABEL_FIELDS = ("relevant_windows", "relevant_clip_ids", "saliency_scores")
 CLIP_SECONDS = 2.0
@@ -51,7 +52,7 @@ class QVHighlightsQuery:
         return values
 
 
-class AnnotationError(ValueError):
+class AnnotationError(LamflowError, ValueError):
     pass
 
 

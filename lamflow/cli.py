@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
 from lamflow import __version__
+from lamflow.errors import LamflowError
 
 # Order is the order shown by --help: the data path, top to bottom.
 COMMAND_MODULES = [
@@ -44,13 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(command: str, message: str) -> None:
+    """Print one error line; under torchrun only rank 0 speaks, so N ranks do not print N copies."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"lamflow {command}: error: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. User errors (:class:`LamflowError`) become one line and exit status 2;
+    Ctrl-C becomes one line and 130; anything else is a bug and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except LamflowError as error:
+        _report(args.command, str(error))
+        return 2
+    except KeyboardInterrupt:
+        _report(args.command, "interrupted")
+        return 130
 
 
 if __name__ == "__main__":

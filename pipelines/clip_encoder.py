@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 
+from lamflow.errors import LamflowError
+
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -31,7 +33,7 @@ RANDOM_INIT_SEED = 0
 NORMALISATION = "l2"
 
 
-class ClipWeightsError(RuntimeError):
+class ClipWeightsError(LamflowError, RuntimeError):
     """The requested CLIP model or weights cannot be loaded; the message says what to pass instead."""
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from lamflow import __version__
+from lamflow.errors import LamflowError
 from lamflow.pipelines.shards import ShardSink, fsync_dir, final_shards, remove_temp_shards, shard_index
 
 MANIFEST = "manifest.jsonl"
@@ -38,11 +39,11 @@ MAX_LISTED_FAILURES = 100  # stats.json stays small on huge corpora; manifest.js
 OUTPUT_FILES = (MANIFEST, STATS, SIZES, EXTRACTION)  # deletion order matters, see _delete_previous_output
 
 
-class SettingsMismatchError(ValueError):
+class SettingsMismatchError(LamflowError, ValueError):
     """The output directory was produced with other settings; mixing them would mix features."""
 
 
-class OutputDirError(RuntimeError):
+class OutputDirError(LamflowError, RuntimeError):
     """The output directory is in a state lamflow cannot repair by itself (message says what to do)."""
 
 

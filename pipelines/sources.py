@@ -20,6 +20,8 @@ from typing import Any, Iterator, Sequence
 
 import fsspec
 
+from lamflow.errors import LamflowError
+
 VIDEO_EXTENSIONS = (
     ".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp", ".ogv",
 )
@@ -29,7 +31,7 @@ PATH_COLUMNS = ("path", "source", "video_path", "file", "filename", "url")
 _GLOB_CHARS = "*?["
 
 
-class SourceError(ValueError):
+class SourceError(LamflowError, ValueError):
     """A SOURCES argument that cannot be turned into media inputs (message names it and the fix)."""
 
 

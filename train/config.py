@@ -16,8 +16,10 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from lamflow.errors import LamflowError
 
-class ConfigError(ValueError):
+
+class ConfigError(LamflowError, ValueError):
     """A configuration file or override that does not match the dataclasses below."""
 
 

@@ -40,6 +40,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lamflow.errors import LamflowError
+
 # np.linspace(0.5, 0.95, 10) rounded to 2 decimals, exactly as the official code rounds its thresholds
 # (so 0.65 is the float 0.65, not 0.6499999...).
 IOU_THRESHOLDS: tuple[float, ...] = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
@@ -76,7 +78,7 @@ BRIEF_KEYS: tuple[str, ...] = (
 _LISTED_IN_ERRORS = 5
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(LamflowError, ValueError):
     """A ground-truth or prediction file that cannot be scored; the message names the record and fix."""
 
 

@@ -1,0 +1,118 @@
+"""Small file helpers shared by every folder: JSONL reading with ``file:line`` errors and atomic writes.
+
+Atomic writes go to ``.NAME.tmp`` beside the target (hidden, so no glob for ``*.tar``, ``*.json`` or
+``step-*.pt`` ever matches a half-written file), are flushed and fsynced, then renamed over the target
+and the directory is fsynced: a reader sees the old file or the new one, never half of one, and a crash
+leaves at most a stale ``.NAME.tmp`` that the next write replaces.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator
+
+from lamflow.errors import DataFileError
+
+
+def temp_path(path: str | Path) -> Path:
+    """Where :func:`atomic_open` writes ``path`` before renaming it into place."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename inside ``path`` durable (POSIX needs the directory itself synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open ``path`` for writing so that it appears complete or not at all (see the module docstring).
+
+    ``mode`` is ``"w"`` (UTF-8 text) or ``"wb"``. The parent folder is created. If the block raises,
+    the temporary file is removed and the target is untouched.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temp_path(path)
+    try:
+        with open(temporary, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Pretty, key-sorted JSON (``allow_nan=False``: NaN is not JSON and other readers reject it)."""
+    with atomic_open(path) as handle:
+        handle.write(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return Path(path)
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[Any], sort_keys: bool = False) -> Path:
+    """One JSON value per line, streamed (millions of rows never become one string)."""
+    with atomic_open(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, sort_keys=sort_keys, allow_nan=False) + "\n")
+    return Path(path)
+
+
+def _text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise DataFileError(f"{path}: is a directory; expected a {what}") from None
+    except UnicodeDecodeError as error:
+        raise DataFileError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected a {what}") from None
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """One JSON document; a missing or malformed file is a :class:`DataFileError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(_text(path, what))
+    except json.JSONDecodeError as error:
+        raise DataFileError(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from None
+
+
+def iter_jsonl(path: str | Path, what: str = "JSONL file") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSON-lines file.
+
+    Every line must hold one JSON object: anything else is a :class:`DataFileError` quoting ``file:line``.
+    """
+    path = Path(path)
+    for number, line in enumerate(_text(path, what).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFileError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise DataFileError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        yield number, record
+
+
+def read_jsonl(path: str | Path, what: str = "JSONL file") -> list[dict[str, Any]]:
+    """Every object of a JSON-lines file (see :func:`iter_jsonl`)."""
+    return [record for _, record in iter_jsonl(path, what)]
