@@ -27,16 +27,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from _step_timing import DEFAULT_CONFIG, train_step_seconds
 from torch.utils.data import DataLoader, Dataset
 
+from lamflow.contract import Record, safe_key, sample_dims
 from lamflow.datasets.collate import collate_streams
 from lamflow.datasets.loader import LoaderConfig, StreamingLoader
 from lamflow.datasets.qvhighlights import QVHighlightsQuery, QVHighlightsTask
+from lamflow.fileio import write_jsonl_atomic
+from lamflow.pipelines.manifest import OutputDir
 from lamflow.train.build import build_model
 from lamflow.train.config import load_config
-from lamflow.train.model import infer_input_dims
 
 STREAMS = ("text", "video", "audio")
 
@@ -77,29 +78,28 @@ def write_data(root: Path, args: argparse.Namespace) -> tuple[Path, Path, Path]:
     for sub in ("video", "audio", "text"):
         (npz_dir / sub).mkdir(parents=True, exist_ok=True)
     (shard_dir / "shards").mkdir(parents=True, exist_ok=True)
-    sizes: dict[str, int] = {}
-    manifest, annotations = [], []
-    with wds.ShardWriter(str(shard_dir / "shards" / "shard-%06d.tar"), maxcount=args.per_shard, verbose=0) as sink:
-        for index in range(args.videos):
-            vid, key = f"vid{index:05d}_0.0_150.0", f"vid{index:05d}_0_0_150_0"
-            features = synthetic_video(index, args)
-            meta = {"key": key, "original_name": vid, "source": f"{vid}.mp4", "duration": 150.0,
-                    "texts": [{"id": str(index), "text": f"query {index}", "tokens": args.text_tokens}]}
-            sink.write({"__key__": key, **{f"{name}.npy": array for name, array in features.items()},
-                        "meta.json": meta})
-            shard = f"shard-{index // args.per_shard:06d}.tar"
-            sizes[shard] = sizes.get(shard, 0) + 1
-            manifest.append({"key": key, "source": f"{vid}.mp4", "status": "ok", "shard": shard, "original_name": vid})
-            annotations.append({"qid": index, "query": f"query {index}", "duration": 150, "vid": vid,
-                                "relevant_windows": [[10, 20]], "relevant_clip_ids": [5, 6],
-                                "saliency_scores": [[2, 3, 4], [1, 1, 1]]})
-            np.savez(npz_dir / "video" / f"{vid}.npz", features=features["video"])
-            np.savez(npz_dir / "audio" / f"{vid}.npz", features=features["audio"])
-            np.savez(npz_dir / "text" / f"qid{index}.npz", last_hidden_state=features["text"][0])
-    (shard_dir / "sizes.json").write_text(json.dumps(sizes))
-    (shard_dir / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in manifest))
-    annotation_file = root / "annotations.jsonl"
-    annotation_file.write_text("".join(json.dumps(a) + "\n" for a in annotations))
+    annotations = []
+    # The pipeline's own writer: the same shards, manifest and sizes.json `lamflow extract` writes.
+    output = OutputDir(shard_dir, {"kind": "benchmark", "settings": vars(args) | {"dir": None}, "texts": None})
+    try:
+        with output.shard_sink(args.per_shard, 1 << 40) as sink:
+            for index in range(args.videos):
+                vid, key = f"vid{index:05d}_0.0_150.0", safe_key(f"vid{index:05d}_0.0_150.0")
+                features = synthetic_video(index, args)
+                sample = {"__key__": key, **{f"{name}.npy": array for name, array in features.items()},
+                          "meta.json": {"key": key, "original_name": vid, "source": f"{vid}.mp4", "duration": 150.0,
+                                        "texts": [{"id": str(index), "text": f"query {index}", "tokens": args.text_tokens}]}}
+                sink.write(sample, Record(key, f"{vid}.mp4", "ok", dims=sample_dims(sample), duration=150.0, original_name=vid))
+                annotations.append({"qid": index, "query": f"query {index}", "duration": 150, "vid": vid,
+                                    "relevant_windows": [[10, 20]], "relevant_clip_ids": [5, 6],
+                                    "saliency_scores": [[2, 3, 4], [1, 1, 1]]})
+                np.savez(npz_dir / "video" / f"{vid}.npz", features=features["video"])
+                np.savez(npz_dir / "audio" / f"{vid}.npz", features=features["audio"])
+                np.savez(npz_dir / "text" / f"qid{index}.npz", last_hidden_state=features["text"][0])
+        output.write_summaries()
+    finally:
+        output.close()
+    annotation_file = write_jsonl_atomic(root / "annotations.jsonl", annotations)
     return shard_dir, npz_dir, annotation_file
 
 
@@ -141,7 +141,8 @@ def trainer_samples_per_second(batches: list[dict]) -> float:
     # The trainer takes all cores of a one-process run (lamflow.train.trainer).
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch.manual_seed(config.run.seed)
-    model = build_model(config, infer_input_dims(batches[0], config.data.streams), num_classes=None).train()
+    widths = {name: int(batches[0]["streams"][name].shape[-1]) for name in config.data.loader.streams}
+    model = build_model(config, widths, num_classes=None).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
                                   weight_decay=config.optim.weight_decay)
     cpu = torch.device("cpu")
@@ -159,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         write_s = time.perf_counter() - started
         task = QVHighlightsTask(annotations)
 
-        config = LoaderConfig(str(shard_dir), streams=STREAMS, batch_size=args.batch_size, num_workers=args.workers)
-        shard_rate, shard_items = measure(StreamingLoader(config, task, mode="train"))
+        config = LoaderConfig(streams=STREAMS, batch_size=args.batch_size, num_workers=args.workers)
+        shard_rate, shard_items = measure(StreamingLoader(str(shard_dir), task, config, mode="train"))
 
         def collate(items: list[dict]) -> dict:
             return {**collate_streams(items, STREAMS), **task.collate(items)}
@@ -171,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         shard_bytes = sum(p.stat().st_size for p in (shard_dir / "shards").iterdir())
 
         # Real batches of the same shards, read before the clock starts: the steps time the model alone.
-        step_config = LoaderConfig(str(shard_dir), streams=STREAMS, batch_size=args.batch_size)
-        epochs = itertools.repeat(StreamingLoader(step_config, task, mode="train"))  # each pass: the next epoch
+        step_loader = StreamingLoader(str(shard_dir), task, LoaderConfig(streams=STREAMS, batch_size=args.batch_size), mode="train")
+        epochs = itertools.repeat(step_loader)  # each pass: the next epoch
         batches = list(itertools.islice(itertools.chain.from_iterable(epochs), 1 + args.train_steps))
         trainer_rate = trainer_samples_per_second(batches)
 

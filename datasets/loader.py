@@ -1,7 +1,10 @@
 """StreamingLoader: batches of the batch contract from lamflow shards, split over ranks and workers.
 
 How an epoch is planned (identically on every rank, from the shard index alone):
-1. every shard's item count comes from ``task.num_items(names)`` (original names from the manifest, else keys);
+0. the task's annotated names are joined to the index's samples once (``lamflow.contract.join_names``: an
+   ambiguous name is an error before anything streams), and the feature widths the index records are checked
+   (a mixed set is an error naming the odd keys; samples of an index without widths are checked as they stream);
+1. every shard's item count is the sum of ``task.num_items(name)`` over its joined samples;
 2. shards are ordered (train: a permutation seeded by (seed, epoch); eval: as listed) and dealt greedily to
    ``world_size x num_workers`` slots, so each shard belongs to exactly one (rank, worker);
 3. train: every rank gets the same item quota ``ceil(items_per_epoch / world_size)``, split over its workers.
@@ -33,9 +36,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from lamflow.contract import TEXT_STREAM, join_names
 from lamflow.datasets.bucketing import batched, bucket_batches
 from lamflow.datasets.collate import collate_streams, total_tokens
-from lamflow.datasets.shardlist import ShardInfo, resolve_shards
+from lamflow.datasets.shardlist import ShardInfo, first_sample_dims, recorded_dims, resolve_shards
 from lamflow.datasets.stream import (
     MAX_KEPT_REASONS,
     TASK_STREAMS,
@@ -47,26 +51,41 @@ from lamflow.datasets.stream import (
     shuffle_items,
     tar_samples,
 )
+from lamflow.errors import DataFileError, FieldError, LamflowError
 
 log = logging.getLogger(__name__)
 
 MODES = ("train", "eval")
 # Independent random streams per purpose, so e.g. changing the buffer size leaves the shard order alone.
 SHARD_ORDER, ITEM_BUFFER, BATCH_ORDER = 0, 1, 2
-COUNTERS = ("skipped_corrupt", "read_errors", "missing_samples", "samples_without_items", "samples")
+COUNTERS = ("skipped_corrupt", "skipped_width", "skipped_empty", "read_errors", "missing_samples",
+            "samples_without_items", "samples")
+# Version of ``StreamingLoader.state_dict``: bump when its meaning changes, so an old checkpoint is refused
+# instead of resuming at the wrong place.
+STATE_VERSION = 2
 
 
 class Task(Protocol):
-    def items(self, sample: dict) -> Iterable[dict]: ...
+    """A task adapter: annotations named by video name, turned into items of decoded shard samples."""
+
+    source: str  # the annotation file (or label file), for messages
+
+    def names(self) -> Iterable[str]: ...  # every name the annotations use for a video
+
+    def num_items(self, name: str) -> int: ...  # items of the video ``name``
+
+    def items(self, sample: dict, name: str) -> Iterable[dict]: ...  # items of a sample joined to ``name``
 
     def collate(self, items: list[dict]) -> dict: ...
 
-    def num_items(self, keys: Sequence[str]) -> int: ...
+
+class LoaderStateError(LamflowError, ValueError):
+    """A saved loader position that does not fit this loader (version, or a malformed state)."""
 
 
 def _check(condition: bool, name: str, expected: str, value: Any) -> None:
     if not condition:
-        raise ValueError(f"LoaderConfig.{name}: expected {expected}, got {value!r}")
+        raise FieldError("LoaderConfig", name, value, expected)
 
 
 def _is_int(value: Any) -> bool:
@@ -75,30 +94,44 @@ def _is_int(value: Any) -> bool:
 
 @dataclass
 class LoaderConfig:
-    shards: str  # extraction output DIR (has shards/ + sizes.json) or a list/brace pattern of .tar urls
-    streams: tuple[str, ...] = ("text", "video", "audio")  # order of the blocks in the concatenated sequence
+    """How shards are streamed into batches (which shards, and the seed, are given to the loader)."""
+
+    # Streams concatenated into one sequence, in this order (the query text first so it reads as a prefix).
+    streams: tuple[str, ...] = ("text", "video", "audio")
+    # Streams a sample must not have empty: one without tokens there is skipped and counted (skipped_empty).
+    required_streams: tuple[str, ...] = ("video",)
+    # Items per batch on each rank (the global batch is batch_size * world_size * optim.grad_accum).
     batch_size: int = 8
-    num_workers: int = 0  # torch DataLoader workers; shards split by worker
-    shuffle_buffer: int = 256  # items in the sample shuffle buffer (train)
-    seed: int = 0
-    samples_per_epoch: int | None = None  # train: items per epoch over all ranks (None = one pass)
+    # DataLoader worker processes per rank; shards are split between workers.
+    num_workers: int = 0
+    # Items held in the shuffle buffer during training (larger = better mixing, more memory).
+    shuffle_buffer: int = 256
+    # Items per training epoch over all ranks; null = one pass over the shards.
+    samples_per_epoch: int | None = None
+    # Group items of similar length into a batch to waste less compute on padding.
     bucket_by_length: bool = True
-    bucket_buffer: int = 64  # items sorted together by length; at least batch_size
-    max_stream_tokens: dict[str, int] | None = None  # optional truncation per stream (first tokens kept)
+    # Items gathered before sorting them into length buckets (at least batch_size).
+    bucket_buffer: int = 64
+    # Optional cap on tokens per stream, e.g. {audio: 2000}; longer streams are truncated (first tokens kept).
+    max_stream_tokens: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
-        shards_ok = isinstance(self.shards, str) and bool(self.shards) or (
-            isinstance(self.shards, (list, tuple)) and bool(self.shards) and all(isinstance(s, str) for s in self.shards)
-        )
-        _check(shards_ok, "shards", "a DIR, a brace pattern or a non-empty list of .tar urls", self.shards)
-        if isinstance(self.streams, list):
-            self.streams = tuple(self.streams)  # YAML gives lists
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`FieldError` naming the first field whose value is not allowed (also after edits)."""
+        for name in ("streams", "required_streams"):
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))  # YAML gives lists
         _check(
             isinstance(self.streams, tuple) and bool(self.streams) and all(isinstance(s, str) for s in self.streams)
             and len(set(self.streams)) == len(self.streams),
             "streams", "a non-empty list of distinct stream names, e.g. ['text', 'video', 'audio']", self.streams,
         )
-        for name, minimum in (("batch_size", 1), ("num_workers", 0), ("shuffle_buffer", 1), ("seed", 0), ("bucket_buffer", 1)):
+        _check(isinstance(self.required_streams, tuple) and set(self.required_streams) <= set(self.streams) - TASK_STREAMS,
+               "required_streams", f"shard streams listed in streams {[s for s in self.streams if s not in TASK_STREAMS]}",
+               self.required_streams)
+        for name, minimum in (("batch_size", 1), ("num_workers", 0), ("shuffle_buffer", 1), ("bucket_buffer", 1)):
             value = getattr(self, name)
             _check(_is_int(value) and value >= minimum, name, f"an int >= {minimum}", value)
         _check(self.samples_per_epoch is None or (_is_int(self.samples_per_epoch) and self.samples_per_epoch >= 1),
@@ -115,7 +148,7 @@ class LoaderConfig:
 @dataclass(frozen=True)
 class _EpochPlan:
     epoch: int
-    seed: int  # may differ from a worker's copy of LoaderConfig.seed after load_state_dict
+    seed: int  # the loader's seed, or the saved run's after load_state_dict
     worker_shards: tuple[tuple[int, ...], ...]  # this rank's shards, per worker
     quotas: tuple[int, ...] | None  # train: items per worker; eval: None (read the shards once)
     worker_batches: tuple[int, ...]  # planned batches per worker
@@ -128,7 +161,7 @@ def _rng(*parts: int) -> np.random.Generator:
 def _round_robin_position(worker_batches: Sequence[int], batches_done: int) -> tuple[list[int], int]:
     """(batches taken from each worker, next worker) after ``batches_done`` round-robin batches."""
     if batches_done > sum(worker_batches):
-        raise ValueError(
+        raise LoaderStateError(
             f"loader state: batches_done={batches_done} exceeds the {sum(worker_batches)} batches of the epoch; "
             "resume with the LoaderConfig, world_size and task the state was saved with"
         )
@@ -145,21 +178,35 @@ def _as_is(message: Any) -> Any:
     return message
 
 
+@dataclass(frozen=True)
+class _Index:
+    """What every worker needs to know about the shard set, computed once in the main process."""
+
+    shards: Sequence[ShardInfo]
+    joined: dict[str, str]  # sample key -> the annotated name it is joined to
+    widths: dict[str, int]  # feature width per shard stream (streams the index records)
+
+
 class _EpochStream:
     """One epoch of one rank as seen by one worker: its shards, read into batches (see module docstring)."""
 
-    def __init__(self, config: LoaderConfig, task: Task, shards: Sequence[ShardInfo], rank: int,
-                 plan: _EpochPlan, skips: Sequence[int]):
-        self.config, self.task, self.shards, self.rank, self.plan, self.skips = config, task, shards, rank, plan, skips
+    def __init__(self, config: LoaderConfig, task: Task, index: _Index, rank: int, plan: _EpochPlan, skips: Sequence[int]):
+        self.config, self.task, self.index, self.rank, self.plan, self.skips = config, task, index, rank, plan, skips
+        self.shards = index.shards
         self.shard_streams = [s for s in config.streams if s not in TASK_STREAMS]
 
     def _rng(self, worker: int, purpose: int, pass_index: int = 0) -> np.random.Generator:
         return _rng(self.plan.seed, self.plan.epoch, self.rank, worker, purpose, pass_index)
 
+    def _items(self, sample: dict) -> Iterable[dict]:
+        name = self.index.joined.get(sample["key"])
+        return self.task.items(sample, name) if name is not None else ()
+
     def _read(self, shard_ids: Sequence[int], counter: SkipCounter) -> Iterator[dict]:
         shards = [self.shards[i] for i in shard_ids]
         raws = count_shard_samples(tar_samples([s.url for s in shards], counter), {s.url: s.num_samples for s in shards}, counter)
-        return expand_items(decode_samples(raws, self.shard_streams, counter), self.task.items, counter)
+        samples = decode_samples(raws, self.shard_streams, counter, self.index.widths, self.config.required_streams)
+        return expand_items(samples, self._items, counter)
 
     def _train_items(self, worker: int, counter: SkipCounter) -> Iterator[dict]:
         quota, pool = self.plan.quotas[worker], list(self.plan.worker_shards[worker])
@@ -177,9 +224,9 @@ class _EpochStream:
                     return
             if produced == before:
                 if len(pool) == len(self.shards):
-                    raise RuntimeError(
-                        "no readable item in any shard for this task (see the 'skipped' warnings and loader.stats); "
-                        "check that the shards match the annotations"
+                    raise DataFileError(
+                        f"no usable item in any shard for this task; skipped: {dict(counter.counts)}, e.g. "
+                        f"{counter.reasons[:1] or 'no reason recorded'}; check that the shards match the annotations"
                     )
                 log.warning("rank %d worker %d: its shards yield no items; drawing from all shards", self.rank, worker)
                 pool = []
@@ -201,12 +248,18 @@ class _EpochStream:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         counter = SkipCounter()
-        for index, items in enumerate(self._batches(worker, counter)):
-            if index < self.skips[worker]:
-                continue  # taken before the resume point
-            batch = collate_streams(items, self.config.streams, self.config.max_stream_tokens)
-            batch.update(self.task.collate(items))
-            yield "batch", worker, batch, counter.take()
+        try:
+            for index, items in enumerate(self._batches(worker, counter)):
+                if index < self.skips[worker]:
+                    continue  # taken before the resume point
+                batch = collate_streams(items, self.config.streams, self.config.max_stream_tokens)
+                batch.update(self.task.collate(items))
+                yield "batch", worker, batch, counter.take()
+        except LamflowError as error:
+            # Sent as a message, not raised: a DataLoader worker's exception reaches the main process wrapped
+            # in a multi-line traceback text, and a user error must stay one line.
+            yield "error", worker, None, {**counter.take(), "error": str(error)}
+            return
         yield "end", worker, None, counter.take()
 
 
@@ -219,9 +272,9 @@ class _RankStream(IterableDataset):
     abandoned iteration keeps its own epoch (the DataLoader discards those stale batches).
     """
 
-    def __init__(self, config: LoaderConfig, task: Task, shards: Sequence[ShardInfo], shard_items: Sequence[int],
+    def __init__(self, config: LoaderConfig, task: Task, index: _Index, shard_items: Sequence[int],
                  rank: int, world_size: int, mode: str):
-        self.config, self.task, self.shards, self.shard_items = config, task, shards, shard_items
+        self.config, self.task, self.index, self.shards, self.shard_items = config, task, index, index.shards, shard_items
         self.rank, self.world_size, self.mode = rank, world_size, mode
         self.workers = max(1, config.num_workers)
         # (epoch, seed, batches to skip per worker) in shared memory, visible to already running workers.
@@ -249,7 +302,7 @@ class _RankStream(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[str, int, dict | None, dict]]:
         epoch, seed, *skips = self.position.tolist()
-        return iter(_EpochStream(self.config, self.task, self.shards, self.rank, self.plan(epoch, seed), skips))
+        return iter(_EpochStream(self.config, self.task, self.index, self.rank, self.plan(epoch, seed), skips))
 
 
 class StreamingLoader:
@@ -261,21 +314,41 @@ class StreamingLoader:
     starts over. ``state_dict()`` after the k-th batch of an epoch resumes with batch k+1.
     """
 
-    def __init__(self, config: LoaderConfig, task: Task, rank: int = 0, world_size: int = 1, mode: str = "train"):
+    def __init__(self, shards: str | Sequence[str], task: Task, config: LoaderConfig | None = None, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, mode: str = "train"):
+        config = config or LoaderConfig()
         if mode not in MODES:
             raise ValueError(f"StreamingLoader mode: expected one of {MODES}, got {mode!r}")
         if not (_is_int(world_size) and world_size >= 1 and _is_int(rank) and 0 <= rank < world_size):
             raise ValueError(f"StreamingLoader: need 0 <= rank < world_size, got rank={rank!r} world_size={world_size!r}")
+        if not (_is_int(seed) and seed >= 0):
+            raise ValueError(f"StreamingLoader: seed must be an int >= 0, got {seed!r}")
         self.config, self.task, self.rank, self.world_size, self.mode = config, task, rank, world_size, mode
-        self.shards = resolve_shards(config.shards)
-        self.shard_items = [int(task.num_items(shard.names)) for shard in self.shards]
+        self.spec, self.seed = shards, seed
+        self.shards = resolve_shards(shards)
+        samples = [(key, name) for shard in self.shards for key, name in zip(shard.keys, shard.names)]
+        joined = join_names(task.names(), samples, what=f"{task.source}")
+        shard_streams = [s for s in config.streams if s not in TASK_STREAMS]
+        widths = recorded_dims(self.shards, [*shard_streams, TEXT_STREAM])
+        recorded = {stream for shard in self.shards for dims in shard.dims for stream in dims}
+        if not recorded:  # the index does not say (tar urls, an older manifest): the first sample's headers do
+            first = first_sample_dims(self.shards[0].url)
+            recorded = set(first)
+            widths = {s: w for s, w in first.items() if w is not None and s in (*shard_streams, TEXT_STREAM)}
+        missing = [s for s in shard_streams if s not in recorded]
+        if missing:
+            raise DataFileError(f"stream(s) {missing} are not in the shards of {shards!r} (they hold {sorted(recorded)}); "
+                                "set data.loader.streams to streams the shards contain")
+        index = _Index(self.shards, joined, widths)
+        self.shard_items = [sum(task.num_items(joined[key]) for key in shard.keys if key in joined) for shard in self.shards]
         if not sum(self.shard_items):
             examples = [key for shard in self.shards for key in shard.keys][:3]
-            raise ValueError(
-                f"no items: none of the {sum(s.num_samples for s in self.shards)} samples in {config.shards!r} "
-                f"(keys like {examples}) match the task's annotations; check the shard DIR and the annotation file"
+            raise DataFileError(
+                f"no items: none of the {len(samples)} samples in {shards!r} (keys like {examples}) is named by "
+                f"{task.source}; check that the annotations name the videos in these shards"
             )
-        self._stream = _RankStream(config, task, self.shards, self.shard_items, rank, world_size, mode)
+        self.stream_dims = widths  # feature width of each stream the shards hold (text: the shards' text tokens)
+        self._stream = _RankStream(config, task, index, self.shard_items, rank, world_size, mode)
         self._workers = self._stream.workers
         slots = world_size * self._workers
         if len(self.shards) < slots:
@@ -288,7 +361,7 @@ class StreamingLoader:
         self.stats: dict[str, Any] = {"items": 0, "batches": 0, **{name: 0 for name in COUNTERS}, "skip_reasons": []}
 
     def _plan(self, epoch: int) -> _EpochPlan:
-        return self._stream.plan(epoch, self.config.seed)
+        return self._stream.plan(epoch, self.seed)
 
     def _messages(self, plan: _EpochPlan, skips: Sequence[int]) -> Iterator[tuple[str, int, dict | None, dict]]:
         self._stream.start(plan, skips)
@@ -300,7 +373,7 @@ class StreamingLoader:
             # (and break bit-exact resume). Shuffling never uses it: the stream seeds from (seed, epoch).
             self._dataloader = DataLoader(self._stream, batch_size=None, num_workers=self.config.num_workers,
                                           collate_fn=_as_is, persistent_workers=True,
-                                          generator=torch.Generator().manual_seed(self.config.seed))
+                                          generator=torch.Generator().manual_seed(self.seed))
         # With persistent workers this restarts the running workers' iterators (an unfinished previous
         # iteration of this loader stops: iterate one epoch at a time).
         return iter(self._dataloader)
@@ -317,18 +390,38 @@ class StreamingLoader:
             self.epoch, self.batches_done = epoch, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_done": self.batches_done, "seed": self.config.seed}
+        """The position, and what the epoch plan was made from: a resume under another world size, worker
+        count or shard set is re-planned explicitly (see :meth:`load_state_dict`), never misread."""
+        return {"version": STATE_VERSION, "epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed,
+                "world_size": self.world_size, "num_workers": self._workers, "items": sum(self.shard_items)}
 
     def load_state_dict(self, state: dict) -> None:
-        for name in ("epoch", "batches_done", "seed"):
+        """Continue where ``state`` was saved. Saved under the same plan (world size, workers, shard set),
+        the batches continue exactly. Saved under another plan, the epoch is re-planned for this one and
+        the position moved to the same fraction of it (logged): the epoch's order changes, nothing else."""
+        if state.get("version") != STATE_VERSION:
+            raise LoaderStateError(
+                f"loader state version {state.get('version')!r} is not {STATE_VERSION}: the checkpoint was written by "
+                "another lamflow version whose data position cannot be continued; start a new run"
+            )
+        for name in ("epoch", "batches_done", "seed", "world_size", "num_workers", "items"):
             if not (_is_int(state.get(name)) and state[name] >= 0):
-                raise ValueError(f"loader state: '{name}' must be an int >= 0, got {state.get(name)!r}")
-        if state["seed"] != self.config.seed:
-            log.warning("loader state seed %d replaces LoaderConfig.seed %d to continue the saved run",
-                        state["seed"], self.config.seed)
-            self.config.seed = state["seed"]
-        _round_robin_position(self._plan(state["epoch"]).worker_batches, state["batches_done"])  # validates
-        self.epoch, self.batches_done = state["epoch"], state["batches_done"]
+                raise LoaderStateError(f"loader state: '{name}' must be an int >= 0, got {state.get(name)!r}")
+        if state["seed"] != self.seed:
+            log.warning("loader state seed %d replaces the seed %d to continue the saved run", state["seed"], self.seed)
+            self.seed = state["seed"]
+        batches_done = state["batches_done"]
+        saved_plan = (state["world_size"], state["num_workers"], state["items"])
+        if saved_plan != (self.world_size, self._workers, sum(self.shard_items)):
+            planned = sum(self._plan(state["epoch"]).worker_batches)
+            fraction = batches_done * state["world_size"] / max(1, planned * self.world_size)
+            batches_done = min(planned, round(fraction * planned))
+            log.warning(
+                "resuming a loader saved with world size %d, %d workers, %d items under world size %d, %d workers, "
+                "%d items: epoch %d is re-planned and continues at batch %d of %d (its order differs from the saved run)",
+                *saved_plan, self.world_size, self._workers, sum(self.shard_items), state["epoch"], batches_done, planned)
+        _round_robin_position(self._plan(state["epoch"]).worker_batches, batches_done)  # validates
+        self.epoch, self.batches_done = state["epoch"], batches_done
 
     def _record(self, delta: dict) -> None:
         for name, count in delta["counts"].items():
@@ -355,6 +448,8 @@ class StreamingLoader:
                     break
                 kind, sender, batch, delta = message
                 self._record(delta)
+                if kind == "error":
+                    raise LamflowError(delta["error"])
                 if kind == "end":
                     ended.add(sender)
                 else:

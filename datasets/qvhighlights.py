@@ -2,7 +2,7 @@
 
 Annotations (jsonl, schema in docs/FORMATS.md) are validated on load; a malformed line is an error naming
 ``file:line``, the field and the fix. A shard sample (one video) joins its annotations by the video name
-(``vid``; rules in ``lamflow.datasets.join``) and expands into one item per query. The query's text tokens come
+(``vid``; rules in ``lamflow.contract.join_names``) and expands into one item per query. The query's text tokens come
 from the shard's text arrays (``meta.json["texts"][i]["id"] == str(qid)``), or, for shards extracted without
 texts, from the ``text_encoder`` given at construction: ``text_encoder(query) -> L_t x D_t`` array/tensor.
 
@@ -16,12 +16,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from lamflow.datasets.join import NameIndex
 from lamflow.errors import LamflowError
 
 LABEL_FIELDS = ("relevant_windows", "relevant_clip_ids", "saliency_scores")
@@ -125,7 +124,7 @@ def load_queries(path: str | Path) -> list[QVHighlightsQuery]:
     """All queries of a QVHighlights jsonl file, validated; qids must be unique."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise AnnotationError(
             f"QVHighlights annotations {path} not found; pass a highlight_{{train,val,test}}_release.jsonl file"
         )
     queries, first_line = [], {}
@@ -153,16 +152,21 @@ class QVHighlightsTask:
 
     def __init__(self, annotations: str | Path, text_encoder: Callable[[str], Any] | None = None):
         self.annotations = Path(annotations)
+        self.source = str(self.annotations)
         self.queries = load_queries(self.annotations)
-        by_vid: dict[str, list[QVHighlightsQuery]] = {}
+        if not self.queries:
+            raise AnnotationError(f"{self.annotations} holds no queries; expected one QVHighlights record per line")
+        self.by_vid: dict[str, list[QVHighlightsQuery]] = {}
         for query in self.queries:
-            by_vid.setdefault(query.vid, []).append(query)
-        self.index = NameIndex(by_vid)
+            self.by_vid.setdefault(query.vid, []).append(query)
         self.text_encoder = text_encoder
         self._encoded: dict[int, np.ndarray] = {}  # qid -> tokens, when encoding at load time
 
-    def num_items(self, keys: Sequence[str]) -> int:
-        return sum(len(found) for found in self.index.lookup_keys(keys))
+    def names(self) -> list[str]:
+        return list(self.by_vid)
+
+    def num_items(self, name: str) -> int:
+        return len(self.by_vid.get(name, ()))
 
     def _text_tokens(self, sample: dict, query: QVHighlightsQuery) -> np.ndarray:
         qid = str(query.qid)
@@ -170,7 +174,7 @@ class QVHighlightsTask:
             row = sample["text_ids"].index(qid)
             return sample["text_tokens"][row, : sample["text_lengths"][row]]
         if self.text_encoder is None:
-            raise LookupError(
+            raise AnnotationError(
                 f"qid {query.qid} (vid {query.vid!r}): shard sample {sample['key']!r} has no text tokens for this "
                 f"query; extract the shards with --texts {self.annotations} or pass "
                 "QVHighlightsTask(..., text_encoder=...) to encode queries at load time"
@@ -185,8 +189,8 @@ class QVHighlightsTask:
             self._encoded[query.qid] = tokens.astype(np.float32, copy=False)
         return self._encoded[query.qid]
 
-    def items(self, sample: dict) -> Iterator[dict]:
-        for query in self.index.lookup(sample["name"], sample["key"]) or ():
+    def items(self, sample: dict, name: str) -> Iterator[dict]:
+        for query in self.by_vid.get(name, ()):
             tokens = self._text_tokens(sample, query)
             yield {
                 **sample,

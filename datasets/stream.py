@@ -4,32 +4,56 @@ Order inside one DataLoader worker (see ``lamflow.datasets.loader`` for how the 
 
     shard urls -> tar_samples -> count_shard_samples -> decode_samples -> expand_items -> shuffle_items
 
-Damaged data never stops the stream: an unreadable or truncated tar, a member with garbage bytes, a missing
-field or non-finite values are counted in a ``SkipCounter`` with a logged reason and the stream goes on.
-Only ``.npy`` and ``meta.json`` members of the contract are decoded, ``.npy`` with ``allow_pickle=False``;
-every other member is ignored, so no pickle path exists.
+Damaged or unusable data never stops the stream and never reaches the model: an unreadable or truncated
+tar, a member with garbage bytes, a missing field, non-finite values, a feature width other than the shard
+set's, or an empty required stream are counted in a ``SkipCounter`` with a logged reason and the stream
+goes on. Only ``.npy`` and ``meta.json`` members of the contract are decoded (``lamflow.contract``:
+``.npy`` with ``allow_pickle=False``); every other member is ignored, so no pickle path exists.
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-from webdataset.tariterators import tarfile_samples
+
+from lamflow.contract import (
+    META,
+    TEXT_STREAM,
+    TEXT_TOKENS,
+    ContractError,
+    decode_json,
+    decode_npy,
+    raw_samples,
+    timestamps_field,
+    tokens_field,
+)
 
 log = logging.getLogger(__name__)
 
 # Streams that come from the task (per-query text), not from a shard's video-level arrays.
-TASK_STREAMS = frozenset({"text"})
+TASK_STREAMS = frozenset({TEXT_STREAM})
 MAX_KEPT_REASONS = 100
 
 
 class CorruptSample(ValueError):
-    """A shard sample that does not satisfy the shard contract."""
+    """A shard sample that does not satisfy the shard contract (counted as ``skipped_corrupt``)."""
+
+    counter = "skipped_corrupt"
+
+
+class WrongWidth(CorruptSample):
+    """A stream whose feature width differs from the shard set's (another model's features)."""
+
+    counter = "skipped_width"
+
+
+class EmptyStream(CorruptSample):
+    """A stream the run requires holds no token (e.g. an audio-only input has no video)."""
+
+    counter = "skipped_empty"
 
 
 @dataclass
@@ -61,7 +85,7 @@ class SkipCounter:
 
 def tar_samples(urls: Iterable[str], counter: SkipCounter) -> Iterator[dict]:
     """Raw webdataset samples ({"__key__", "__url__", "<field>": bytes}) of the shards in order."""
-    return tarfile_samples(({"url": url} for url in urls), handler=counter.read_error)
+    return raw_samples(urls, handler=counter.read_error)
 
 
 def count_shard_samples(
@@ -86,10 +110,9 @@ def _read_npy(sample: dict, name: str) -> np.ndarray:
     if data is None:
         raise CorruptSample(f"missing field {name}")
     try:
-        # read_array only understands the .npy format (an .npz or a pickle in disguise fails here).
-        array = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-    except Exception as error:  # noqa: BLE001 - any decoding failure means the member is garbage
-        raise CorruptSample(f"{name}: not a valid .npy array ({error})") from None
+        array = decode_npy(data, name)
+    except ContractError as error:
+        raise CorruptSample(str(error)) from None
     if array.dtype.kind != "f":
         raise CorruptSample(f"{name}: dtype {array.dtype}, expected float16/float32")
     if not np.isfinite(array).all():
@@ -98,13 +121,13 @@ def _read_npy(sample: dict, name: str) -> np.ndarray:
 
 
 def _read_meta(sample: dict) -> dict:
-    data = sample.get("meta.json")
+    data = sample.get(META)
     if data is None:
-        raise CorruptSample("missing field meta.json")
+        raise CorruptSample(f"missing field {META}")
     try:
-        meta = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorruptSample(f"meta.json: not valid JSON ({error})") from None
+        meta = decode_json(data, META)
+    except ContractError as error:
+        raise CorruptSample(str(error)) from None
     if not isinstance(meta, dict):
         raise CorruptSample("meta.json: expected an object")
     duration = meta.get("duration")
@@ -114,9 +137,9 @@ def _read_meta(sample: dict) -> dict:
 
 
 def _read_texts(sample: dict, meta: dict) -> tuple[np.ndarray | None, list[str], list[int]]:
-    if "text.npy" not in sample:
+    if TEXT_TOKENS not in sample:
         return None, [], []
-    tokens = _read_npy(sample, "text.npy")
+    tokens = _read_npy(sample, TEXT_TOKENS)
     texts = meta.get("texts")
     if tokens.ndim != 3 or not isinstance(texts, list) or len(texts) != tokens.shape[0]:
         raise CorruptSample(
@@ -133,23 +156,31 @@ def _read_texts(sample: dict, meta: dict) -> tuple[np.ndarray | None, list[str],
     return tokens, ids, lengths
 
 
-def decode_sample(raw: dict, shard_streams: Sequence[str]) -> dict:
+def decode_sample(raw: dict, shard_streams: Sequence[str], widths: Mapping[str, int] | None = None,
+                  required: Sequence[str] = ()) -> dict:
     """A raw webdataset sample -> the decoded shard sample that tasks expand into items.
 
     Returns {"key", "name" (original source name: meta.json "original_name" or "name", else the key), "url", "meta",
     "duration", "streams": {name: T x D array}, "timestamps": {name: T float32 seconds},
     "text_tokens": K x L_t x D_t array or None, "text_ids": [str], "text_lengths": [int]}.
-    Raises CorruptSample naming the field when the sample breaks the shard contract.
+    Raises CorruptSample (or a subclass naming its counter) when the sample breaks the shard contract, when a
+    stream's width differs from ``widths`` (when given), or when a ``required`` stream is empty.
     """
     meta = _read_meta(raw)
     streams, timestamps = {}, {}
     for name in shard_streams:
-        tokens = _read_npy(raw, f"{name}.npy")
-        times = _read_npy(raw, f"{name}_ts.npy")
+        tokens = _read_npy(raw, tokens_field(name))
+        times = _read_npy(raw, timestamps_field(name))
         if tokens.ndim != 2 or times.shape != (tokens.shape[0],):
             raise CorruptSample(
-                f"{name}.npy shape {tokens.shape} / {name}_ts.npy shape {times.shape}: expected T x D and T"
+                f"{tokens_field(name)} shape {tokens.shape} / {timestamps_field(name)} shape {times.shape}: expected T x D and T"
             )
+        expected = (widths or {}).get(name)
+        # An empty stream may be stored (0, 0): its width says nothing.
+        if expected is not None and len(tokens) and tokens.shape[1] != expected:
+            raise WrongWidth(f"{tokens_field(name)} has width {tokens.shape[1]}, the shard set's is {expected}")
+        if name in required and not len(tokens):
+            raise EmptyStream(f"stream {name!r} is empty (the run requires it: data.loader.required_streams)")
         streams[name] = tokens
         timestamps[name] = times.astype(np.float32, copy=False)
     text_tokens, text_ids, text_lengths = _read_texts(raw, meta)
@@ -168,12 +199,13 @@ def decode_sample(raw: dict, shard_streams: Sequence[str]) -> dict:
     }
 
 
-def decode_samples(raws: Iterable[dict], shard_streams: Sequence[str], counter: SkipCounter) -> Iterator[dict]:
+def decode_samples(raws: Iterable[dict], shard_streams: Sequence[str], counter: SkipCounter,
+                   widths: Mapping[str, int] | None = None, required: Sequence[str] = ()) -> Iterator[dict]:
     for raw in raws:
         try:
-            sample = decode_sample(raw, shard_streams)
+            sample = decode_sample(raw, shard_streams, widths, required)
         except CorruptSample as error:
-            counter.skip("skipped_corrupt", f"sample {raw.get('__key__')!r} in {raw.get('__url__')}: {error}")
+            counter.skip(error.counter, f"sample {raw.get('__key__')!r} in {raw.get('__url__')}: {error}")
             continue
         counter.counts["samples"] += 1
         yield sample

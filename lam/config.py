@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lamflow.errors import FieldError
+
 CHOICES = {
     "mask": ("none", "single", "multi"),
     "combine": ("mul", "add"),
@@ -48,24 +50,26 @@ class LAMConfig:
     attention: str = "auto"
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`FieldError` naming the first field whose value is not allowed (also after edits)."""
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
-                raise ValueError(f"LAMConfig.{name}={value!r} is not valid; allowed values: {', '.join(allowed)}")
+                raise FieldError("LAMConfig", name, value, ", ".join(allowed))
         for name in POSITIVE_INTS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LAMConfig.{name}={value!r} is not valid; allowed values: integers >= 1")
+                raise FieldError("LAMConfig", name, value, "integers >= 1")
         if self.dim % self.heads:
-            raise ValueError(
-                f"LAMConfig.dim={self.dim} is not valid with heads={self.heads}; allowed values: multiples of heads"
-            )
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"LAMConfig.mlp_ratio={self.mlp_ratio!r} is not valid; allowed values: numbers > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LAMConfig.dropout={self.dropout!r} is not valid; allowed values: 0 <= dropout < 1")
+            raise FieldError("LAMConfig", "dim", self.dim, f"multiples of heads ({self.heads})")
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or not self.mlp_ratio > 0:
+            raise FieldError("LAMConfig", "mlp_ratio", self.mlp_ratio, "numbers > 0")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise FieldError("LAMConfig", "dropout", self.dropout, "0 <= dropout < 1")
         if not isinstance(self.mask_per_head, bool):
-            raise ValueError(f"LAMConfig.mask_per_head={self.mask_per_head!r} is not valid; allowed values: True, False")
+            raise FieldError("LAMConfig", "mask_per_head", self.mask_per_head, "True, False")
 
     @property
     def mask_heads(self) -> int:

@@ -8,12 +8,15 @@ File layout (all plain numpy arrays):
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from lamflow.errors import DataFileError
 
 
 @dataclass
@@ -55,13 +58,18 @@ def save_masks(
 def load_masks(path: str | Path) -> SavedMasks:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"mask file {path} does not exist (write one with lamflow.lam.save_masks)")
-    with np.load(path, allow_pickle=False) as data:
-        missing = {"masks", "segment_names", "segment_bounds", "padding"} - set(data.files)
-        if missing:
-            raise ValueError(f"mask file {path} lacks array(s) {sorted(missing)}; it was not written by save_masks")
-        masks, names, bounds, padding = (data[k] for k in ("masks", "segment_names", "segment_bounds", "padding"))
+        raise DataFileError(f"mask file {path} does not exist (write one with lamflow.lam.save_masks)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"masks", "segment_names", "segment_bounds", "padding"} - set(data.files)
+            if missing:
+                raise DataFileError(f"mask file {path} lacks array(s) {sorted(missing)}; it was not written by save_masks")
+            masks, names, bounds, padding = (data[k] for k in ("masks", "segment_names", "segment_bounds", "padding"))
+    except (ValueError, OSError, zipfile.BadZipFile) as error:  # an object array (pickle), not an .npz, truncated
+        if isinstance(error, DataFileError):
+            raise
+        raise DataFileError(f"mask file {path} cannot be read without unpickling or is damaged ({error})") from None
     if masks.ndim not in (4, 5) or masks.shape[-1] != masks.shape[-2]:
-        raise ValueError(f"{path}: masks must be (samples, layers, [heads,] L, L), got shape {masks.shape}")
+        raise DataFileError(f"{path}: masks must be (samples, layers, [heads,] L, L), got shape {masks.shape}")
     segments = [(str(n), int(s), int(e)) for n, (s, e) in zip(names, bounds)]
     return SavedMasks(masks=masks, segments=segments, padding=padding)

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from lamflow.errors import DataFileError
 from lamflow.lam.masks_io import SavedMasks, load_masks
 
 
@@ -25,11 +26,11 @@ def render_masks(
     saved = source if isinstance(source, SavedMasks) else load_masks(source)
     samples, n_layers = saved.masks.shape[:2]
     if not 0 <= sample < samples:
-        raise ValueError(f"sample={sample} is out of range: the file holds samples 0..{samples - 1}")
+        raise DataFileError(f"--sample {sample} is out of range: the file holds samples 0..{samples - 1}")
     layers = list(range(n_layers)) if layers is None else list(layers)
     bad = [i for i in layers if not 0 <= i < n_layers]
     if bad:
-        raise ValueError(f"layers {bad} are out of range: the file holds layers 0..{n_layers - 1}")
+        raise DataFileError(f"--layers {bad} are out of range: the file holds layers 0..{n_layers - 1}")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

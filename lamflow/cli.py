@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "import_h5",
     "export_h5",
     "inspect",
+    "configs",
     "train",
     "predict",
     "eval",

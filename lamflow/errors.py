@@ -21,3 +21,19 @@ class DataFileError(LamflowError, ValueError):
 
 class DeviceError(LamflowError, RuntimeError):
     """The requested device (e.g. cuda) cannot run here; raised before any work starts."""
+
+
+class ConfigError(LamflowError, ValueError):
+    """A configuration that cannot run: the message names the (dotted) field and the allowed values."""
+
+
+class FieldError(ConfigError):
+    """One field of a config dataclass holds a value it does not allow.
+
+    Raised by the component configs (``LAMConfig``, ``LoaderConfig``) with their own field names; a config
+    that nests them (``TrainConfig``) re-raises it under the dotted path the user wrote.
+    """
+
+    def __init__(self, owner: str, field: str, value: object, allowed: str) -> None:
+        self.owner, self.field, self.value, self.allowed = owner, field, value, allowed
+        super().__init__(f"{owner}.{field}={value!r} is not valid; allowed values: {allowed}")

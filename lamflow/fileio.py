@@ -31,6 +31,15 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def commit_temp(path: str | Path) -> Path:
+    """Move a finished :func:`temp_path` file over ``path`` and make the rename durable; for writers
+    that need a path of their own (h5py, torch.save) rather than :func:`atomic_open`'s handle."""
+    path = Path(path)
+    os.replace(temp_path(path), path)
+    fsync_dir(path.parent)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open ``path`` for writing so that it appears complete or not at all (see the module docstring).
@@ -48,10 +57,9 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        commit_temp(path)
     finally:
         temporary.unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from lamflow import __version__
-from lamflow.pipelines.keys import assign_keys, source_name
-from lamflow.pipelines.manifest import OutputDir, Record
+from lamflow.contract import Record, join_names, sample_dims
+from lamflow.pipelines.keys import assign_keys
+from lamflow.pipelines.manifest import OutputDir
 from lamflow.pipelines.settings import ExtractSettings
 from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, ShardSink
 from lamflow.pipelines.sources import VIDEO_EXTENSIONS, Source, expand_sources
@@ -50,7 +51,7 @@ class ExtractionSummary:
     seconds: float = 0.0
     videos_per_second: float = 0.0
     repairs: list[str] = field(default_factory=list)  # fixes applied after a killed run
-    unmatched_text_keys: list[str] = field(default_factory=list)  # --texts videos that match no input
+    unmatched_text_keys: list[str] = field(default_factory=list)  # --texts video names that match no input
     failures: dict[str, str] = field(default_factory=dict)  # source -> error, this run
 
     def to_json(self) -> dict[str, Any]:
@@ -96,8 +97,8 @@ def _record_of(outcome: VideoOutcome, names: dict[str, str]) -> Record:
         return Record(outcome.key, outcome.source, "error", error=outcome.error,
                       original_name=names[outcome.source], seconds=round(outcome.seconds, 3))
     meta = outcome.sample["meta.json"]  # featurize_video already counted the tokens per stream
-    return Record(outcome.key, outcome.source, "ok", counts=dict(meta["counts"]), duration=meta.get("duration"),
-                  original_name=names[outcome.source], seconds=round(outcome.seconds, 3))
+    return Record(outcome.key, outcome.source, "ok", counts=dict(meta["counts"]), dims=sample_dims(outcome.sample),
+                  duration=meta.get("duration"), original_name=names[outcome.source], seconds=round(outcome.seconds, 3))
 
 
 def _write(outcome: VideoOutcome, names: dict[str, str], sink: ShardSink, output: OutputDir,
@@ -148,12 +149,14 @@ def run_extraction(
     settings.validate()
     started = time.perf_counter()
     inputs: list[Source] = expand_sources(sources, extensions)
-    texts_by_key = load_texts(texts) if texts else {}
+    texts_by_name = load_texts(texts) if texts else {}
     output = OutputDir(Path(out_dir), run_record(settings, texts), overwrite=overwrite)
     try:
         done, failed = output.done_sources(), output.failed_sources()
-        names = {s.path: str(s.metadata.get("key") or source_name(s.path)) for s in inputs}
+        names = {s.path: s.name for s in inputs}
         keys = assign_keys(names.items(), taken=output.keys_by_source())
+        joined = join_names(texts_by_name, ((keys[s], names[s]) for s in names), what="--texts video")
+        texts_by_key = {key: texts_by_name[name] for key, name in joined.items()}
         todo = [s for s in inputs if s.path not in done and (retry_failed or s.path not in failed)]
         summary = ExtractionSummary(
             out_dir=str(out_dir),
@@ -164,7 +167,7 @@ def run_extraction(
             skipped_done=sum(s.path in done for s in inputs),
             skipped_failed=sum(s.path in failed and not retry_failed for s in inputs),
             repairs=list(output.repairs),
-            unmatched_text_keys=sorted(set(texts_by_key) - set(keys.values())),
+            unmatched_text_keys=sorted(set(texts_by_name) - set(joined.values())),
         )
         if todo:
             with output.shard_sink(shard_samples, shard_bytes) as sink:

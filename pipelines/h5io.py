@@ -9,7 +9,6 @@ a shard directory back as one dataset per video, named by the original id.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -20,12 +19,18 @@ import h5py
 import numpy as np
 
 from lamflow import __version__
+from lamflow.contract import EXTRACTION, META, MEDIA_STREAMS, SHARDS_DIR, Record, final_shards, read_samples, sample_dims
+from lamflow.errors import DataFileError
+from lamflow.fileio import commit_temp, read_json, temp_path
 from lamflow.pipelines.keys import assign_keys
-from lamflow.pipelines.manifest import EXTRACTION, OutputDir, Record, read_json
+from lamflow.pipelines.manifest import OutputDir
 from lamflow.pipelines.settings import DTYPES
-from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, final_shards, iter_shard
+from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES
 
-STREAMS = ("video", "audio")
+STREAMS = MEDIA_STREAMS
+# One dataset is read into memory at a time; a header declaring more than this is refused before reading
+# (a few-KB file can declare a multi-TiB dataset of unallocated chunks).
+MAX_DATASET_BYTES = 16 * 2**30
 
 
 @dataclass
@@ -45,16 +50,27 @@ def _feature_datasets(h5: h5py.File, path: Path) -> list[str]:
     def visit(name: str, node: Any) -> None:
         if isinstance(node, h5py.Dataset):
             if node.ndim != 2:
-                raise ValueError(f"{path}: dataset {name!r} has shape {node.shape}; a MAD-style file holds T x D "
-                                 "feature arrays, one per video id")
+                raise DataFileError(f"{path}: dataset {name!r} has shape {node.shape}; a MAD-style file holds T x D "
+                                    "feature arrays, one per video id")
             if node.dtype.kind not in "fiu":
-                raise ValueError(f"{path}: dataset {name!r} has dtype {node.dtype}; expected numeric features")
+                raise DataFileError(f"{path}: dataset {name!r} has dtype {node.dtype}; expected numeric features")
+            if node.nbytes > MAX_DATASET_BYTES:
+                raise DataFileError(f"{path}: dataset {name!r} declares shape {node.shape} ({node.nbytes / 2**30:.1f} GiB), "
+                                    f"more than the {MAX_DATASET_BYTES / 2**30:.0f} GiB one video's features can hold; "
+                                    "the file is damaged or not a feature file")
             names.append(name)
 
     h5.visititems(visit)
     if not names:
-        raise ValueError(f"{path} holds no datasets; expected one T x D dataset per video id")
+        raise DataFileError(f"{path} holds no datasets; expected one T x D dataset per video id")
     return sorted(names)
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    try:
+        return h5py.File(path, mode)
+    except OSError as error:  # h5py reports "file signature not found" etc. as OSError
+        raise DataFileError(f"{path}: not a readable HDF5 file ({error})") from None
 
 
 def _stored(array: np.ndarray, dtype: str | None) -> np.ndarray:
@@ -105,20 +121,20 @@ def import_h5(
 ) -> ImportSummary:
     """Import every dataset of a MAD-style ``h5_path`` as one sample each; resumable like extraction."""
     if stream not in STREAMS:
-        raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
+        raise DataFileError(f"stream must be one of {STREAMS}, got {stream!r}")
     if not fps > 0:
-        raise ValueError(f"fps must be > 0 (feature rows per second of the h5 file), got {fps!r}")
+        raise DataFileError(f"fps must be > 0 (feature rows per second of the h5 file), got {fps!r}")
     if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES} or None (keep the file's), got {dtype!r}")
+        raise DataFileError(f"dtype must be one of {DTYPES} or None (keep the file's), got {dtype!r}")
     h5_path = Path(h5_path).resolve()
     if not h5_path.is_file():
-        raise FileNotFoundError(f"h5 file {h5_path} does not exist")
+        raise DataFileError(f"h5 file {h5_path} does not exist")
     started = time.perf_counter()
     record = {"kind": "h5-import", "settings": {"file": str(h5_path), "stream": stream, "fps": fps, "dtype": dtype},
               "texts": None, "lamflow_version": __version__}
     output = OutputDir(Path(out_dir), record, overwrite=overwrite)
     try:
-        with h5py.File(h5_path, "r") as h5:
+        with _open_h5(h5_path, "r") as h5:
             names = _feature_datasets(h5, h5_path)
             source_of = {name: f"{h5_path}#{name}" for name in names}
             keys = assign_keys(((source_of[n], n) for n in names), taken=output.keys_by_source())
@@ -131,7 +147,7 @@ def import_h5(
                     array = _stored(raw, dtype)
                     sample = _imported_sample(keys[source], name, source, array, stream, fps, raw.dtype.name, h5_path)
                     sink.write(sample, Record(keys[source], source, "ok", counts={stream: len(array)},
-                                              duration=len(array) / fps, original_name=name))
+                                              dims=sample_dims(sample), duration=len(array) / fps, original_name=name))
         output.compact()
         output.write_summaries()
         return ImportSummary(str(out_dir), len(names), len(todo), len(names) - len(todo), sink.committed,
@@ -148,25 +164,25 @@ def export_h5(out_dir: str | Path, h5_path: str | Path, stream: str = "video") -
     the sample key. Attributes record the key, the source and the rate. Written to a temp file first.
     """
     if stream not in STREAMS:
-        raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
+        raise DataFileError(f"stream must be one of {STREAMS}, got {stream!r}")
     out_dir = Path(out_dir)
     if not (out_dir / EXTRACTION).is_file():
-        raise FileNotFoundError(f"{out_dir} is not a lamflow output directory (no {EXTRACTION})")
+        raise DataFileError(f"{out_dir} is not a lamflow output directory (no {EXTRACTION})")
     extraction = read_json(out_dir / EXTRACTION)
-    shards = final_shards(out_dir / "shards")
-    metas = {s["__key__"]: s["meta.json"] for shard in shards for s in iter_shard(shard, {"meta.json"})}
+    shards = final_shards(out_dir / SHARDS_DIR)
+    metas = {s["__key__"]: s[META] for shard in shards for s in read_samples(shard, {META})}
     originals = {key: str(meta.get("original_name") or key) for key, meta in metas.items()}
     shared = {name for name, n in Counter(originals.values()).items() if n > 1}
     name_of = {key: key if name in shared else name for key, name in originals.items()}
     h5_path = Path(h5_path)
-    temp = h5_path.with_name(h5_path.name + ".tmp")
+    temp = temp_path(h5_path)
     count = 0
-    with h5py.File(temp, "w") as h5:
+    with _open_h5(temp, "w") as h5:
         h5.attrs["lamflow_stream"] = stream
         h5.attrs["lamflow_extraction"] = json.dumps(extraction.get("settings"), sort_keys=True)
         for shard in shards:
-            for sample in iter_shard(shard):
-                key, meta = sample["__key__"], sample["meta.json"]
+            for sample in read_samples(shard):
+                key, meta = sample["__key__"], sample[META]
                 dataset = h5.create_dataset(name_of[key], data=sample[f"{stream}.npy"])
                 dataset.attrs["key"] = key
                 dataset.attrs["source"] = str(meta.get("source", ""))
@@ -174,5 +190,5 @@ def export_h5(out_dir: str | Path, h5_path: str | Path, stream: str = "video") -
                 if rate is not None:
                     dataset.attrs["fps"] = rate
                 count += 1
-    os.replace(temp, h5_path)
+    commit_temp(h5_path)
     return count

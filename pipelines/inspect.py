@@ -6,7 +6,6 @@ one sequential read of its tar headers.
 """
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from collections import Counter
@@ -16,10 +15,22 @@ from typing import Any
 
 import numpy as np
 
-from lamflow.pipelines.manifest import EXTRACTION, MANIFEST, SIZES, SHARDS_DIR, read_json
-from lamflow.pipelines.shards import TEMP_SUFFIX, final_shards
-
-MAX_LISTED_FAILURES = 20
+from lamflow.contract import (
+    EXTRACTION,
+    MANIFEST,
+    META,
+    SHARDS_DIR,
+    SIZES,
+    final_shards,
+    iter_members,
+    latest_records,
+    npy_header,
+    parse_manifest,
+)
+from lamflow.errors import DataFileError
+from lamflow.fileio import read_json
+from lamflow.pipelines.manifest import MAX_LISTED_FAILURES
+from lamflow.pipelines.shards import TEMP_SUFFIX
 
 
 @dataclass
@@ -43,37 +54,32 @@ class StreamSummary:
         }
 
 
-def _npy_header(data: bytes) -> tuple[tuple[int, ...], str]:
-    stream = io.BytesIO(data)
-    version = np.lib.format.read_magic(stream)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-    else:
-        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
-    return shape, np.dtype(dtype).name
-
-
-def _scan_shard(path: Path, streams: dict[str, StreamSummary], keys: Counter, notes: Counter) -> int:
-    """Add one shard's samples to the running summaries; returns its sample count."""
+def _scan_shard(path: Path, streams: dict[str, StreamSummary], keys: Counter, notes: Counter,
+                problems: list[str]) -> int:
+    """Add one shard's samples to the running summaries; returns its sample count. Damage (a truncated
+    tar, a member that is not what its name says) becomes a problem of the report, and the scan goes on."""
     seen: set[str] = set()
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, name = member.name.partition(".")
+    try:
+        for key, name, tar, member in iter_members(path):
             if key not in seen:
                 seen.add(key)
                 keys[key] += 1
-            if name.endswith(".npy"):
-                # The header is in the first bytes; 4 KiB holds any header numpy writes for these arrays.
-                shape, dtype = _npy_header(tar.extractfile(member).read(4096))
-                summary = streams.setdefault(name[: -len(".npy")], StreamSummary())
-                summary.dtypes[dtype] += 1
-                summary.trailing_shapes[tuple(shape[1:])] += 1
-                summary.lengths.append(shape[0] if shape else 0)
-            elif name == "meta.json":
-                for note in json.loads(tar.extractfile(member).read()).get("notes", []):
-                    notes[note.split(":")[0]] += 1  # group notes by their lead, e.g. "no audio stream"
+            try:
+                if name.endswith(".npy"):
+                    # The header is in the first bytes; 4 KiB holds any header numpy writes for these arrays.
+                    shape, dtype = npy_header(tar.extractfile(member).read(4096))
+                    summary = streams.setdefault(name[: -len(".npy")], StreamSummary())
+                    summary.dtypes[dtype] += 1
+                    summary.trailing_shapes[tuple(shape[1:])] += 1
+                    summary.lengths.append(shape[0] if shape else 0)
+                elif name == META:
+                    for note in json.loads(tar.extractfile(member).read()).get("notes", []):
+                        notes[note.split(":")[0]] += 1  # group notes by their lead, e.g. "no audio stream"
+            except (ValueError, UnicodeDecodeError, AttributeError) as error:  # bad npy header / JSON / not an object
+                problems.append(f"{path.name}: member {member.name} is damaged ({type(error).__name__}: {error})")
+    except (tarfile.TarError, OSError, EOFError) as error:
+        problems.append(f"{path.name}: unreadable after {len(seen)} sample(s) ({type(error).__name__}: {error}); "
+                        "re-extract or delete it")
     return len(seen)
 
 
@@ -85,11 +91,12 @@ def inspect_output(path: str | Path) -> dict[str, Any]:
     elif path.is_dir():
         shards, root = final_shards(path / SHARDS_DIR), path
     else:
-        raise FileNotFoundError(f"{path} is neither an output directory nor a shard file")
+        raise DataFileError(f"{path} does not exist; give an output directory of `lamflow extract` or a shard .tar")
     streams: dict[str, StreamSummary] = {}
     keys: Counter = Counter()
     notes: Counter = Counter()
-    per_shard = {shard.name: _scan_shard(shard, streams, keys, notes) for shard in shards}
+    damage: list[str] = []
+    per_shard = {shard.name: _scan_shard(shard, streams, keys, notes, damage) for shard in shards}
     report: dict[str, Any] = {
         "path": str(path),
         "shards": len(shards),
@@ -98,7 +105,7 @@ def inspect_output(path: str | Path) -> dict[str, Any]:
         "samples_per_shard": per_shard,
         "streams": {name: s.to_json() for name, s in sorted(streams.items())},
         "notes": dict(notes),
-        "problems": [f"key {k!r} appears {n} times" for k, n in keys.items() if n > 1],
+        "problems": damage + [f"key {k!r} appears {n} times" for k, n in keys.items() if n > 1],
     }
     if root is not None:
         _add_records(root, per_shard, report)
@@ -111,18 +118,19 @@ def _add_records(root: Path, per_shard: dict[str, int], report: dict[str, Any]) 
         report["kind"] = extraction.get("kind")
         report["settings"] = extraction.get("settings")
     if (root / MANIFEST).is_file():
-        latest = {}
-        for number, line in enumerate((root / MANIFEST).read_text(encoding="utf-8").splitlines(), start=1):
-            try:
-                record = json.loads(line)
-                latest[record["source"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                report["problems"].append(f"{MANIFEST}:{number} is not a valid record (an interrupted run? re-run extract to fix)")
-        failures = [r for r in latest.values() if r["status"] == "error"]
+        try:
+            records, torn = parse_manifest(root / MANIFEST)
+        except DataFileError as error:
+            records, torn = [], False
+            report["problems"].append(f"{error} (re-run extract to repair an interrupted run's manifest)")
+        if torn:
+            report["problems"].append(f"{MANIFEST}: the last line was cut off by an interrupted run (re-run extract to fix)")
+        latest = latest_records(records)
+        failures = [r for r in latest.values() if r.status == "error"]
         report["inputs"] = len(latest)
         report["ok"] = len(latest) - len(failures)
         report["failed"] = len(failures)
-        report["failures"] = {r["source"]: r["error"] for r in failures[:MAX_LISTED_FAILURES]}
+        report["failures"] = {r.source: r.error for r in failures[:MAX_LISTED_FAILURES]}
     if (root / SIZES).is_file() and read_json(root / SIZES) != per_shard:
         report["problems"].append(f"{SIZES} disagrees with the shards on disk (an interrupted run? re-run extract to fix)")
     leftovers = sorted(p.name for p in (root / SHARDS_DIR).glob(f"*{TEMP_SUFFIX}"))

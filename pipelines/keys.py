@@ -1,77 +1,45 @@
-"""Safe, unique sample keys for WebDataset shards.
+"""Sample keys of a run: each input's key comes from its own name alone, never from the rest of the run.
 
-webdataset splits a tar member name at its FIRST dot into key and field, so a key must never contain a
-dot; slashes would create directories and spaces break shell globs. The contract (FORMATS.md) allows
-``[A-Za-z0-9_-]``. Consumers that need to join annotations to samples (e.g. a QVHighlights ``vid`` such
-as ``NUsG9BgSes0_210.0_360.0``) apply the same :func:`safe_key` to their ids.
+An input's name is its path relative to the directory, glob or list file it came from, without the
+media extension (``part1/clip`` for ``videos/part1/clip.mp4`` given as ``videos/``), or the ``key``
+column of a list file. Its key is :func:`lamflow.contract.safe_key` of that name. So the same input
+gets the same key whatever else is extracted with it, and annotations join on the recorded name.
+Two inputs whose names give one key (``x.m4a`` and ``x.mp3``; ``a b.mp4`` and ``a_b.mp4``) are refused
+before any work, naming both: choosing which one gets the key would depend on the run.
 """
 from __future__ import annotations
 
-import hashlib
-import posixpath
-import re
-import unicodedata
 from typing import Iterable, Mapping
-from urllib.parse import urlsplit
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-MAX_KEY_LENGTH = 120  # keeps tar member names (key + ".video_ts.npy") well under filesystem limits
-_SUFFIX_HEX = 8
+from lamflow.contract import safe_key
+from lamflow.pipelines.sources import SourceError
 
-
-def _digest(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
-def safe_key(name: str) -> str:
-    """Map any name to a key of ``[A-Za-z0-9_-]`` characters, one ``_`` per unsafe character.
-
-    Accents are folded first (``café`` -> ``cafe``) so Latin names stay readable; every other unsafe
-    character (dots, spaces, slashes, CJK ...) becomes ``_``. Over-long names are cut and given a digest
-    of the full name so two long names sharing a prefix stay distinct.
-    """
-    folded = "".join(c for c in unicodedata.normalize("NFKD", name) if unicodedata.category(c) != "Mn")
-    key = _UNSAFE.sub("_", folded) or "video"
-    if len(key) > MAX_KEY_LENGTH:
-        key = f"{key[: MAX_KEY_LENGTH - _SUFFIX_HEX - 1]}-{_digest(name)[:_SUFFIX_HEX]}"
-    return key
-
-
-def source_name(source: str) -> str:
-    """The human name of a source: its file name without the last extension (works for URLs too)."""
-    path = urlsplit(source).path if "://" in source else source.replace("\\", "/")
-    base = posixpath.basename(path.rstrip("/"))
-    stem, dot, _ = base.rpartition(".")
-    return stem if dot and stem else base
+_LISTED_COLLISIONS = 5
 
 
 def assign_keys(named_sources: Iterable[tuple[str, str]], taken: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Give every source a unique safe key; returns {source: key}.
-
-    ``named_sources`` are (source, preferred name) pairs; ``taken`` maps sources to keys fixed by earlier
-    runs (from the manifest) — those are kept, so resuming never renames a sample. Among new sources the
-    first in sorted-source order gets the plain key; later ones with the same key get ``-`` plus a digest
-    of their source, which depends only on the source, so the result does not depend on input order.
-    """
+    """{source: key} for (source, name) pairs; ``taken`` maps sources to keys recorded by earlier runs
+    (kept as they are, so resuming never renames a sample). Raises :class:`SourceError` when two sources
+    would share a key."""
     taken = dict(taken or {})
-    used = set(taken.values())
     keys: dict[str, str] = {}
-    for source, name in sorted(named_sources):
-        if source in taken:
-            keys[source] = taken[source]
-            continue
+    owners: dict[str, list[str]] = {}
+    for source, key in taken.items():
+        owners.setdefault(key, []).append(source)
+    for source, name in named_sources:
         if source in keys:
             continue
-        base = safe_key(name)
-        key = base
-        digest = _digest(source)
-        width = _SUFFIX_HEX
-        while key in used:
-            # Lengthen the digest until free: only fails for a true SHA-1 collision of two sources.
-            if width > len(digest):
-                raise ValueError(f"cannot find a unique key for source {source!r} (base key {base!r})")
-            key = f"{base[: MAX_KEY_LENGTH - width - 1]}-{digest[:width]}"
-            width += 4
-        used.add(key)
+        key = taken.get(source) or safe_key(name)
         keys[source] = key
+        if source not in taken:
+            owners.setdefault(key, []).append(source)
+    clashes = {key: sources for key, sources in owners.items() if len(sources) > 1}
+    if clashes:
+        shown = "; ".join(f"{key!r} <- {', '.join(sorted(sources))}" for key, sources in sorted(clashes.items())[:_LISTED_COLLISIONS])
+        more = f" (and {len(clashes) - _LISTED_COLLISIONS} more)" if len(clashes) > _LISTED_COLLISIONS else ""
+        raise SourceError(
+            f"{len(clashes)} sample key(s) would name two inputs: {shown}{more}. Keys come from each input's "
+            "own name; rename one of them, narrow --extensions, or list the inputs in a .csv/.jsonl with a "
+            "distinct 'key' column"
+        )
     return keys

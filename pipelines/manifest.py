@@ -20,21 +20,27 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from lamflow import __version__
+from lamflow.contract import (
+    EXTRACTION,
+    FORMAT,
+    MANIFEST,
+    SHARDS_DIR,
+    SIZES,
+    STATS,
+    Record,
+    final_shards,
+    parse_manifest,
+    shard_index,
+)
 from lamflow.errors import LamflowError
-from lamflow.pipelines.shards import ShardSink, fsync_dir, final_shards, remove_temp_shards, shard_index
+from lamflow.fileio import read_json, write_json_atomic, write_jsonl_atomic
+from lamflow.pipelines.shards import ShardSink, remove_temp_shards
 
-MANIFEST = "manifest.jsonl"
-EXTRACTION = "extraction.json"
-STATS = "stats.json"
-SIZES = "sizes.json"
-SHARDS_DIR = "shards"
 LOCK = ".lamflow.lock"
-FORMAT = "lamflow-shards/1"
 MAX_LISTED_FAILURES = 100  # stats.json stays small on huge corpora; manifest.jsonl has every failure
 OUTPUT_FILES = (MANIFEST, STATS, SIZES, EXTRACTION)  # deletion order matters, see _delete_previous_output
 
@@ -45,57 +51,6 @@ class SettingsMismatchError(LamflowError, ValueError):
 
 class OutputDirError(LamflowError, RuntimeError):
     """The output directory is in a state lamflow cannot repair by itself (message says what to do)."""
-
-
-@dataclass
-class Record:
-    """One manifest line: the outcome of one input."""
-
-    key: str
-    source: str
-    status: str  # "ok" | "error"
-    error: str | None = None
-    shard: str | None = None  # shard file name (inside shards/) holding the sample, for status ok
-    counts: dict[str, int] = field(default_factory=dict)  # tokens per stream, e.g. {"video": 60, "audio": 600}
-    duration: float | None = None  # seconds of media
-    original_name: str | None = None  # the name the key was made from
-    seconds: float | None = None  # wall time spent extracting it
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Record":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _write_atomic(path: Path, lines: Iterable[str]) -> None:
-    """Write ``lines`` to ``path`` via a fsynced temp file + rename, so readers never see half a file."""
-    temp = path.with_name(path.name + ".tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.writelines(lines)  # streamed: a compacted manifest of millions of records is never one string
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    fsync_dir(path.parent)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` atomically (readers see the old or the new file, never half of one)."""
-    _write_atomic(path, [json.dumps(data, indent=2, sort_keys=True), "\n"])
-
-
-def _jsonl(records: Iterable[Record]) -> Iterator[str]:
-    return (json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records)
-
-
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        try:
-            return json.load(handle)
-        except json.JSONDecodeError as error:
-            raise OutputDirError(f"{path} is not valid JSON ({error.msg}); restore it or rerun with --overwrite") from None
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -170,27 +125,9 @@ class OutputDir:
         manifest = self.root / MANIFEST
         return (manifest.exists() and manifest.stat().st_size > 0) or bool(final_shards(self.shards_dir))
 
-    def _read_manifest(self) -> tuple[list[Record], bool]:
-        path = self.root / MANIFEST
-        if not path.exists():
-            return [], False
-        data = path.read_bytes()
-        lines = data.split(b"\n")
-        torn = lines[-1] != b""  # a complete manifest ends with a newline; anything after it was cut
-        records = []
-        for number, line in enumerate(lines[:-1], start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(Record.from_json(json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as error:
-                raise OutputDirError(
-                    f"{path}:{number} is not a valid manifest record ({error}); fix the line or rerun with --overwrite"
-                ) from None
-        return records, torn
-
     def _recover(self) -> None:
-        records, torn = self._read_manifest()
+        path = self.root / MANIFEST
+        records, torn = parse_manifest(path) if path.exists() else ([], False)
         if torn:
             self.repairs.append("dropped a manifest line cut off by a killed run")
         for temp in remove_temp_shards(self.shards_dir):
@@ -239,7 +176,7 @@ class OutputDir:
         """Append records durably: one write, then fsync (a kill can tear only the last line)."""
         records = list(records)
         with open(self.root / MANIFEST, "a", encoding="utf-8") as handle:
-            handle.write("".join(_jsonl(records)))
+            handle.write("".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records))
             handle.flush()
             os.fsync(handle.fileno())
         for record in records:
@@ -253,7 +190,7 @@ class OutputDir:
 
     def compact(self) -> None:
         """Rewrite the manifest with one record (the latest) per input, atomically."""
-        _write_atomic(self.root / MANIFEST, _jsonl(self.latest.values()))
+        write_jsonl_atomic(self.root / MANIFEST, (r.to_json() for r in self.latest.values()), sort_keys=True)
 
     def write_summaries(self, last_run: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write sizes.json ({shard: samples}) and stats.json from the manifest; returns the stats."""
@@ -263,9 +200,13 @@ class OutputDir:
         for record in sorted(ok, key=lambda r: r.shard):
             sizes[record.shard] = sizes.get(record.shard, 0) + 1
         tokens: dict[str, int] = {}
+        widths: dict[str, dict[str, int]] = {}  # stream -> {width: samples}: more than one width is a mixed set
         for record in ok:
             for stream, count in record.counts.items():
                 tokens[stream] = tokens.get(stream, 0) + count
+            for stream, dim in record.dims.items():
+                widths.setdefault(stream, {}).setdefault(str(dim), 0)
+                widths[stream][str(dim)] += 1
         stats = {
             "inputs": len(self.latest),
             "ok": len(ok),
@@ -273,6 +214,7 @@ class OutputDir:
             "shards": len(sizes),
             "duration_seconds": round(sum(r.duration or 0.0 for r in ok), 3),
             "tokens": tokens,
+            "dims": widths,
             "failures": {r.source: r.error for r in failed[:MAX_LISTED_FAILURES]},  # all are in the manifest
             "lamflow_version": __version__,
         }

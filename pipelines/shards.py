@@ -7,38 +7,20 @@ recorded"; a killed run leaves at most one ``.tmp`` file, which the next run del
 """
 from __future__ import annotations
 
-import io
-import json
 import os
-import re
-import tarfile
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
-import numpy as np
 import webdataset as wds
 
-SHARD_PATTERN = "shard-%06d.tar"
+from lamflow.contract import SHARD_PATTERN, encode_sample
+from lamflow.fileio import fsync_dir
+
 TEMP_SUFFIX = ".tmp"
 DEFAULT_SHARD_SAMPLES = 1000
 DEFAULT_SHARD_BYTES = 1_000_000_000
-_SHARD_NAME = re.compile(r"^shard-(\d{6,})\.tar$")
 
 Record = TypeVar("Record")
-
-
-def shard_index(name: str) -> int | None:
-    """The number of a final shard file name, or None for anything else."""
-    match = _SHARD_NAME.match(name)
-    return int(match.group(1)) if match else None
-
-
-def final_shards(shards_dir: Path) -> list[Path]:
-    """Final (complete) shard files in ``shards_dir``, in shard-number order."""
-    if not shards_dir.is_dir():
-        return []
-    found = [p for p in shards_dir.iterdir() if shard_index(p.name) is not None]
-    return sorted(found, key=lambda p: shard_index(p.name))
 
 
 def remove_temp_shards(shards_dir: Path) -> list[Path]:
@@ -49,42 +31,6 @@ def remove_temp_shards(shards_dir: Path) -> list[Path]:
     for path in leftovers:
         path.unlink()
     return leftovers
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (POSIX needs the directory itself synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def encode_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """Encode a sample's fields to bytes: ``.npy`` via ``np.save(allow_pickle=False)``, ``.json`` as UTF-8.
-
-    Encoding here (instead of webdataset's default encoder) guarantees no pickle ever enters a shard:
-    an object array fails loudly at write time, naming the field.
-    """
-    key = sample.get("__key__")
-    if not key or "." in key:
-        raise ValueError(f"sample key must be a non-empty string without dots, got {key!r}")
-    encoded: dict[str, Any] = {"__key__": key}
-    for name, value in sample.items():
-        if name == "__key__":
-            continue
-        if name.endswith(".npy"):
-            array = np.asarray(value)
-            if array.dtype.hasobject:
-                raise ValueError(f"sample {key!r}: field {name!r} has dtype object; store numeric arrays only")
-            buffer = io.BytesIO()
-            np.save(buffer, array, allow_pickle=False)
-            encoded[name] = buffer.getvalue()
-        elif name.endswith(".json"):
-            encoded[name] = json.dumps(value, sort_keys=True, allow_nan=False).encode("utf-8")
-        else:
-            raise ValueError(f"sample {key!r}: field {name!r} is neither .npy nor .json; the shard contract has no such field")
-    return encoded
 
 
 class ShardSink(Generic[Record]):
@@ -193,32 +139,3 @@ class ShardSink(Generic[Record]):
             Path(self._file.name).unlink(missing_ok=True)
         self._writer = None
         self._pending = []
-
-
-def iter_shard(path: str | Path, fields: set[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Read a shard back as samples: ``.npy`` fields as arrays (never unpickled), ``.json`` as objects.
-
-    ``fields`` limits what is read (e.g. ``{"meta.json"}``); the others are skipped unread.
-    """
-    sample: dict[str, Any] | None = None
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, field = member.name.partition(".")
-            if sample is not None and sample["__key__"] != key:
-                yield sample
-                sample = None
-            if sample is None:
-                sample = {"__key__": key}
-            if fields is not None and field not in fields:
-                continue
-            data = tar.extractfile(member).read()
-            if field.endswith(".npy"):
-                sample[field] = np.load(io.BytesIO(data), allow_pickle=False)
-            elif field.endswith(".json"):
-                sample[field] = json.loads(data)
-            else:
-                sample[field] = data
-    if sample is not None:
-        yield sample

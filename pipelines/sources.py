@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit
 
 import fsspec
 
@@ -37,10 +38,40 @@ class SourceError(LamflowError, ValueError):
 
 @dataclass(frozen=True)
 class Source:
-    """One media input: ``path`` (local absolute path or fsspec URL) and metadata from a list file."""
+    """One media input: ``path`` (local absolute path or fsspec URL), ``name`` (its path relative to the
+    directory, glob or list file it came from, without the media extension; its key is made from it)
+    and metadata from a list file."""
 
     path: str
+    name: str = field(compare=False, hash=False)
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def _stem(path: str) -> str:
+    """``path`` without the extension of its last component (``a/movie.part1.mp4`` -> ``a/movie.part1``)."""
+    head, _, base = path.rpartition("/")
+    stem, dot, _ = base.rpartition(".")
+    base = stem if dot and stem else base
+    return f"{head}/{base}" if head else base
+
+
+def source_name(path: str, base: str | None = None) -> str:
+    """The name of the input at ``path`` found under ``base``: the relative path without its extension;
+    the file name without its extension when there is no base or ``path`` lies outside it."""
+    path = (urlsplit(path).path if is_url(path) else path).replace("\\", "/").rstrip("/")
+    if base is not None:
+        base = (urlsplit(base).path if is_url(base) else base).replace("\\", "/").rstrip("/")
+        relative = posixpath.relpath(path, base) if base else path.lstrip("/")
+        if not relative.startswith("../") and relative not in (".", ".."):
+            return _stem(relative)
+    return _stem(posixpath.basename(path))
+
+
+def _glob_base(pattern: str) -> str:
+    """The folder a glob searches from: its leading components without glob characters."""
+    parts = pattern.split("/")
+    first_magic = next(i for i, part in enumerate(parts) if any(c in part for c in _GLOB_CHARS))
+    return "/".join(parts[:first_magic])
 
 
 def is_url(path: str) -> bool:
@@ -117,7 +148,10 @@ def _expand_list_file(list_file: str) -> list[Source]:
         if not isinstance(value, str) or not value.strip():
             raise SourceError(f"{list_file}: row {number} has an empty {column!r} value; give a media path")
         metadata = {k: v for k, v in row.items() if k != column}
-        sources.append(Source(_join(base_dir, value.strip()), metadata))
+        path = _join(base_dir, value.strip())
+        key = metadata.get("key")
+        name = str(key) if key not in (None, "") else source_name(path, base_dir)
+        sources.append(Source(path, name, metadata))
     return sources
 
 
@@ -128,7 +162,8 @@ def _expand_one(spec: str, extensions: Sequence[str]) -> list[Source]:
         found = sorted(p for p in fs.glob(root) if not fs.isdir(p))
         if not found:
             raise SourceError(f"glob {spec!r} matched no files; check the pattern (quote it so the shell leaves it)")
-        return [Source(_as_source_path(fs, p, path)) for p in found]
+        base = _glob_base(path)
+        return [Source(p, source_name(p, base)) for p in (_as_source_path(fs, f, path) for f in found)]
     if not fs.exists(root):
         raise SourceError(f"source {spec!r} does not exist; give a media file, a directory, a glob or a list file")
     if fs.isdir(root):
@@ -138,10 +173,10 @@ def _expand_one(spec: str, extensions: Sequence[str]) -> list[Source]:
                 f"directory {spec!r} holds no files with a media extension {list(extensions)}; "
                 "pass --extensions to widen the search"
             )
-        return [Source(_as_source_path(fs, p, path)) for p in found]
+        return [Source(p, source_name(p, path)) for p in (_as_source_path(fs, f, path) for f in found)]
     if _has_extension(path, LIST_EXTENSIONS):
         return _expand_list_file(path)
-    return [Source(path)]
+    return [Source(path, source_name(path))]
 
 
 def expand_sources(specs: Sequence[str], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Source]:

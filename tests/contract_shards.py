@@ -1,19 +1,23 @@
-"""Small real WebDataset shards in the shard contract (docs/FORMATS.md), written with webdataset.TarWriter.
+"""Small real shard sets in the shard contract (lamflow.contract), written by the pipeline's own writer.
 
-The extraction pipeline writes the real thing; these tests build the same layout by hand so the datasets side
-is specified against the contract itself: DIR/shards/shard-%06d.tar, DIR/sizes.json, DIR/manifest.jsonl.
-``write_toy_qvhighlights`` uses the same writer for videos whose features carry a learnable signal.
+Samples are made here (random features, or features carrying a learnable signal for the trainer tests) and
+written through ``lamflow.pipelines.manifest.OutputDir``: shards, manifest.jsonl, sizes.json and stats.json
+are exactly what ``lamflow extract`` writes. :func:`damage_members` then breaks chosen members on purpose,
+for the tests of what the loader does with damaged data.
 """
 from __future__ import annotations
 
-import json
-import re
+import io
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
-import webdataset as wds
+
+from lamflow.contract import Record, safe_key, sample_dims
+from lamflow.fileio import write_jsonl_atomic
+from lamflow.pipelines.manifest import OutputDir
 
 D_VIDEO, D_AUDIO, D_TEXT = 8, 4, 6
 VIDEO_STEP, AUDIO_STEP = 0.5, 0.1  # seconds between tokens: the streams run at different rates
@@ -32,7 +36,7 @@ class Video:
 
     @property
     def key(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_-]", "_", self.name)
+        return safe_key(self.name)
 
 
 def contract_sample(video: Video) -> dict:
@@ -71,21 +75,41 @@ def contract_sample(video: Video) -> dict:
 
 
 def write_extraction_dir(root: Path, shards: Sequence[Sequence[Video]]) -> Path:
-    """Write one tar per inner list plus sizes.json and manifest.jsonl; returns ``root``."""
-    (root / "shards").mkdir(parents=True, exist_ok=True)
-    sizes, manifest = {}, []
-    for number, videos in enumerate(shards):
-        name = f"shard-{number:06d}.tar"
-        with wds.TarWriter(str(root / "shards" / name)) as sink:
-            for video in videos:
-                sink.write(contract_sample(video))
-                manifest.append({"key": video.key, "source": f"/videos/{video.name}.mp4", "status": "ok",
-                                 "error": None, "shard": name, "counts": {}, "duration": video.duration,
-                                 "original_name": video.name})
-        sizes[name] = len(videos)
-    (root / "sizes.json").write_text(json.dumps(sizes))
-    (root / "manifest.jsonl").write_text("".join(json.dumps(record) + "\n" for record in manifest))
+    """Write one shard per inner list, with the records the pipeline keeps; returns ``root``."""
+    output = OutputDir(root, {"kind": "test", "settings": {}, "texts": None})
+    try:
+        for videos in shards:
+            with output.shard_sink(max(1, len(videos)), 1 << 40) as sink:
+                for video in videos:
+                    sample = contract_sample(video)
+                    sink.write(sample, Record(video.key, sample["meta.json"]["source"], "ok", dims=sample_dims(sample),
+                                              duration=video.duration, original_name=video.name))
+        output.compact()
+        output.write_summaries()
+    finally:
+        output.close()
     return root
+
+
+def damage_members(tar_path: Path, members: Mapping[str, bytes]) -> None:
+    """Rewrite ``tar_path`` with the bytes of some members replaced, or members added (after the other
+    members of their sample): a writer bug or bit rot that the loader must survive."""
+    with tarfile.open(tar_path) as tar:
+        entries = [(info, tar.extractfile(info).read()) for info in tar if info.isreg()]
+    pending = dict(members)
+    rewritten = []
+    for index, (info, data) in enumerate(entries):
+        rewritten.append((info.name, pending.pop(info.name, data)))
+        key = info.name.split(".", 1)[0]
+        next_key = entries[index + 1][0].name.split(".", 1)[0] if index + 1 < len(entries) else None
+        if next_key != key:  # last member of this sample: add the new members that belong to it
+            rewritten += [(name, pending.pop(name)) for name in list(pending) if name.split(".", 1)[0] == key]
+    assert not pending, f"no sample for members {sorted(pending)}"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, data in rewritten:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
 
 
 def grid(num_shards: int, per_shard: int, **video_args) -> list[list[Video]]:
@@ -145,6 +169,6 @@ def write_toy_qvhighlights(
         })
     write_extraction_dir(root, [toys[first:first + per_shard] for first in range(0, videos, per_shard)])
     train_path, val_path = root / "train.jsonl", root / "val.jsonl"
-    train_path.write_text("".join(json.dumps(a) + "\n" for a in annotations[: videos - val_videos]))
-    val_path.write_text("".join(json.dumps(a) + "\n" for a in annotations[videos - val_videos :]))
+    write_jsonl_atomic(train_path, annotations[: videos - val_videos])
+    write_jsonl_atomic(val_path, annotations[videos - val_videos :])
     return ToyQVHighlights(root, train_path, val_path)

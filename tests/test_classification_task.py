@@ -15,7 +15,7 @@ VIDEOS = [Video("cat.clip.1", texts=[("5", "a cat", 2)]), Video("dog-2"), Video(
 
 
 def loaded_labels(root, task, streams=("video", "audio")):
-    loader = StreamingLoader(LoaderConfig(str(root), streams=streams, batch_size=2, num_workers=2), task, mode="eval")
+    loader = StreamingLoader(str(root), task, LoaderConfig(streams=streams, batch_size=2, num_workers=2), mode="eval")
     pairs = {key: label for batch in loader for key, label in zip(batch["sample_ids"], batch["labels"].tolist())}
     return loader, pairs
 
@@ -64,7 +64,7 @@ def test_one_shard_set_serves_qvhighlights_and_classification_untouched(tmp_path
                                        "saliency_scores": [[2, 2, 2]]}) + "\n")
 
     _, pairs = loaded_labels(root, ClassificationTask(labels))
-    retrieval = StreamingLoader(LoaderConfig(str(root), batch_size=2), QVHighlightsTask(annotations), mode="eval")
+    retrieval = StreamingLoader(str(root), QVHighlightsTask(annotations), LoaderConfig(batch_size=2), mode="eval")
     [batch] = list(retrieval)
 
     assert pairs == {"cat_clip_1": 0, "dog-2": 1}  # classes ["cat", "dog"]

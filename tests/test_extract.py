@@ -15,11 +15,13 @@ import pytest
 import webdataset as wds
 from distributed import Client, LocalCluster
 
+from lamflow.contract import read_samples
+from lamflow.errors import LamflowError
 from lamflow.pipelines.clip_encoder import ClipWeightsError
 from lamflow.pipelines.extract import run_extraction
 from lamflow.pipelines.manifest import MANIFEST, OutputDir, OutputDirError, SettingsMismatchError
 from lamflow.pipelines.settings import ExtractSettings
-from lamflow.pipelines.shards import iter_shard
+from lamflow.pipelines.sources import SourceError
 from lamflow.pipelines.worker import worker_counters
 from media import make_media
 
@@ -64,7 +66,7 @@ def assert_manifest_lists_each_shard_in_tar_order(out: Path) -> None:
     records = manifest(out)
     for shard in sorted((out / "shards").glob("*.tar")):
         in_manifest = [r["key"] for r in records if r["status"] == "ok" and r["shard"] == shard.name]
-        assert in_manifest == [s["__key__"] for s in iter_shard(shard, {"meta.json"})]
+        assert in_manifest == [s["__key__"] for s in read_samples(shard, {"meta.json"})]
 
 
 def assert_same_samples(a: dict[str, dict], b: dict[str, dict]) -> None:
@@ -160,7 +162,7 @@ def test_samples_reach_the_shards_in_input_order_whatever_order_workers_finish(t
     make_media(videos / "c_quick.mp4", duration=1.0)
     out = tmp_path / "out"
     run_extraction([str(videos)], out, TINY, scheduler=scheduler, shard_samples=2, progress=False)
-    layout = {p.name: [s["__key__"] for s in iter_shard(p, {"meta.json"})] for p in sorted((out / "shards").glob("*.tar"))}
+    layout = {p.name: [s["__key__"] for s in read_samples(p, {"meta.json"})] for p in sorted((out / "shards").glob("*.tar"))}
     assert layout == {"shard-000000.tar": ["a_slow", "b_quick"], "shard-000001.tar": ["c_quick"]}
     assert_manifest_lists_each_shard_in_tar_order(out)
 
@@ -197,20 +199,38 @@ def test_cli_reports_settings_mismatch_with_the_fix(corpus, tmp_path, scheduler)
     assert "dtype: 'float16' -> 'float32'" in done.stderr and "--overwrite" in done.stderr
 
 
-def test_unsafe_names_become_safe_unique_keys_and_keep_the_original_name(corpus, tmp_path, scheduler):
+def test_keys_come_from_each_input_alone_are_safe_and_keep_the_original_name(corpus, tmp_path, scheduler):
     videos = tmp_path / "videos"
     clip = (corpus / "short.mkv").read_bytes()
-    names = ["my clip.v1 (final).mkv", "a/dup.mkv", "b/dup.mkv", "café.mkv", "x.y.mkv", "x_y.mkv"]
+    names = ["my clip.v1 (final).mkv", "a/dup.mkv", "b/dup.mkv", "café.mkv", "x.y.mkv"]
     for name in names:
         (videos / name).parent.mkdir(parents=True, exist_ok=True)
         (videos / name).write_bytes(clip)
     out = tmp_path / "out"
     assert run_extraction([str(videos)], out, TINY, scheduler=scheduler, progress=False).ok == len(names)
     samples = read_shards(out)
-    assert len(samples) == len(names) and all(SAFE.match(k) for k in samples)
-    assert {"my_clip_v1__final_", "dup", "cafe"} <= set(samples)
+    assert sorted(samples) == ["a_dup", "b_dup", "cafe", "my_clip_v1__final_", "x_y"]
     originals = sorted(s["meta.json"]["original_name"] for s in samples.values())
-    assert originals == sorted(["my clip.v1 (final)", "dup", "dup", "café", "x.y", "x_y"])
+    assert originals == sorted(["my clip.v1 (final)", "a/dup", "b/dup", "café", "x.y"])
+    # The same input alone gets the same key: keys never depend on the rest of the run.
+    alone = tmp_path / "alone"
+    run_extraction([str(videos / "b")], alone, TINY, scheduler=scheduler, progress=False)
+    assert list(read_shards(alone)) == ["dup"]  # relative to the directory given: b/ itself
+    run_extraction([str(videos / "b" / "dup.mkv")], tmp_path / "file", TINY, scheduler=scheduler, progress=False)
+    assert list(read_shards(tmp_path / "file")) == ["dup"]
+
+
+def test_inputs_that_would_share_a_key_or_an_ambiguous_texts_name_stop_the_run_before_any_work(corpus, tmp_path, scheduler):
+    for name in ["same/x.y.mkv", "same/x_y.mkv", "nested/a/clip.mkv", "nested/b/clip.mkv"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes((corpus / "short.mkv").read_bytes())
+    with pytest.raises(SourceError, match=r"'x_y' <- .*x\.y\.mkv, .*x_y\.mkv"):
+        run_extraction([str(tmp_path / "same")], tmp_path / "out", TINY, scheduler=scheduler, progress=False)
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(json.dumps({"vid": "clip", "qid": 1, "query": "a clip"}) + "\n")
+    with pytest.raises(LamflowError, match=r"--texts video name 'clip' names 2 samples \(a_clip, b_clip\)"):
+        run_extraction([str(tmp_path / "nested")], tmp_path / "out2", TINY, scheduler=scheduler, progress=False, texts=texts)
+    assert not (tmp_path / "out2" / "shards").exists() or not list((tmp_path / "out2" / "shards").iterdir())
 
 
 def test_a_model_that_cannot_load_stops_the_run_instead_of_failing_every_video(corpus, tmp_path, scheduler):

@@ -14,10 +14,11 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from contract_shards import Video, grid, write_extraction_dir
+from contract_shards import Video, damage_members, grid, write_extraction_dir
 
 from lamflow.datasets.classification import ClassificationTask
-from lamflow.datasets.loader import LoaderConfig, StreamingLoader
+from lamflow.datasets.loader import STATE_VERSION, LoaderConfig, LoaderStateError, StreamingLoader
+from lamflow.errors import DataFileError, FieldError
 
 STREAMS = ("video", "audio")
 
@@ -29,9 +30,13 @@ def make_dataset(tmp_path, shards):
     return root, ClassificationTask(labels)
 
 
-def loader(root, task, rank=0, world_size=1, mode="train", **config):
+def loader(root, task, rank=0, world_size=1, mode="train", seed=0, **config):
     config = {"streams": STREAMS, "batch_size": 3, "num_workers": 2, "shuffle_buffer": 8, "bucket_buffer": 6, **config}
-    return StreamingLoader(LoaderConfig(str(root), **config), task, rank=rank, world_size=world_size, mode=mode)
+    return StreamingLoader(str(root), task, LoaderConfig(**config), seed=seed, rank=rank, world_size=world_size, mode=mode)
+
+
+def position(state) -> tuple[int, int, int]:
+    return state["epoch"], state["batches_done"], state["seed"]
 
 
 def ids_per_rank(root, task, world_size=2, **kwargs):
@@ -94,7 +99,7 @@ def test_finishing_a_train_epoch_moves_the_loader_to_the_next_epoch(tmp_path):
     root, task = make_dataset(tmp_path, grid(2, 3))
     current = loader(root, task, num_workers=0)
     first = [batch["sample_ids"] for batch in current]
-    assert current.state_dict() == {"epoch": 1, "batches_done": 0, "seed": 0}
+    assert position(current.state_dict()) == (1, 0, 0)
     assert [batch["sample_ids"] for batch in current] != first
 
 
@@ -120,7 +125,7 @@ def test_resume_mid_epoch_yields_exactly_the_batches_the_uninterrupted_run_yield
     stream = iter(interrupted)
     taken = [next(stream) for _ in range(3)]
     state = json.loads(json.dumps(interrupted.state_dict()))  # plain python types: survives a checkpoint
-    assert state == {"epoch": 1, "batches_done": 3, "seed": 0}
+    assert position(state) == (1, 3, 0)
 
     resumed = loader(root, task, num_workers=num_workers)
     resumed.load_state_dict(state)
@@ -158,7 +163,7 @@ def test_running_workers_follow_an_abandoned_epoch_load_state_dict_and_set_epoch
     abandoned = iter(current)
     taken = [next(abandoned), next(abandoned)]  # workers keep prefetching batches of epoch 1 for it
     assert_same_batches(taken + list(current), fresh(1))
-    current.load_state_dict({"epoch": 0, "batches_done": 3, "seed": 5})  # the workers hold seed 0 in their config
+    current.load_state_dict({**current.state_dict(), "epoch": 0, "batches_done": 3, "seed": 5})  # the workers hold seed 0
     assert_same_batches(list(current), fresh(0, seed=5)[3:])
     current.set_epoch(4)
     assert_same_batches(list(current), fresh(4, seed=5))
@@ -174,7 +179,7 @@ def test_a_state_saved_with_the_last_batch_of_an_epoch_resumes_at_the_next_epoch
     for _ in epoch0:
         next(stream)
     state = interrupted.state_dict()
-    assert state == {"epoch": 0, "batches_done": len(epoch0), "seed": 0}
+    assert position(state) == (0, len(epoch0), 0)
     resumed = loader(root, task)
     resumed.load_state_dict(state)
     assert_same_batches(list(resumed), epoch1)
@@ -182,8 +187,32 @@ def test_a_state_saved_with_the_last_batch_of_an_epoch_resumes_at_the_next_epoch
 
 def test_load_state_dict_rejects_a_position_beyond_the_epoch(tmp_path):
     root, task = make_dataset(tmp_path, grid(2, 3))
-    with pytest.raises(ValueError, match="batches_done=99 exceeds"):
-        loader(root, task).load_state_dict({"epoch": 0, "batches_done": 99, "seed": 0})
+    current = loader(root, task)
+    with pytest.raises(LoaderStateError, match="batches_done=99 exceeds"):
+        current.load_state_dict({**current.state_dict(), "batches_done": 99})
+
+
+def test_the_state_records_its_version_and_plan_and_an_old_version_is_refused(tmp_path):
+    root, task = make_dataset(tmp_path, grid(2, 3))
+    current = loader(root, task, world_size=2)
+    assert current.state_dict() == {"version": STATE_VERSION, "epoch": 0, "batches_done": 0, "seed": 0,
+                                    "world_size": 2, "num_workers": 2, "items": 6}
+    with pytest.raises(LoaderStateError, match="version"):
+        current.load_state_dict({"epoch": 0, "batches_done": 1, "seed": 0})  # written before states had a version
+
+
+def test_a_resume_under_another_world_size_is_replanned_at_the_same_fraction_of_the_epoch(tmp_path, caplog):
+    root, task = make_dataset(tmp_path, grid(4, 6))
+    two_ranks = loader(root, task, rank=0, world_size=2, num_workers=0, batch_size=2)
+    stream = iter(two_ranks)
+    for _ in range(len(two_ranks) // 2):  # half of rank 0's epoch
+        next(stream)
+    one_rank = loader(root, task, num_workers=0, batch_size=2)
+    with caplog.at_level(logging.WARNING, logger="lamflow.datasets.loader"):
+        one_rank.load_state_dict(two_ranks.state_dict())
+    assert "re-planned" in caplog.text
+    assert position(one_rank.state_dict()) == (0, len(one_rank) // 2, 0)  # half of the one-rank epoch
+    assert len(list(one_rank)) == len(one_rank) - len(one_rank) // 2
 
 
 def pickled_npy() -> bytes:
@@ -195,10 +224,10 @@ def pickled_npy() -> bytes:
 def damaged_dataset(tmp_path):
     """Shard 0: garbage .npy bytes, a pickled object array, a shape mismatch; shard 1: truncated tar."""
     shards = grid(3, 4)
-    shards[0][1].extra = {"video.npy": b"not an npy file"}
-    shards[0][2].extra = {"audio.npy": pickled_npy()}
     shards[0][3].extra = {"video_ts.npy": np.zeros(3, np.float32)}
     root, task = make_dataset(tmp_path, shards)
+    damage_members(root / "shards" / "shard-000000.tar", {"v0_1.video.npy": b"not an npy file",
+                                                          "v0_2.audio.npy": pickled_npy()})
     tar = root / "shards" / "shard-000001.tar"
     tar.write_bytes(tar.read_bytes()[: int(tar.stat().st_size * 0.6)])
     return root, task
@@ -244,15 +273,17 @@ def test_batches_follow_the_batch_contract(tmp_path):
 
 
 def test_config_errors_name_the_field(tmp_path):
-    with pytest.raises(ValueError, match="LoaderConfig.batch_size"):
-        LoaderConfig("x", batch_size=0)
-    with pytest.raises(ValueError, match="LoaderConfig.bucket_buffer"):
-        LoaderConfig("x", batch_size=16, bucket_buffer=8)
-    with pytest.raises(ValueError, match="LoaderConfig.max_stream_tokens"):
-        LoaderConfig("x", max_stream_tokens={"depth": 3})
+    with pytest.raises(FieldError, match="LoaderConfig.batch_size"):
+        LoaderConfig(batch_size=0)
+    with pytest.raises(FieldError, match="LoaderConfig.bucket_buffer"):
+        LoaderConfig(batch_size=16, bucket_buffer=8)
+    with pytest.raises(FieldError, match="LoaderConfig.max_stream_tokens"):
+        LoaderConfig(max_stream_tokens={"depth": 3})
+    with pytest.raises(FieldError, match="LoaderConfig.required_streams"):
+        LoaderConfig(streams=("text", "audio"))  # the default required stream, video, is not streamed
     root, task = make_dataset(tmp_path, grid(1, 2))
     with pytest.raises(ValueError, match="mode"):
-        StreamingLoader(LoaderConfig(str(root)), task, mode="test")
+        StreamingLoader(str(root), task, mode="test")
 
 
 def test_items_per_rank_are_ceil_of_items_over_world_size_in_train(tmp_path):
@@ -261,3 +292,40 @@ def test_items_per_rank_are_ceil_of_items_over_world_size_in_train(tmp_path):
     per_rank = ids_per_rank(root, task, world_size=4, num_workers=0)
     assert [len(ids) for ids in per_rank] == [math.ceil(15 / 4)] * 4
     assert set(Counter(sum(per_rank, [])).keys()) <= set(all_keys(shards))
+
+
+def test_a_sample_with_another_feature_width_is_an_error_naming_it_before_anything_streams(tmp_path):
+    shards = grid(2, 3)
+    shards[1][2].extra = {"video.npy": np.zeros((8, 16), np.float16)}  # another model's 16-d features
+    root, task = make_dataset(tmp_path, shards)
+    with pytest.raises(DataFileError, match=r"stream 'video' has width 8 in 5 samples but 16 in 1 \(keys v1_2\)"):
+        loader(root, task)
+
+
+def test_without_recorded_widths_an_odd_sample_is_skipped_and_counted_as_it_streams(tmp_path):
+    shards = grid(2, 3)
+    shards[1][2].extra = {"video.npy": np.zeros((8, 16), np.float16)}
+    root, task = make_dataset(tmp_path, shards)
+    pattern = str(root / "shards" / "shard-{000000..000001}.tar")  # tar urls: no manifest, widths from the first sample
+    current = StreamingLoader(pattern, task, LoaderConfig(streams=STREAMS, batch_size=2), mode="eval")
+    ids = [sample_id for batch in current for sample_id in batch["sample_ids"]]
+    assert "v1_2" not in ids and len(ids) == 5
+    assert current.stats["skipped_width"] == 1 and "video.npy has width 16, the shard set's is 8" in current.stats["skip_reasons"][0]
+
+
+def test_a_sample_with_an_empty_required_stream_is_skipped_and_counted(tmp_path):
+    shards = grid(1, 3)
+    shards[0][1].extra = {"video.npy": np.zeros((0, 8), np.float16), "video_ts.npy": np.zeros(0, np.float32)}  # audio-only input
+    root, task = make_dataset(tmp_path, shards)
+    current = loader(root, task, mode="eval", num_workers=0)
+    ids = [sample_id for batch in current for sample_id in batch["sample_ids"]]
+    assert ids == ["v0_0", "v0_2"] and current.stats["skipped_empty"] == 1
+    assert "stream 'video' is empty" in current.stats["skip_reasons"][0]
+    # Audio is not required by default: a video without sound still trains.
+    assert len(list(loader(root, task, mode="eval", num_workers=0, required_streams=("audio",)))) >= 1
+
+
+def test_a_stream_the_shards_do_not_hold_is_an_error_before_anything_streams(tmp_path):
+    root, task = make_dataset(tmp_path, grid(1, 2))
+    with pytest.raises(DataFileError, match=r"stream\(s\) \['depth'\] are not in the shards"):
+        loader(root, task, streams=("video", "depth"))

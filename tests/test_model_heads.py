@@ -5,28 +5,36 @@ import pytest
 import torch
 
 from lamflow.datasets.loader import LoaderConfig, StreamingLoader
+from lamflow.lam import LAMConfig
 from lamflow.datasets.qvhighlights import QVHighlightsTask
 from lamflow.train.config import ModelConfig
 from lamflow.train.heads import decode_moments, nms_1d, pool_to_clips
 from lamflow.train.losses import moment_loss, moment_targets
-from lamflow.train.model import MultimodalLAMModel, downsample_stream, infer_input_dims
+from lamflow.train.model import MultimodalLAMModel, downsample_stream
 from contract_shards import write_toy_qvhighlights
 
 SMALL = dict(dim=32, depth=2, heads=2, generator_hidden=32, generator_rank=4, dropout=0.0)
+
+
+def small(downsample=None, **encoder) -> ModelConfig:
+    return ModelConfig(encoder=LAMConfig(**{**SMALL, **encoder}), downsample=downsample or {})
+
+
+def widths(batch, streams) -> dict[str, int]:
+    return {name: int(batch["streams"][name].shape[-1]) for name in streams}
 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
     """One collated batch (the batch contract) of 4 toy videos from the real StreamingLoader."""
     toy = write_toy_qvhighlights(tmp_path_factory.mktemp("toy"), videos=4, val_videos=0)
-    loader = StreamingLoader(LoaderConfig(str(toy.shards), batch_size=4), QVHighlightsTask(toy.train_annotations), mode="eval")
+    loader = StreamingLoader(str(toy.shards), QVHighlightsTask(toy.train_annotations), LoaderConfig(batch_size=4), mode="eval")
     return next(iter(loader))
 
 
-def make_model(batch, **overrides) -> MultimodalLAMModel:
+def make_model(batch, **options) -> MultimodalLAMModel:
     torch.manual_seed(0)
-    config = ModelConfig(**{**SMALL, **overrides})
-    return MultimodalLAMModel(config, infer_input_dims(batch, ("text", "video", "audio")), ("text", "video", "audio"), "qvhighlights")
+    return MultimodalLAMModel(small(**options), widths(batch, ("text", "video", "audio")), ("text", "video", "audio"), "qvhighlights")
 
 
 def test_embedded_sequence_follows_the_batch_layout_of_the_loader(batch):
@@ -113,13 +121,12 @@ def test_the_mask_mode_comes_from_the_config_and_vanilla_has_no_generators(batch
 
 
 def test_classification_head_gives_one_logit_per_class(batch):
-    config = ModelConfig(**SMALL)
-    model = MultimodalLAMModel(config, infer_input_dims(batch, ("video", "audio")), ("video", "audio"), "classification", num_classes=5)
+    model = MultimodalLAMModel(small(), widths(batch, ("video", "audio")), ("video", "audio"), "classification", num_classes=5)
     assert model(batch)["logits"].shape == (4, 5)
 
 
 def test_model_refuses_streams_without_a_size_or_a_moment_task_without_video(batch):
     with pytest.raises(ValueError, match="no size for stream"):
-        MultimodalLAMModel(ModelConfig(**SMALL), {"video": 16}, ("video", "audio"), "qvhighlights")
+        MultimodalLAMModel(small(), {"video": 16}, ("video", "audio"), "qvhighlights")
     with pytest.raises(ValueError, match="anchors moments on the 'video' stream"):
-        MultimodalLAMModel(ModelConfig(**SMALL), {"audio": 8}, ("audio",), "qvhighlights")
+        MultimodalLAMModel(small(), {"audio": 8}, ("audio",), "qvhighlights")

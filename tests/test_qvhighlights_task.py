@@ -8,9 +8,9 @@ import pytest
 import torch
 from contract_shards import D_TEXT, Video, contract_sample, write_extraction_dir
 
-from lamflow.datasets.join import NameIndex
 from lamflow.datasets.loader import LoaderConfig, StreamingLoader
 from lamflow.datasets.qvhighlights import AnnotationError, QVHighlightsTask, load_queries
+from lamflow.errors import LamflowError
 from real_data import QVHIGHLIGHTS, requires_qvhighlights
 
 VID_A, VID_B = "j7rJstUseKg_360.0_510.0", "NUsG9BgSes0_210.0_360.0"
@@ -81,7 +81,7 @@ def dataset(tmp_path, texts=True):
 
 def eval_batches(root, task, **config):
     config = {"streams": ("text", "video", "audio"), "batch_size": 8, "num_workers": 0, **config}
-    loader = StreamingLoader(LoaderConfig(str(root), **config), task, mode="eval")
+    loader = StreamingLoader(str(root), task, LoaderConfig(**config), mode="eval")
     return loader, list(loader)
 
 
@@ -115,7 +115,7 @@ def test_query_tokens_come_from_the_shard_text_row_with_the_same_qid(tmp_path):
 
 def test_shards_without_query_texts_need_a_text_encoder_and_the_error_says_how(tmp_path):
     root, annotations, _ = dataset(tmp_path / "plain", texts=False)
-    with pytest.raises(LookupError, match="qid 1[123] .*--texts .*ann.jsonl.*text_encoder"):
+    with pytest.raises(LamflowError, match="qid 1[123] .*--texts .*ann.jsonl.*text_encoder"):
         eval_batches(root, QVHighlightsTask(annotations))
 
     def encode(query: str) -> torch.Tensor:  # any callable returning L_t x D_t tokens
@@ -133,12 +133,3 @@ def test_the_test_split_gives_empty_windows_and_zero_saliency(tmp_path):
     _, [batch] = eval_batches(root, QVHighlightsTask(annotations))
     assert batch["qids"] == [11] and batch["windows"][0].shape == (0, 2)
     assert batch["saliency"].tolist() == [[0.0] * 5]
-
-
-def test_samples_join_by_original_name_or_by_safe_key():
-    index = NameIndex({VID_A: "a", "x.1": "ambiguous-1", "x_1": "ambiguous-2"})
-    assert index.lookup(VID_A, "whatever") == "a"  # meta.json "name": exact
-    assert index.lookup(None, "j7rJstUseKg_360_0_510_0") == "a"  # safe key, no name recorded
-    assert index.lookup("x.1", "x_1_2") == "ambiguous-1"  # a collision-suffixed key still joins by name
-    assert index.lookup(None, "x_1") == "ambiguous-2"  # exact key before the (ambiguous) safe form
-    assert index.lookup_keys(["j7rJstUseKg_360_0_510_0", "nope"]) == ["a"]

@@ -6,8 +6,9 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from lamflow.pipelines.keys import MAX_KEY_LENGTH, assign_keys, safe_key, source_name
-from lamflow.pipelines.sources import SourceError, expand_sources, local_copy
+from lamflow.contract import MAX_KEY_LENGTH, safe_key
+from lamflow.pipelines.keys import assign_keys
+from lamflow.pipelines.sources import SourceError, expand_sources, local_copy, source_name
 from lamflow.pipelines.texts import load_texts
 from real_data import QVHIGHLIGHTS
 
@@ -112,26 +113,41 @@ def test_safe_key_keeps_only_safe_characters_and_folds_accents():
     assert len(safe_key(long_a)) == MAX_KEY_LENGTH and safe_key(long_a) != safe_key(long_b)
 
 
-def test_source_name_is_the_file_stem_for_paths_and_urls():
+def test_source_name_is_the_path_relative_to_where_the_input_was_found_without_extension():
     assert source_name("/data/clips/movie.part1.mp4") == "movie.part1"
+    assert source_name("/data/clips/a/movie.mp4", "/data/clips") == "a/movie"
+    assert source_name("/elsewhere/movie.mp4", "/data/clips") == "movie"
     assert source_name("s3://bucket/v/abc.mkv") == "abc"
+    assert source_name("s3://bucket/v/x/abc.mkv", "s3://bucket/v") == "x/abc"
     assert source_name("https://host/v/abc.mp4?sig=1") == "abc"
 
 
-def test_colliding_keys_get_a_stable_suffix_independent_of_input_order():
-    named = [("/b/x.mp4", "x"), ("/a/x.mp4", "x"), ("/c/x y.mp4", "x y"), ("/d/x_y.mp4", "x_y")]
-    keys = assign_keys(named)
-    assert keys == assign_keys(reversed(named))
-    assert len(set(keys.values())) == 4 and all(SAFE.match(k) for k in keys.values())
-    assert keys["/a/x.mp4"] == "x" and keys["/b/x.mp4"].startswith("x-")
+def test_names_and_keys_come_from_each_input_alone(tree):
+    # The same file gets the same name and key whatever else is extracted with it.
+    alone = expand_sources([str(tree / "sub")])
+    together = expand_sources([str(tree)])
+    assert {s.name for s in alone} == {"b", "D", "deeper/c"}
+    assert {s.name for s in together} == {"a", "sub/b", "sub/D", "sub/deeper/c"}
+    assert assign_keys((s.path, s.name) for s in together) == {
+        str(tree / "a.mp4"): "a", str(tree / "sub/b.mkv"): "sub_b", str(tree / "sub/D.MOV"): "sub_D",
+        str(tree / "sub/deeper/c.webm"): "sub_deeper_c"}
+    assert [s.name for s in expand_sources([str(tree / "sub" / "*.mkv")])] == ["b"]
 
 
-def test_keys_fixed_by_an_earlier_run_are_kept_and_avoided():
-    keys = assign_keys([("/new/x.mp4", "x"), ("/old/x.mp4", "x")], taken={"/old/x.mp4": "x"})
-    assert keys["/old/x.mp4"] == "x" and keys["/new/x.mp4"].startswith("x-")
+def test_two_inputs_that_would_share_a_key_are_refused_naming_both():
+    with pytest.raises(SourceError, match=r"'x' <- /a/x\.m4a, /a/x\.mp3.*'key' column"):
+        assign_keys([("/a/x.mp3", "x"), ("/a/x.m4a", "x"), ("/a/y.mp4", "y")])
+    with pytest.raises(SourceError, match="'x_y' <- /c/x y.mp4, /d/x_y.mp4"):
+        assign_keys([("/c/x y.mp4", "x y"), ("/d/x_y.mp4", "x_y")])
 
 
-def test_texts_from_a_qvhighlights_annotation_file_are_grouped_by_safe_key(tmp_path):
+def test_keys_fixed_by_an_earlier_run_are_kept_and_a_new_input_may_not_take_them():
+    assert assign_keys([("/old/x.mp4", "x")], taken={"/old/x.mp4": "x-1a2b3c4d"}) == {"/old/x.mp4": "x-1a2b3c4d"}
+    with pytest.raises(SourceError, match="'x' <- /new/x.mp4, /old/x.mp4"):
+        assign_keys([("/new/x.mp4", "x")], taken={"/old/x.mp4": "x"})
+
+
+def test_texts_from_a_qvhighlights_annotation_file_are_grouped_by_video_name(tmp_path):
     real = QVHIGHLIGHTS / "highlight_val_release.jsonl"
     rows = [json.loads(line) for line in real.read_text().splitlines()[:3]] if real.exists() else [
         {"qid": 1, "query": "a man talks", "vid": "abc_0.0_150.0"}, {"qid": 2, "query": "a dog", "vid": "abc_0.0_150.0"}]
@@ -139,8 +155,7 @@ def test_texts_from_a_qvhighlights_annotation_file_are_grouped_by_safe_key(tmp_p
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     texts = load_texts(path)
     for row in rows:
-        assert {"id": str(row["qid"]), "text": row["query"]} in texts[safe_key(row["vid"])]
-    assert all(SAFE.match(k) for k in texts)
+        assert {"id": str(row["qid"]), "text": row["query"]} in texts[row["vid"]]
 
 
 def test_texts_without_a_text_column_name_the_line_and_columns(tmp_path):

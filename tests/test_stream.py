@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
-from contract_shards import D_AUDIO, D_TEXT, Video, grid, write_extraction_dir
+from contract_shards import D_AUDIO, D_TEXT, Video, damage_members, grid, write_extraction_dir
 
 from lamflow.datasets.shardlist import resolve_shards
+from lamflow.errors import DataFileError
 from lamflow.datasets.stream import (
     SkipCounter,
     assign_shards,
@@ -40,13 +42,13 @@ def test_a_manifest_that_disagrees_with_sizes_json_falls_back_to_the_tar(tmp_pat
 
 
 def test_bad_shard_specifications_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no sizes.json"):
+    with pytest.raises(DataFileError, match="no sizes.json"):
         resolve_shards(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(DataFileError, match="not found"):
         resolve_shards(str(tmp_path / "shard-{000000..000003}.tar"))
     root = write_extraction_dir(tmp_path / "x", grid(1, 1))
     (root / "sizes.json").write_text(json.dumps({"shard-000009.tar": 1}))
-    with pytest.raises(FileNotFoundError, match="shard-000009.tar"):
+    with pytest.raises(DataFileError, match="shard-000009.tar"):
         resolve_shards(str(root))
 
 
@@ -66,7 +68,8 @@ def test_decoding_returns_the_contract_arrays_and_the_original_name(tmp_path):
 
 def test_non_contract_members_are_never_decoded(tmp_path):
     # A pickle member sits next to the contract fields; only .npy (no pickle) and meta.json are read.
-    root = write_extraction_dir(tmp_path, [[Video("a", extra={"evil.pyd": {"x": 1}})]])
+    root = write_extraction_dir(tmp_path, [[Video("a")]])
+    damage_members(root / "shards" / "shard-000000.tar", {"a.evil.pyd": pickle.dumps({"x": 1})})
     counter = SkipCounter()
     [sample] = decode_samples(tar_samples([str(root / "shards" / "shard-000000.tar")], counter), ("video",), counter)
     assert "evil.pyd" not in sample and set(sample["streams"]) == {"video"}

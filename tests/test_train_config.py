@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lamflow.datasets.loader import LoaderConfig
 from lamflow.lam import LAMConfig
 from lamflow.train.config import (
     ConfigError,
@@ -18,11 +19,11 @@ from lamflow.train.config import (
     config_from_dict,
     config_to_dict,
     load_config,
+    shipped_configs,
 )
-from lamflow.train.model import lam_config_from
 
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
-SECTIONS = (DataConfig, ModelConfig, OptimConfig, RunConfig)
+SECTIONS = (DataConfig, ModelConfig, OptimConfig, RunConfig, LoaderConfig)
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -30,19 +31,34 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["qvhighlights_lam", "qvhighlights_vanilla", "classification"])
-def test_shipped_example_configs_load_and_validate(name):
+@pytest.mark.parametrize("name", ["qvhighlights_lam", "qvhighlights_vanilla", "classification", "demo"])
+def test_shipped_configs_load_by_path_and_by_name(name):
     config = load_config(CONFIGS / f"{name}.yaml")
     assert config.data.task == ("classification" if name == "classification" else "qvhighlights")
+    assert load_config(name) == config == load_config(f"{name}.yaml")
+    assert shipped_configs()[name] == CONFIGS / f"{name}.yaml"
 
 
-def test_vanilla_config_differs_from_the_lam_config_only_by_mask_and_output_folder():
-    lam = config_to_dict(load_config(CONFIGS / "qvhighlights_lam.yaml"))
-    vanilla = config_to_dict(load_config(CONFIGS / "qvhighlights_vanilla.yaml"))
-    assert vanilla["model"]["mask"] == "none" and lam["model"]["mask"] == "multi"
+def test_the_vanilla_config_is_the_lam_config_plus_an_override():
+    lam = config_to_dict(load_config("qvhighlights_lam"))
+    vanilla = config_to_dict(load_config("qvhighlights_vanilla"))
+    assert vanilla["model"]["encoder"]["mask"] == "none" and lam["model"]["encoder"]["mask"] == "multi"
     for config in (lam, vanilla):
-        del config["model"]["mask"], config["run"]["out_dir"]
+        del config["model"]["encoder"]["mask"], config["run"]["out_dir"]
     assert lam == vanilla
+    assert "base: qvhighlights_lam.yaml" in (CONFIGS / "qvhighlights_vanilla.yaml").read_text()
+    assert len((CONFIGS / "qvhighlights_vanilla.yaml").read_text().splitlines()) < 15  # not a copy
+
+
+def test_a_base_chain_merges_sections_and_refuses_loops(tmp_path):
+    base = write_yaml(tmp_path / "base.yaml", {"data": {"train_shards": "s", "train_annotations": "a.jsonl",
+                                                        "loader": {"batch_size": 4, "num_workers": 1}}})
+    child = write_yaml(tmp_path / "child.yaml", {"base": "base.yaml", "data": {"loader": {"batch_size": 2}}})
+    loaded = load_config(child).data.loader
+    assert (loaded.batch_size, loaded.num_workers) == (2, 1)
+    write_yaml(tmp_path / "loop.yaml", {"base": "loop.yaml"})
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "loop.yaml")
 
 
 def test_every_field_is_documented_by_a_comment_above_it():
@@ -58,20 +74,36 @@ def test_every_field_is_documented_by_a_comment_above_it():
             assert above.startswith("#"), f"{section.__name__}.{field.name} has no comment"
 
 
-def test_every_lam_encoder_setting_can_be_set_from_the_model_section():
-    assert {f.name for f in dataclasses.fields(LAMConfig)} <= {f.name for f in dataclasses.fields(ModelConfig)}
-    lam = lam_config_from(ModelConfig(dim=64, heads=2, mask="single", combine="add", generator_rank=3))
-    assert (lam.dim, lam.heads, lam.mask, lam.combine, lam.generator_rank) == (64, 2, "single", "add", 3)
+def test_component_configs_are_composed_not_restated():
+    # One definition of each knob: the model section holds a LAMConfig, the data section a LoaderConfig.
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    data_fields = {f.name for f in dataclasses.fields(DataConfig)}
+    assert not model_fields & ({f.name for f in dataclasses.fields(LAMConfig)} - {"encoder"})
+    assert not data_fields & {f.name for f in dataclasses.fields(LoaderConfig)}
+    config = load_config("qvhighlights_lam", ["model.encoder.dim=64", "model.encoder.heads=2", "model.encoder.combine=add",
+                                              "data.loader.batch_size=3"])
+    assert isinstance(config.model.encoder, LAMConfig) and isinstance(config.data.loader, LoaderConfig)
+    assert (config.model.encoder.dim, config.model.encoder.combine, config.data.loader.batch_size) == (64, "add", 3)
+
+
+@pytest.mark.parametrize("old, new", [("model.mask", "model.encoder.mask"), ("model.dim", "model.encoder.dim"),
+                                      ("data.batch_size", "data.loader.batch_size"), ("data.streams", "data.loader.streams")])
+def test_old_flat_keys_name_their_new_place(tmp_path, old, new):
+    with pytest.raises(ConfigError, match=f"field '{old}' has moved: write '{new}'"):
+        apply_override(TrainConfig(), f"{old}=1")
+    section, name = old.split(".")
+    with pytest.raises(ConfigError, match=f"'{old}' has moved: write '{new}'"):
+        load_config(write_yaml(tmp_path / "flat.yaml", {section: {name: 1}}))
 
 
 def test_overrides_are_coerced_to_the_field_types():
     config = TrainConfig()
-    for override in ("optim.lr=1e-3", "optim.max_steps=10", "data.streams=video,audio", "model.downsample={audio: 5}",
-                     "model.input_dims={video: 512, audio: 64}", "data.samples_per_epoch=null", "run.out_dir=123",
+    for override in ("optim.lr=1e-3", "optim.max_steps=10", "data.loader.streams=video,audio", "model.downsample={audio: 5}",
+                     "model.input_dims={video: 512, audio: 64}", "data.loader.samples_per_epoch=null", "run.out_dir=123",
                      "optim.betas=[0.9, 0.95]", "run.progress=false", "model.num_classes=7"):
         apply_override(config, override)
     assert config.optim.lr == 1e-3 and config.optim.max_steps == 10
-    assert config.data.streams == ("video", "audio") and config.data.samples_per_epoch is None
+    assert config.data.loader.streams == ("video", "audio") and config.data.loader.samples_per_epoch is None
     assert config.model.downsample == {"audio": 5} and config.model.input_dims == {"video": 512, "audio": 64}
     assert config.run.out_dir == "123" and config.optim.betas == (0.9, 0.95) and config.run.progress is False
     assert config.model.num_classes == 7
@@ -79,9 +111,9 @@ def test_overrides_are_coerced_to_the_field_types():
 
 def test_choice_words_that_yaml_reads_as_booleans_stay_words():
     config = TrainConfig()
-    for override in ("run.amp=off", "model.mask=none", "model.num_classes=auto"):
+    for override in ("run.amp=off", "model.encoder.mask=none", "model.num_classes=auto"):
         apply_override(config, override)
-    assert (config.run.amp, config.model.mask, config.model.num_classes) == ("off", "none", "auto")
+    assert (config.run.amp, config.model.encoder.mask, config.model.num_classes) == ("off", "none", "auto")
 
 
 def test_yaml_exponents_without_a_dot_are_read_as_floats(tmp_path):
@@ -95,8 +127,8 @@ def test_unknown_field_names_the_field_and_suggests_close_matches(tmp_path):
     path = write_yaml(tmp_path / "c.yaml", {"optim": {"lrr": 0.1}})
     with pytest.raises(ConfigError, match=r"unknown field 'optim.lrr'; did you mean 'optim.lr'"):
         load_config(path)
-    with pytest.raises(ConfigError, match=r"unknown field 'model.maks'; did you mean 'model.mask'"):
-        apply_override(TrainConfig(), "model.maks=none")
+    with pytest.raises(ConfigError, match=r"unknown field 'model.encoder.maks'; did you mean 'model.encoder.mask'"):
+        apply_override(TrainConfig(), "model.encoder.maks=none")
     with pytest.raises(ConfigError, match=r"unknown field 'rnu'; did you mean 'run'\? \(fields of the top level: data, model, optim, run\)"):
         config_from_dict({"rnu": {}})
 
@@ -105,8 +137,8 @@ def test_wrong_type_names_the_field_and_the_expected_type(tmp_path):
     path = write_yaml(tmp_path / "c.yaml", {"optim": {"max_steps": "ten"}})
     with pytest.raises(ConfigError, match=r"field 'optim.max_steps' expects int, got str 'ten'"):
         load_config(path)
-    with pytest.raises(ConfigError, match=r"field 'model.mask' expects 'none' \| 'single' \| 'multi', got str 'multii'"):
-        apply_override(TrainConfig(), "model.mask=multii")
+    with pytest.raises(ConfigError, match=r"field 'model.encoder.mask' = 'multii' is not valid; allowed values: none, single, multi"):
+        load_config("demo", ["model.encoder.mask=multii"])
     with pytest.raises(ConfigError, match=r"field 'run.progress' expects bool"):
         apply_override(TrainConfig(), "run.progress=maybe")
     with pytest.raises(ConfigError, match=r"'model.input_dims' expects dict\[str, int\] \| 'auto'"):
@@ -125,10 +157,30 @@ def test_missing_task_inputs_and_bad_values_are_errors_naming_the_field(tmp_path
         load_config(write_yaml(tmp_path / "a.yaml", {"data": {"train_shards": "s"}}))
     with pytest.raises(ConfigError, match="data.labels is required"):
         load_config(write_yaml(tmp_path / "b.yaml", {"data": {"train_shards": "s", "task": "classification"}}))
-    with pytest.raises(ConfigError, match=r"model.dim \(100\) must be divisible by model.heads \(8\)"):
-        load_config(CONFIGS / "qvhighlights_lam.yaml", ["model.dim=100", "model.heads=8"])
-    with pytest.raises(ConfigError, match="config file not found"):
+    with pytest.raises(ConfigError, match=r"'model.encoder.dim' = 100 is not valid; allowed values: multiples of heads \(8\)"):
+        load_config(CONFIGS / "qvhighlights_lam.yaml", ["model.encoder.dim=100", "model.encoder.heads=8"])
+    with pytest.raises(ConfigError, match="is neither a file nor a shipped config; shipped configs: classification"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.loader.batch_size=0", "'data.loader.batch_size' = 0 is not valid; allowed values: an int >= 1"),
+    ("data.eval_batch_size=-1", "data.eval_batch_size must be an integer >= 1"),
+    ("model.encoder.dropout=1.0", "'model.encoder.dropout' = 1.0 is not valid; allowed values: 0 <= dropout < 1"),
+    ("model.encoder.depth=0", "'model.encoder.depth' = 0 is not valid"),
+    ("model.num_windows=0", "model.num_windows must be an integer >= 1"),
+    ("model.max_period=0", "model.max_period must be a finite number > 0"),
+    ("model.saliency_weight=-1", "model.saliency_weight must be a finite number >= 0"),
+    ("optim.lr=0", "optim.lr must be a finite number > 0"),
+    ("optim.betas=[0.9, 1.0]", r"optim.betas must both be in \[0, 1\)"),
+    ("optim.min_lr_ratio=2", r"optim.min_lr_ratio must be in \[0, 1\]"),
+    ("run.keep_checkpoints=0", "run.keep_checkpoints must be an integer >= 1"),
+    ("run.seed=-3", "run.seed must be an integer >= 0"),
+    ("data.loader.required_streams=[depth]", "'data.loader.required_streams' = \\('depth',\\) is not valid"),
+])
+def test_every_size_rate_and_probability_is_range_checked(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo", [override])
 
 
 def test_config_survives_a_round_trip_through_plain_data():
@@ -142,5 +194,5 @@ def test_invalid_yaml_and_downsampling_an_unknown_stream_are_errors(tmp_path):
     broken.write_text("data: {train_shards: [unclosed\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_config(broken)
-    with pytest.raises(ConfigError, match=r"model.downsample names stream\(s\) \['sound'\]"):
+    with pytest.raises(ConfigError, match=r"model.downsample names stream\(s\) \['sound'\] that are not in data.loader.streams"):
         load_config(CONFIGS / "qvhighlights_lam.yaml", ["model.downsample={sound: 2}"])

@@ -35,9 +35,10 @@ VIDEOS = {
     "forest_0.0_6.0": ("val", [(5, "trees in a forest", [2.0, 6.0])]),
     "garden_30.0_36.0": ("val", [(6, "flowers in a garden", [0.0, 2.0])]),
 }
-SMALL_MODEL = ["model.dim=32", "model.depth=2", "model.heads=2", "model.generator_hidden=32", "model.generator_rank=4"]
+SMALL_MODEL = ["model.encoder.dim=32", "model.encoder.depth=2", "model.encoder.heads=2", "model.encoder.generator_hidden=32",
+               "model.encoder.generator_rank=4"]
 # Tiny models on a busy 2-core machine: one intra-op thread, no loader worker processes.
-FRUGAL = ["run.threads=1", "data.num_workers=0"]
+FRUGAL = ["run.threads=1", "data.loader.num_workers=0"]
 
 
 def annotation(qid: int, query: str, vid: str, window: list[float]) -> dict:
@@ -73,7 +74,7 @@ def qv_overrides(data: dict, out_dir: Path, *extra: str) -> list[str]:
     return [
         f"data.train_shards={data['shards']}", f"data.val_shards={data['shards']}",
         f"data.train_annotations={data['train']}", f"data.val_annotations={data['val']}",
-        "data.batch_size=1", "data.eval_batch_size=2",
+        "data.loader.batch_size=1", "data.eval_batch_size=2",
         *SMALL_MODEL, *FRUGAL, "optim.warmup_steps=1", "run.log_every=1", "run.progress=false", f"run.out_dir={out_dir}",
         *extra,
     ]
@@ -136,7 +137,7 @@ def test_resume_after_a_checkpoint_reproduces_the_uninterrupted_losses(extracted
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     train(load_config(CONFIGS / "qvhighlights_lam.yaml", qv_overrides(
         extracted, full, "optim.max_steps=7", "run.checkpoint_every=3", "run.keep_checkpoints=5", "run.eval_every=0",
-        "data.val_shards=", "model.dropout=0.2", f"data.num_workers={workers}")))
+        "data.val_shards=", "model.encoder.dropout=0.2", f"data.loader.num_workers={workers}")))
     uninterrupted = train_losses(full)
     assert sorted(uninterrupted) == list(range(1, 8))
 
@@ -147,7 +148,7 @@ def test_resume_after_a_checkpoint_reproduces_the_uninterrupted_losses(extracted
     (resumed / "metrics.jsonl").write_text("\n".join(log_lines) + "\n")
 
     overrides = qv_overrides(extracted, resumed, "optim.max_steps=7", "run.checkpoint_every=3", "run.eval_every=0",
-                             "data.val_shards=", "model.dropout=0.2", f"data.num_workers={workers}")
+                             "data.val_shards=", "model.encoder.dropout=0.2", f"data.loader.num_workers={workers}")
     train(load_config(CONFIGS / "qvhighlights_lam.yaml", overrides), resume=True)
     assert train_losses(resumed) == uninterrupted  # exact equality: same batches, same dropout masks
 
@@ -180,7 +181,7 @@ def test_loss_decreases_on_a_learnable_toy_signal(tmp_path):
     toy = write_toy_qvhighlights(tmp_path / "toy", videos=8, val_videos=2)
     config = load_config(CONFIGS / "qvhighlights_lam.yaml", [
         f"data.train_shards={toy.shards}", f"data.train_annotations={toy.train_annotations}", "data.val_shards=",
-        "data.batch_size=3", *SMALL_MODEL, *FRUGAL, "model.dropout=0.0", "optim.lr=3e-3", "optim.warmup_steps=2",
+        "data.loader.batch_size=3", *SMALL_MODEL, *FRUGAL, "model.encoder.dropout=0.0", "optim.lr=3e-3", "optim.warmup_steps=2",
         "optim.max_steps=40", "run.log_every=1", "run.checkpoint_every=0", "run.progress=false", f"run.out_dir={tmp_path / 'run'}",
     ])
     train(config)
@@ -195,7 +196,7 @@ def test_classification_trains_and_is_scored_with_top1_and_top5(tmp_path):
     labels.write_text("key,label\n" + "".join(f"vid{i:03d},{['cat', 'dog', 'bird'][i % 3]}\n" for i in range(6)))
     config = load_config(CONFIGS / "classification.yaml", [
         f"data.train_shards={toy.shards}", f"data.val_shards={toy.shards}", f"data.labels={labels}",
-        "data.batch_size=2", *SMALL_MODEL, *FRUGAL, "optim.max_steps=3", "optim.warmup_steps=1",
+        "data.loader.batch_size=2", *SMALL_MODEL, *FRUGAL, "optim.max_steps=3", "optim.warmup_steps=1",
         "run.log_every=1", "run.eval_every=3", "run.progress=false", f"run.out_dir={tmp_path / 'run'}",
     ])
     result = train(config)

@@ -1,11 +1,13 @@
 """Build the task adapter, loaders and model of a run from its TrainConfig (shared by train and predict)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from lamflow.datasets.loader import LoaderConfig, StreamingLoader
-from lamflow.train.config import ConfigError, DataConfig, TrainConfig
-from lamflow.train.model import MultimodalLAMModel, infer_input_dims
+from lamflow.datasets.loader import StreamingLoader
+from lamflow.errors import ConfigError
+from lamflow.train.config import DataConfig, TrainConfig
+from lamflow.train.model import MultimodalLAMModel
 
 SPLITS = ("train", "val")
 
@@ -37,35 +39,27 @@ def build_loader(
     config: TrainConfig, split: str, task: Any, rank: int = 0, world_size: int = 1, mode: str = "train"
 ) -> StreamingLoader:
     """A StreamingLoader over ``split``'s shards; mode "train" shuffles and equalises ranks, "eval" reads
-    every item exactly once over all ranks."""
-    data = config.data
-    loader_config = LoaderConfig(
-        shards=split_shards(data, split),
-        streams=tuple(data.streams),
-        batch_size=data.batch_size if mode == "train" else data.eval_batch_size,
-        num_workers=data.num_workers,
-        shuffle_buffer=data.shuffle_buffer,
-        seed=config.run.seed,
-        samples_per_epoch=data.samples_per_epoch if mode == "train" else None,
-        bucket_by_length=data.bucket_by_length,
-        bucket_buffer=data.bucket_buffer,
-        max_stream_tokens=data.max_stream_tokens,
-    )
-    return StreamingLoader(loader_config, task, rank=rank, world_size=world_size, mode=mode)
+    every item exactly once over all ranks (with data.eval_batch_size items per batch)."""
+    loader_config = config.data.loader
+    if mode == "eval":
+        loader_config = dataclasses.replace(loader_config, batch_size=config.data.eval_batch_size,
+                                            bucket_buffer=max(loader_config.bucket_buffer, config.data.eval_batch_size))
+    return StreamingLoader(split_shards(config.data, split), task, loader_config, seed=config.run.seed,
+                           rank=rank, world_size=world_size, mode=mode)
 
 
-def resolve_input_dims(config: TrainConfig, task: Any) -> dict[str, int]:
-    """model.input_dims, read from the first training batch when it is "auto"."""
+def resolve_input_dims(config: TrainConfig, loader: StreamingLoader) -> dict[str, int]:
+    """model.input_dims, or the feature widths the training shards record when it is "auto"."""
     if config.model.input_dims != "auto":
         return dict(config.model.input_dims)
-    # A one-process eval loader: every rank reads the same first batch, whatever its share of the data.
-    probe = build_loader(config, "train", task, mode="eval")
-    for batch in probe:
-        return infer_input_dims(batch, config.data.streams)
-    raise ConfigError(
-        f"model.input_dims is auto but data.train_shards ({config.data.train_shards}) yields no item for task "
-        f"{config.data.task}: check that the annotations/labels name the videos in the shards"
-    )
+    streams = config.data.loader.streams
+    unknown = [name for name in streams if name not in loader.stream_dims]
+    if unknown:
+        raise ConfigError(
+            f"model.input_dims is auto but the shards of data.train_shards ({config.data.train_shards}) do not say the "
+            f"feature width of stream(s) {unknown}; set model.input_dims, e.g. {{{unknown[0]}: 512}}"
+        )
+    return {name: loader.stream_dims[name] for name in streams}
 
 
 def resolve_num_classes(config: TrainConfig, task: Any) -> int | None:
@@ -78,4 +72,4 @@ def resolve_num_classes(config: TrainConfig, task: Any) -> int | None:
 
 
 def build_model(config: TrainConfig, input_dims: dict[str, int], num_classes: int | None) -> MultimodalLAMModel:
-    return MultimodalLAMModel(config.model, input_dims, config.data.streams, config.data.task, num_classes)
+    return MultimodalLAMModel(config.model, input_dims, config.data.loader.streams, config.data.task, num_classes)

@@ -1,33 +1,54 @@
 """Typed training configuration: dataclasses loaded from YAML, with ``key=value`` overrides from the CLI.
 
-Every field is documented next to its declaration. Loading is strict: an unknown field name or a value of
-the wrong type raises :class:`ConfigError` naming the dotted field, the expected type and close matches,
-because a silently ignored typo (``optim.lrr=1e-3``) wastes a whole training run.
+The sections compose the components' own configs instead of restating them: ``model.encoder`` is a
+``lamflow.lam.LAMConfig`` and ``data.loader`` a ``lamflow.datasets.loader.LoaderConfig``, each with one
+set of defaults and one validation. Every field is documented next to its declaration.
+
+Loading is strict: an unknown field name or a value of the wrong type raises :class:`ConfigError` naming the
+dotted field, the expected type and close matches, because a silently ignored typo (``optim.lrr=1e-3``)
+wastes a whole training run. A field that moved into a nested section (``model.mask`` is now
+``model.encoder.mask``) is named with its new place.
+
+A config file may start from another: ``base: qvhighlights_lam.yaml`` (a path relative to the file, or a
+shipped config's name) loads that file first and the rest of this one is merged over it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import yaml
 
-from lamflow.errors import LamflowError
+from lamflow.datasets.loader import LoaderConfig
+from lamflow.errors import ConfigError, FieldError
+from lamflow.lam import LAMConfig
+
+BASE_KEY = "base"
 
 
-class ConfigError(LamflowError, ValueError):
-    """A configuration file or override that does not match the dataclasses below."""
+def _at_least(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 @dataclass
 class DataConfig:
-    """Which shards feed training and validation, and how they are streamed (see ``LoaderConfig``)."""
+    """Which shards feed training and validation, the task's annotations, and how shards are streamed."""
 
-    # Task the shards are trained for: moment retrieval + highlight detection, or one label per video key.
+    # Task the shards are trained for: moment retrieval + highlight detection, or one label per video.
     task: Literal["qvhighlights", "classification"] = "qvhighlights"
     # Training shards: an extraction output DIR (holding shards/ and sizes.json) or a .tar url pattern.
     train_shards: str = ""
@@ -39,24 +60,10 @@ class DataConfig:
     val_annotations: str = ""
     # Classification label file (csv `key,label` or json {key: label}) covering train and val keys.
     labels: str = ""
-    # Streams concatenated into one sequence, in this order (the query text first so it reads as a prefix).
-    streams: tuple[str, ...] = ("text", "video", "audio")
-    # Items per batch on each rank (the global batch is batch_size * world_size * optim.grad_accum).
-    batch_size: int = 8
-    # Items per batch during evaluation and prediction (no gradients, so it can be larger).
+    # Items per batch during evaluation and prediction (no gradients, so it can exceed loader.batch_size).
     eval_batch_size: int = 16
-    # DataLoader worker processes per rank; shards are split between workers.
-    num_workers: int = 0
-    # Items held in the shuffle buffer (larger = better mixing, more memory).
-    shuffle_buffer: int = 256
-    # Items per epoch over all ranks; null = one pass over the shards.
-    samples_per_epoch: int | None = None
-    # Group items of similar length into a batch to waste less compute on padding.
-    bucket_by_length: bool = True
-    # Items gathered before sorting them into length buckets.
-    bucket_buffer: int = 64
-    # Optional cap on tokens per stream, e.g. {audio: 2000}; longer streams are truncated by the loader.
-    max_stream_tokens: dict[str, int] | None = None
+    # How shards are streamed: streams, batch size, workers, shuffling, bucketing (datasets/loader.py).
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
 
     def validate(self) -> None:
         if not self.train_shards:
@@ -68,50 +75,18 @@ class DataConfig:
                 raise ConfigError("data.val_annotations is required when data.val_shards is set (task qvhighlights)")
         if self.task == "classification" and not self.labels:
             raise ConfigError("data.labels is required for task classification (csv key,label or json {key: label})")
-        if not self.streams:
-            raise ConfigError("data.streams must name at least one stream, e.g. [video]")
-        for name in ("batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        _at_least("data.eval_batch_size", self.eval_batch_size, 1)
+        with _nested("data.loader"):
+            self.loader.validate()
 
 
 @dataclass
 class ModelConfig:
-    """The multimodal LAM model: per-stream projections, embeddings, the LAM encoder and the task head."""
+    """The multimodal model: per-stream projections and embeddings, the LAM encoder, the task head, losses."""
 
-    # Model width (every stream is projected to it).
-    dim: int = 256
-    # Number of transformer layers.
-    depth: int = 4
-    # Attention heads per layer (dim must be divisible by heads).
-    heads: int = 4
-    # Longest sequence the encoder accepts (the "fixed" generator is exactly this wide).
-    max_len: int = 1024
-    # Learnable attention mask: none (vanilla attention), single (one mask for all layers), multi (one per layer).
-    mask: Literal["none", "single", "multi"] = "multi"
-    # How the mask meets the attention scores before the softmax: element-wise product or sum.
-    combine: Literal["mul", "add"] = "mul"
-    # Mask generator: fixed (the paper's, width max_len) or dynamic (defined for any length).
-    generator: Literal["fixed", "dynamic"] = "dynamic"
-    # Hidden width of the mask generator MLP.
-    generator_hidden: int = 256
-    # Linear layers in the mask generator ("fixed" generator).
-    generator_layers: int = 2
-    # Rank r of the dynamic generator's M = 1 + U V^T / sqrt(r).
-    generator_rank: int = 16
-    # Input of each layer's generator in multi mode: the hidden states entering the layer, or the encoder input.
-    generator_input: Literal["hidden", "input"] = "hidden"
-    # One mask per attention head instead of one shared by all heads.
-    mask_per_head: bool = False
-    # Optional squashing of M (identity of `combine` at init either way): none, sigmoid or softplus.
-    mask_gate: Literal["none", "sigmoid", "softplus"] = "none"
-    # Attention backend: auto picks the fused kernel where it has a backward (GPU) and eager otherwise.
-    attention: Literal["auto", "eager", "flex"] = "auto"
-    # Width of the feed-forward block as a multiple of dim.
-    mlp_ratio: float = 4.0
-    # Dropout in the encoder and on the embedded input.
-    dropout: float = 0.1
-    # Feature size of each input stream, e.g. {text: 512, video: 512, audio: 64}; auto = read from the data.
+    # The LAM encoder: width, depth, heads, mask mode, generator, attention backend (lam/config.py).
+    encoder: LAMConfig = field(default_factory=LAMConfig)
+    # Feature size of each input stream, e.g. {text: 512, video: 512, audio: 64}; auto = the shard set's record.
     input_dims: dict[str, int] | Literal["auto"] = "auto"
     # Average-pool a stream's tokens by this factor before the encoder, e.g. {audio: 5} turns 0.1-s audio
     # tokens into 0.5-s ones (the sequence length drives attention cost).
@@ -133,13 +108,24 @@ class ModelConfig:
     saliency_weight: float = 1.0
 
     def validate(self) -> None:
-        if self.dim % self.heads:
-            raise ConfigError(f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
+        with _nested("model.encoder"):
+            self.encoder.validate()
+        if self.input_dims != "auto":
+            for name, width in self.input_dims.items():
+                _at_least(f"model.input_dims.{name}", width, 1)
         for name, factor in self.downsample.items():
-            if factor < 1:
-                raise ConfigError(f"model.downsample.{name} must be >= 1, got {factor}")
+            _at_least(f"model.downsample.{name}", factor, 1)
+        _at_least("model.time_frequencies", self.time_frequencies, 1)
+        _positive("model.max_period", self.max_period)
+        if self.num_classes != "auto":
+            _at_least("model.num_classes", self.num_classes, 2)
+        _at_least("model.num_windows", self.num_windows, 1)
         if not 0.0 < self.nms_iou <= 1.0:
             raise ConfigError(f"model.nms_iou must be in (0, 1], got {self.nms_iou}")
+        for name in ("foreground_weight", "offset_weight", "giou_weight", "saliency_weight"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"model.{name} must be a finite number >= 0, got {value}")
 
 
 @dataclass
@@ -164,12 +150,18 @@ class OptimConfig:
     grad_clip: float = 1.0
 
     def validate(self) -> None:
-        if self.max_steps < 1:
-            raise ConfigError(f"optim.max_steps must be >= 1, got {self.max_steps}")
-        if self.grad_accum < 1:
-            raise ConfigError(f"optim.grad_accum must be >= 1, got {self.grad_accum}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _positive("optim.lr", self.lr)
+        if not (0 <= self.weight_decay < 1):
+            raise ConfigError(f"optim.weight_decay must be in [0, 1), got {self.weight_decay}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ConfigError(f"optim.betas must both be in [0, 1), got {list(self.betas)}")
+        _at_least("optim.warmup_steps", self.warmup_steps, 0)
+        _at_least("optim.max_steps", self.max_steps, 1)
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _at_least("optim.grad_accum", self.grad_accum, 1)
+        if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
+            raise ConfigError(f"optim.grad_clip must be a finite number >= 0 (0 = no clipping), got {self.grad_clip}")
 
 
 @dataclass
@@ -194,15 +186,20 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Torch intra-op threads per process; 0 = CPU cores divided by the processes on this node.
     threads: int = 0
+    # Optimizer steps in a row whose gradients are NaN/inf before the run stops with an error; each such
+    # step is skipped (no update) and counted in metrics.jsonl as nonfinite_steps.
+    max_nonfinite_steps: int = 5
     # Show a progress bar (rank 0 only).
     progress: bool = True
 
     def validate(self) -> None:
+        _at_least("run.seed", self.seed, 0)
         for name in ("log_every", "eval_every", "checkpoint_every", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"run.{name} must be >= 0, got {getattr(self, name)}")
-        if self.keep_checkpoints < 1:
-            raise ConfigError(f"run.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+            _at_least(f"run.{name}", getattr(self, name), 0)
+        _at_least("run.keep_checkpoints", self.keep_checkpoints, 1)
+        _at_least("run.max_nonfinite_steps", self.max_nonfinite_steps, 1)
+        if not self.out_dir:
+            raise ConfigError("run.out_dir must name a directory")
 
 
 @dataclass
@@ -217,9 +214,77 @@ class TrainConfig:
     def validate(self) -> None:
         for section in (self.data, self.model, self.optim, self.run):
             section.validate()
-        unknown = sorted(set(self.model.downsample) - set(self.data.streams))
+        unknown = sorted(set(self.model.downsample) - set(self.data.loader.streams))
         if unknown:
-            raise ConfigError(f"model.downsample names stream(s) {unknown} that are not in data.streams {list(self.data.streams)}")
+            raise ConfigError(
+                f"model.downsample names stream(s) {unknown} that are not in data.loader.streams {list(self.data.loader.streams)}"
+            )
+
+
+@contextlib.contextmanager
+def _nested(prefix: str, source: str = "config") -> Iterator[None]:
+    """Re-raise a component config's :class:`FieldError` (``LAMConfig.dim=...``) under the dotted path the
+    user writes (``model.encoder.dim``)."""
+    try:
+        yield
+    except FieldError as error:
+        raise ConfigError(
+            f"{source}: field '{prefix}.{error.field}' = {error.value!r} is not valid; allowed values: {error.allowed}"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Shipped configs, found by name
+
+
+def shipped_configs() -> dict[str, Path]:
+    """name -> path of the configs shipped with lamflow (train/configs/*.yaml, in a checkout or an install)."""
+    folder = Path(str(resources.files("lamflow.train") / "configs"))
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_config_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """A config file: an existing path (relative to ``relative_to`` when given), else a shipped config's name
+    (``qvhighlights_lam`` or ``qvhighlights_lam.yaml``)."""
+    path = Path(name_or_path)
+    if relative_to is not None and not path.is_absolute():
+        path = relative_to / path
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    name = Path(str(name_or_path)).name.removesuffix(".yaml")
+    if name in shipped and not Path(str(name_or_path)).parent.parts:
+        return shipped[name]
+    raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor a shipped config; shipped configs: "
+                      f"{', '.join(shipped)} (see `lamflow configs list`)")
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of ``path`` with its ``base:`` chain merged in (base first, this file over it)."""
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself ({' -> '.join(str(p) for p in (*chain, path))})")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with data/model/optim/run sections")
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: '{BASE_KEY}' must name a config file or a shipped config, got {base!r}")
+    return _merge(_read_yaml(resolve_config_path(base, path.parent), (*chain, path.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for name, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(name), Mapping):
+            merged[name] = _merge(dict(merged[name]), value)
+        else:
+            merged[name] = value
+    return merged
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,20 +292,13 @@ class TrainConfig:
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read ``path`` (YAML), apply ``key=value`` overrides (dotted names, e.g. ``optim.lr=1e-3``), validate.
+    """Read ``path`` (a YAML file or a shipped config's name, with its ``base:`` chain), apply ``key=value``
+    overrides (dotted names, e.g. ``optim.lr=1e-3``), validate.
 
-    Relative paths in the file are relative to the working directory, as on the command line.
+    Relative data paths in the file are relative to the working directory, as on the command line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping with data/model/optim/run sections")
-    config = config_from_dict(raw, source=str(path))
+    path = resolve_config_path(path)
+    config = config_from_dict(_read_yaml(path), source=str(path))
     for override in overrides:
         apply_override(config, override)
     config.validate()
@@ -289,7 +347,8 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
             values[name] = _build(hint, value if value is not None else {}, dotted, source)
         else:
             values[name] = _coerce(value, hint, dotted, source)
-    return cls(**values)
+    with _nested(prefix, source):  # component configs validate themselves when constructed
+        return cls(**values)
 
 
 def _check_known(cls: type, name: str, prefix: str, source: str) -> None:
@@ -297,6 +356,12 @@ def _check_known(cls: type, name: str, prefix: str, source: str) -> None:
     if name in known:
         return
     dotted = f"{prefix}.{name}" if prefix else name
+    hints = typing.get_type_hints(cls)
+    moved = [section for section in known if dataclasses.is_dataclass(hints[section])
+             and name in {f.name for f in dataclasses.fields(hints[section])}]
+    if moved:  # a field of a component config written at the level above it (the layout before composition)
+        new = f"{prefix}.{moved[0]}.{name}" if prefix else f"{moved[0]}.{name}"
+        raise ConfigError(f"{source}: field {dotted!r} has moved: write {new!r}")
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(repr(f'{prefix}.{c}' if prefix else c) for c in close)}?" if close else ""
     raise ConfigError(

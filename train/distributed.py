@@ -84,6 +84,18 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values / dist.get_world_size()
 
 
+def sum_over_ranks(counts: dict[str, int]) -> dict[str, int]:
+    """Add up per-rank counters (e.g. the loader's skipped samples) over all ranks; every rank gets the sums."""
+    if not dist.is_initialized():
+        return dict(counts)
+    names = sorted(counts)
+    # NCCL reduces GPU tensors only; gloo reduces CPU tensors.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    values = torch.tensor([counts[name] for name in names], dtype=torch.int64, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return dict(zip(names, values.tolist()))
+
+
 def autocast(device: torch.device, amp: str) -> torch.autocast:
     """bf16 autocast on GPU for amp "auto" (full precision on CPU, where bf16 matmuls are slow); "bf16"
     forces it on any device; "off" disables it."""

@@ -17,7 +17,7 @@ def checkpoint_masks(checkpoint: str | Path, out: str | Path, split: str = "val"
     masks with the stream boundaries to ``out`` (.npz). Raises ValueError for a mask="none" model."""
     state = load_checkpoint(checkpoint)
     config = config_from_dict(state["config"], source=f"{checkpoint} (stored config)")
-    if config.model.mask == "none":
+    if config.model.encoder.mask == "none":
         raise ValueError(f"{checkpoint} is a mask='none' (vanilla attention) model: it has no LAM masks to dump")
     config.data.eval_batch_size = 1  # one item per batch: no padding from other items in the heatmaps
     model = build_model(config, state["input_dims"], state["num_classes"])

@@ -8,14 +8,13 @@ the configured order ([query ; video ; audio]) and encoded by the LAM encoder wi
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from lamflow.lam import LAMConfig, LAMEncoder
+from lamflow.lam import LAMEncoder
 from lamflow.train.config import ModelConfig
 from lamflow.train.heads import ClassificationHead, MomentHead
 
@@ -89,16 +88,6 @@ def downsample_stream(
     return pooled, count == 0, pooled_times
 
 
-def lam_config_from(model: ModelConfig) -> LAMConfig:
-    """The encoder's LAMConfig: every LAMConfig field is mirrored by a ModelConfig field of the same name."""
-    return LAMConfig(**{f.name: getattr(model, f.name) for f in dataclasses.fields(LAMConfig)})
-
-
-def infer_input_dims(batch: dict[str, Any], streams: Sequence[str]) -> dict[str, int]:
-    """Feature size of each stream, read from a collated batch (model.input_dims: auto)."""
-    return {name: int(batch["streams"][name].shape[-1]) for name in streams}
-
-
 class MultimodalLAMModel(nn.Module):
     """LAM encoder over the concatenated streams with a moment-retrieval or classification head.
 
@@ -120,7 +109,7 @@ class MultimodalLAMModel(nn.Module):
         if missing:
             raise ValueError(f"model.input_dims has no size for stream(s) {missing}; give e.g. {{{missing[0]}: 512}} or auto")
         if task == "qvhighlights" and MOMENT_STREAM not in streams:
-            raise ValueError(f"task qvhighlights anchors moments on the {MOMENT_STREAM!r} stream; add it to data.streams")
+            raise ValueError(f"task qvhighlights anchors moments on the {MOMENT_STREAM!r} stream; add it to data.loader.streams")
         if task == "classification" and not num_classes:
             raise ValueError("task classification needs model.num_classes (or auto with a label file)")
         self.config = config
@@ -128,16 +117,16 @@ class MultimodalLAMModel(nn.Module):
         self.task = task
         self.standardizers = nn.ModuleDict({name: RunningStandardizer(input_dims[name]) for name in self.streams})
         self.projections = nn.ModuleDict(
-            {name: nn.Sequential(nn.LayerNorm(input_dims[name]), nn.Linear(input_dims[name], config.dim)) for name in self.streams}
+            {name: nn.Sequential(nn.LayerNorm(input_dims[name]), nn.Linear(input_dims[name], config.encoder.dim)) for name in self.streams}
         )
-        self.modality = nn.Embedding(len(self.streams), config.dim)
-        self.time = TimeEmbedding(config.dim, config.time_frequencies, config.max_period)
-        self.dropout = nn.Dropout(config.dropout)
-        self.encoder = LAMEncoder(lam_config_from(config))
+        self.modality = nn.Embedding(len(self.streams), config.encoder.dim)
+        self.time = TimeEmbedding(config.encoder.dim, config.time_frequencies, config.max_period)
+        self.dropout = nn.Dropout(config.encoder.dropout)
+        self.encoder = LAMEncoder(config.encoder)
         if task == "qvhighlights":
-            self.head: nn.Module = MomentHead(config.dim)
+            self.head: nn.Module = MomentHead(config.encoder.dim)
         else:
-            self.head = ClassificationHead(config.dim, int(num_classes))
+            self.head = ClassificationHead(config.encoder.dim, int(num_classes))
 
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, slice]]:
         """Project, embed and concatenate the streams: (x (B, L, dim), padding (B, L), times (B, L), spans)."""

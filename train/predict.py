@@ -8,12 +8,12 @@ Each rank predicts its share of an "eval" loader; :func:`gather_predictions` mer
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 
+from lamflow.fileio import write_jsonl_atomic
 from lamflow.train.config import DataConfig, ModelConfig, config_from_dict
 from lamflow.train.distributed import all_gather_objects, autocast, to_device
 from lamflow.train.heads import decode_moments
@@ -80,18 +80,6 @@ def gather_predictions(rows: list[dict[str, Any]], task: str) -> list[dict[str, 
     return [merged[k] for k in sorted(merged, key=str if task != "qvhighlights" else int)]
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write one JSON object per line (temporary file, then rename: readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    temporary.replace(path)
-    return path
-
-
 def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
     """The official numbers of ``rows`` on the validation split, against the part of the ground truth the
     validation shards cover (the evaluators require a prediction for every ground-truth record).
@@ -125,6 +113,7 @@ def predict_checkpoint(checkpoint: str | Path, split: str, out: str | Path, over
     config = config_from_dict(state["config"], source=f"{checkpoint} (stored config)")
     for override in overrides:
         apply_override(config, override)
+    config.validate()
     ctx = init_distributed(config.run.device)
     try:
         task = build_task(config.data, split)
@@ -134,7 +123,7 @@ def predict_checkpoint(checkpoint: str | Path, split: str, out: str | Path, over
         rows = predict(model, loader, task, config.data, config.model, ctx.device, config.run.amp, state["class_names"])
         rows = gather_predictions(rows, config.data.task)
         if ctx.is_main:
-            write_jsonl(out, rows)
+            write_jsonl_atomic(out, rows)
         return Path(out)
     finally:
         shutdown()

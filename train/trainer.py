@@ -22,6 +22,8 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from lamflow.errors import LamflowError
+from lamflow.fileio import write_jsonl_atomic
 from lamflow.train.build import build_loader, build_model, build_task, resolve_input_dims, resolve_num_classes
 from lamflow.train.checkpoint import (
     capture_rng_state,
@@ -39,14 +41,22 @@ from lamflow.train.distributed import (
     init_distributed,
     mean_over_ranks,
     shutdown,
+    sum_over_ranks,
     to_device,
 )
 from lamflow.train.losses import TASK_LOSSES
-from lamflow.train.predict import gather_predictions, predict, score, write_jsonl
+from lamflow.train.predict import gather_predictions, predict, score
 from lamflow.train.run_log import RunLog
 from lamflow.train.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
+
+# Loader counters written to metrics.jsonl (summed over ranks): data that was read but never trained on.
+SKIP_COUNTERS = ("skipped_corrupt", "skipped_width", "skipped_empty", "read_errors", "missing_samples")
+
+
+class TrainingDiverged(LamflowError, RuntimeError):
+    """The gradients stayed NaN/inf for run.max_nonfinite_steps steps in a row."""
 
 
 def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -69,13 +79,11 @@ def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any
 
     # ---- data and model
     train_task = build_task(config.data, "train")
-    input_dims = resolve_input_dims(config, train_task)
+    train_loader = build_loader(config, "train", train_task, ctx.rank, ctx.world_size, mode="train")
+    input_dims = resolve_input_dims(config, train_loader)
     num_classes = resolve_num_classes(config, train_task)
     class_names = list(getattr(train_task, "class_names", []) or [])
     model = build_model(config, input_dims, num_classes).to(ctx.device)
-    train_loader = build_loader(config, "train", train_task, ctx.rank, ctx.world_size, mode="train")
-    if len(train_loader) == 0:
-        raise RuntimeError(f"data.train_shards ({config.data.train_shards}) gives no training batch on rank {ctx.rank}")
     val_task = build_task(config.data, "val") if config.data.val_shards else None
     val_loader = build_loader(config, "val", val_task, ctx.rank, ctx.world_size, mode="eval") if val_task else None
     compute_loss = TASK_LOSSES[config.data.task]
@@ -150,7 +158,7 @@ def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any
             config.data.task,
         )
         if ctx.is_main:
-            write_jsonl(out_dir / "predictions" / f"val-step-{step:08d}.jsonl", rows)
+            write_jsonl_atomic(out_dir / "predictions" / f"val-step-{step:08d}.jsonl", rows)
             record = {"step": step, "split": "val", "items": len(rows), **score(rows, config.data)}
             run_log.write(record)
             last["val"] = record
@@ -158,6 +166,7 @@ def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any
 
     # ---- the loop: one iteration = one optimizer step over grad_accum micro-batches
     model.train()
+    nonfinite_steps = nonfinite_in_a_row = 0
     while step < optim.max_steps:
         started = time.perf_counter()
         samples = 0
@@ -176,7 +185,22 @@ def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any
                 terms_sum[name] = terms_sum.get(name, 0.0) + value.detach().float() / optim.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip or float("inf"))
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        # NaN/inf gradients never reach the weights: the step is skipped and counted (DDP has averaged the
+        # gradients, so every rank sees the same norm and skips together); a run that keeps producing them
+        # has diverged and stops with an error instead of training on garbage.
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+            nonfinite_in_a_row = 0
+        else:
+            nonfinite_steps += 1
+            nonfinite_in_a_row += 1
+            log.warning("step %d: gradient norm is %s; the update is skipped", step + 1, float(grad_norm))
+            if nonfinite_in_a_row >= run.max_nonfinite_steps:
+                raise TrainingDiverged(
+                    f"the gradients were NaN/inf in {nonfinite_in_a_row} steps in a row (up to step {step + 1}); the inputs "
+                    "are checked for non-finite values, so training diverged: lower optim.lr, raise optim.warmup_steps, "
+                    "or set run.amp=off"
+                )
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -189,10 +213,11 @@ def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any
         if run.log_every and (step % run.log_every == 0 or step == optim.max_steps):
             names = sorted(terms_sum)
             values = mean_over_ranks(torch.stack([terms_sum[n] for n in names])).tolist()
+            skipped = sum_over_ranks({name: train_loader.stats[name] for name in SKIP_COUNTERS})
             if ctx.is_main:
                 record = {"step": step, "split": "train", **dict(zip(names, values)), "lr": lr,
                           "grad_norm": float(grad_norm), "samples_per_s": samples_per_s,
-                          "epoch": train_loader.epoch}
+                          "epoch": train_loader.epoch, "nonfinite_steps": nonfinite_steps, **skipped}
                 run_log.write(record)
                 last["train"] = record
         if step == optim.max_steps or (run.checkpoint_every and step % run.checkpoint_every == 0):

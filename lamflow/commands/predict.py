@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Rebuild the model stored in CHECKPOINT (a checkpoints/step-*.pt file of `lamflow train`), run it over "
             "every item of the chosen split of the stored config, and write one JSON line per query: qid, query, "
             "vid, pred_relevant_windows [[start, end, score], ...] best first and pred_saliency_scores (one per "
-            "2-second clip), which `lamflow eval qvhighlights` scores. For classification: key, pred, top5, scores. "
+            "2-second clip), which `lamflow eval qvhighlights` scores. For classification: key, top_labels (the "
+            "top 5 class names, best first) and their scores. "
             "Works under torchrun too (each rank predicts a share; rank 0 writes the file)."
         ),
     )

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -10,15 +9,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a LAM model on extracted shards (QVHighlights moments or classification)",
         description=(
-            "Train the multimodal LAM model described by CONFIG.yaml (sections data, model, optim, run; every "
-            "field is documented in lamflow/train/config.py and the example configs in lamflow/train/configs/). "
-            "Fields can be overridden with dotted key=value pairs, e.g. optim.lr=1e-3 model.mask=none. "
+            "Train the multimodal LAM model described by CONFIG (a YAML file, or the name of a shipped config: "
+            "`lamflow configs list`; sections data, model, optim, run, every field documented in train/config.py). "
+            "Fields can be overridden with dotted key=value pairs, e.g. optim.lr=1e-3 model.encoder.mask=none. "
             "Runs as a single process, or data-parallel under `torchrun --nproc_per_node N -m lamflow train ...` "
             "(gloo on CPU, NCCL on GPU). Writes RUN.out_dir/metrics.jsonl, checkpoints/step-*.pt, "
             "predictions/val-step-*.jsonl (official format) and config.yaml."
         ),
     )
-    parser.add_argument("config", help="CONFIG.yaml with data/model/optim/run sections")
+    parser.add_argument("config", help="CONFIG.yaml with data/model/optim/run sections, or a shipped config's name")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.max_steps=100")
     parser.add_argument(
         "--resume", action="store_true",
@@ -28,14 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from lamflow.train.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as error:  # a typo in the config is a usage error, not a crash
-        print(f"lamflow train: error: {error}", file=sys.stderr)
-        return 2
+    from lamflow.train.config import load_config
     from lamflow.train.trainer import train
+
+    config = load_config(args.config, args.overrides)
 
     train(config, resume=args.resume)
     return 0

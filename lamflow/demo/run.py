@@ -98,12 +98,12 @@ def run_demo(config: DemoConfig) -> Path:
     stage("4/5 evaluate: official QVHighlights metrics (lamflow eval qvhighlights)")
     t0 = time.perf_counter()
     from lamflow.train.eval_qvhighlights import load_jsonl
-    from lamflow.train.predict import write_jsonl
+    from lamflow.fileio import write_jsonl_atomic
 
     report_dir = out / "report"
     annotations = load_jsonl(corpus.val_annotations)
     for name, make in BASELINES.items():
-        predictions[name] = write_jsonl(report_dir / "baselines" / f"{name}.jsonl", make(annotations))
+        predictions[name] = write_jsonl_atomic(report_dir / "baselines" / f"{name}.jsonl", make(annotations))
     metrics = {name: evaluate(corpus.val_annotations, path, report_dir / f"metrics_{name}.json")
                for name, path in predictions.items()}
     timings["evaluate"] = time.perf_counter() - t0
@@ -147,7 +147,7 @@ def train_variant(config: DemoConfig, mask: str, features: Path, corpus: CorpusR
     overrides = [
         f"data.train_shards={features}", f"data.val_shards={features}",
         f"data.train_annotations={corpus.train_annotations}", f"data.val_annotations={corpus.val_annotations}",
-        f"model.mask={mask}", f"run.out_dir={run_dir}", f"run.seed={config.seed}",
+        f"model.encoder.mask={mask}", f"run.out_dir={run_dir}", f"run.seed={config.seed}",
     ]
     if config.max_steps:
         overrides.append(f"optim.max_steps={config.max_steps}")
