@@ -4,7 +4,8 @@ write the results into atomic shards from the client, record everything in the m
 The client is the only writer of the output directory (shards, manifest, stats), so workers need no
 shared filesystem with it and no locking; workers only decode and encode. Tasks are submitted through a
 bounded window (a few per worker thread), so neither the scheduler nor worker memory grows with corpus
-size, and results are written in completion order.
+size. Results are written in input order (a finished video waits in a bounded reorder buffer for the
+slower ones before it), so the same inputs give the same shards whatever order workers finish in.
 """
 from __future__ import annotations
 
