@@ -615,7 +615,8 @@ def test_test_split_answers_are_scored_like_val(tmp_path, capsys):
     gt_records = read_jsonl(TEST_WITH_GT_FILE)
     questions = read_jsonl(TEST_FILE)
     assert len(gt_records) == 1542
-    assert [(r["qid"], r["vid"], r["query"]) for r in gt_records] == [(q["qid"], q["vid"], q["query"]) for q in questions]
+    same_queries = [(q["qid"], q["vid"], q["query"]) for q in questions]
+    assert [(r["qid"], r["vid"], r["query"]) for r in gt_records] == same_queries
     perfect = write_jsonl(tmp_path / "test_gt_as_pred.jsonl", [gt_as_prediction(r) for r in gt_records])
     code, out, _ = run_cli(capsys, TEST_WITH_GT_FILE, perfect)
     assert code == 0

@@ -88,7 +88,7 @@ _LISTED_IN_ERRORS = 5
 # Prediction lines the official evaluator scores although they break the documented format: kind -> what
 # was accepted and how it is scored. Counted in the output's "adjusted_lines"; refused with strict=True.
 ADJUSTMENTS: dict[str, str] = {
-    "saliency_padded": "pred_saliency_scores shorter than the video's int(duration / 2) clips: padded with 0 for HL-mAP",
+    "saliency_padded": "pred_saliency_scores shorter than int(duration / 2) (the GT's clips): padded with 0 for HL-mAP",
     "saliency_truncated": "pred_saliency_scores longer than ceil(duration / 2): cut to int(duration / 2) for HL-mAP",
     "windows_unsorted": "pred_relevant_windows not sorted by score: mAP ranks them by score, R1 takes the first",
     "windows_out_of_range": "a window with st > ed, st < 0 or st > duration: scored as written",

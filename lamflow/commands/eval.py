@@ -24,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score a prediction file (QVHighlights, classification, captioning, audio description)",
         description=(
             "Score a prediction file against its annotations and print the result as one JSON object. "
-            "Inputs that cannot be scored (wrong or missing ids, malformed lines, windows out of range) "
-            "stop with an error naming file:line and the fix; the exit status is then 2."
+            "Inputs that cannot be scored (wrong or missing ids, malformed lines, empty captions) stop "
+            "with one error line naming file:line and the fix; the exit status is then 2."
         ),
     )
     tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
