@@ -179,7 +179,7 @@ def test_a_caption_without_words_after_ptb_tokenisation_is_an_error(tmp_path, ca
     pred = write_predictions(tmp_path / "pred.jsonl", {"v": "..."})
     code, _, err = run_cli(capsys, gt, pred)
     assert code == 2
-    assert "1 predicted caption(s) have no word left after PTB tokenisation" in err
+    assert "predicted captions of 1 video(s) have no word left after PTB tokenisation (it removes punctuation): v" in err
 
 
 def test_without_java_the_error_says_how_to_install_it(tmp_path, capsys, monkeypatch):

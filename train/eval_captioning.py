@@ -176,12 +176,15 @@ def _tokenize(captions: Mapping[str, Iterable[str]], what: str) -> dict[str, lis
     try:
         tokenized = PTBTokenizer().tokenize({vid: [{"caption": c} for c in texts] for vid, texts in captions.items()})
     except OSError as error:  # no java, or pycocoevalcap's folder is read-only (it writes its input file there)
-        raise LamflowError(f"pycocoevalcap's PTB tokenizer could not run ({error}); {JAVA_HINT}") from None
+        raise LamflowError(
+            f"pycocoevalcap's PTB tokenizer could not run ({error}); it needs Java ({JAVA_HINT}) and write access "
+            f"to {_package_dir() / 'tokenizer'}"
+        ) from None
     empty = {vid for vid, texts in captions.items() if any(not t for t in tokenized.get(vid, [""]))}
     if empty:
         raise EvaluationInputError(
-            f"{len(empty)} {what} caption(s) have no word left after PTB tokenisation (punctuation is removed): "
-            f"videos {listed(empty)}"
+            f"{what} captions of {len(empty)} video(s) have no word left after PTB tokenisation (it removes "
+            f"punctuation): {listed(empty)}"
         )
     return tokenized
 

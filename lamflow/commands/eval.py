@@ -133,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "directory saved with save_pretrained (default: roberta-large)")
     ad.add_argument("--bertscore-layers", type=int, metavar="L",
                     help="hidden layer BERTScore uses (default: bert_score's choice for a known model name, "
-                         "17 for roberta-large; required for other models)")
+                         "or a directory named like one, e.g. 17 for roberta-large; required for other models)")
     ad.add_argument("--device", help="device for BERTScore, e.g. cpu or cuda (default: cuda when available)")
     ad.add_argument("--out", type=Path, metavar="FILE", help="also write the JSON object to FILE")
     ad.set_defaults(func=_run_ad)
