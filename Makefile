@@ -14,6 +14,11 @@ $(STAMP): requirements/cpu.txt setup.py
 	  echo "== installing Debian ffmpeg"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends ffmpeg; }
+# Java runs pycocoevalcap's PTB tokenizer and METEOR (lamflow eval captioning).
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "== installing Debian default-jre-headless"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends default-jre-headless; }
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r requirements/cpu.txt
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .

@@ -41,7 +41,12 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "pycocoevalcap>=1.2,<2",
     ],
-    extras_require={"cluster": ["dask-jobqueue>=0.8"], "test": ["pytest>=8"]},
+    extras_require={
+        "cluster": ["dask-jobqueue>=0.8"],
+        "bertscore": ["bert-score>=0.3.13,<0.4", "transformers>=4.40,<6"],
+        "test": ["pytest>=8"],
+    },
     entry_points={"console_scripts": ["lamflow=lamflow.cli:main"]},
 )

@@ -6,13 +6,15 @@ Annotations (jsonl, schema in docs/FORMATS.md) are validated on load; a malforme
 from the shard's text arrays (``meta.json["texts"][i]["id"] == str(qid)``), or, for shards extracted without
 texts, from the ``text_encoder`` given at construction: ``text_encoder(query) -> L_t x D_t`` array/tensor.
 
-Targets per item: ``windows`` (n x 2 seconds; empty on the test split) and ``saliency``: the mean of the three
-annotators' scores for every 2-second clip, 0 for clips outside ``relevant_clip_ids``; the clip count is
-``ceil(duration / 2)`` with the annotation's duration, as the official evaluator counts clips.
+Labelled files (``highlight_{train,val}_release.jsonl`` and the public test answers
+``highlight_test_with_gt.jsonl``, same schema) and the unlabelled ``highlight_test_release.jsonl`` (query
+only) are read alike. Targets per item: ``windows`` (n x 2 seconds; empty on unlabelled lines) and
+``saliency``: the mean of the three annotators' scores for every 2-second clip, 0 for clips outside
+``relevant_clip_ids``; the clip count is ``ceil(duration / 2)`` with the annotation's duration, as the
+official evaluator counts clips.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from lamflow.errors import LamflowError
+from lamflow.errors import DataFileError
+from lamflow.fileio import iter_jsonl
 
 LABEL_FIELDS = ("relevant_windows", "relevant_clip_ids", "saliency_scores")
 CLIP_SECONDS = 2.0
@@ -35,7 +38,7 @@ class QVHighlightsQuery:
     query: str
     vid: str
     duration: float
-    windows: tuple[tuple[float, float], ...]  # empty on the test split
+    windows: tuple[tuple[float, float], ...]  # empty on unlabelled lines (highlight_test_release.jsonl)
     clip_ids: tuple[int, ...]
     scores: tuple[tuple[int, ...], ...]  # per clip id, one score per annotator
 
@@ -51,8 +54,8 @@ class QVHighlightsQuery:
         return values
 
 
-class AnnotationError(LamflowError, ValueError):
-    pass
+class AnnotationError(DataFileError):
+    """A QVHighlights annotation line that breaks the schema (message: file:line, field, fix)."""
 
 
 def _number(value: Any) -> bool:
@@ -93,7 +96,7 @@ def parse_query(record: Any, where: str) -> QVHighlightsQuery:
     if present and len(present) != len(LABEL_FIELDS):
         missing = sorted(set(LABEL_FIELDS) - set(present))
         raise fail(missing[0], f"is missing while {present} are given (labelled lines need all of {list(LABEL_FIELDS)})")
-    if not present:  # test split: the query only
+    if not present:  # highlight_test_release.jsonl: the query only
         return QVHighlightsQuery(record["qid"], record["query"], record["vid"], duration, (), (), ())
     windows = record["relevant_windows"]
     if not isinstance(windows, list) or not windows or not all(
@@ -122,28 +125,18 @@ def parse_query(record: Any, where: str) -> QVHighlightsQuery:
 
 def load_queries(path: str | Path) -> list[QVHighlightsQuery]:
     """All queries of a QVHighlights jsonl file, validated; qids must be unique."""
-    path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(
-            f"QVHighlights annotations {path} not found; pass a highlight_{{train,val,test}}_release.jsonl file"
-        )
     queries, first_line = [], {}
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise AnnotationError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-            query = parse_query(record, where)
-            if query.qid in first_line:
-                raise AnnotationError(
-                    f"{where}: field 'qid' {query.qid} repeats line {first_line[query.qid]}; qids must be unique"
-                )
-            first_line[query.qid] = number
-            queries.append(query)
+    what = ("QVHighlights annotation file (highlight_{train,val,test}_release.jsonl or "
+            "highlight_test_with_gt.jsonl)")
+    for number, record in iter_jsonl(path, what):
+        where = f"{path}:{number}"
+        query = parse_query(record, where)
+        if query.qid in first_line:
+            raise AnnotationError(
+                f"{where}: field 'qid' {query.qid} repeats line {first_line[query.qid]}; qids must be unique"
+            )
+        first_line[query.qid] = number
+        queries.append(query)
     return queries
 
 

@@ -129,4 +129,4 @@ def test_cli_round_trip(tmp_path, capsys):
 
     preds.write_text(preds.read_text() + "{not json\n")
     assert main(["eval", "classification", "--labels", str(labels), "--pred", str(preds)]) == 2
-    assert "pred.jsonl:11: malformed JSON" in capsys.readouterr().err
+    assert "pred.jsonl:11: not valid JSON" in capsys.readouterr().err

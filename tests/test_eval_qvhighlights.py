@@ -16,19 +16,23 @@ import numpy as np
 import pytest
 
 from lamflow.cli import main
+from lamflow.errors import DataFileError
+from lamflow.fileio import read_jsonl
 from lamflow.train.eval_qvhighlights import (
+    ADJUSTMENTS,
     BRIEF_KEYS,
     EvaluationInputError,
     detection_average_precision,
     evaluate,
     evaluate_files,
     highlight_average_precision,
-    load_jsonl,
 )
 from real_data import QVHIGHLIGHTS, requires_qvhighlights
 
 VAL_FILE = QVHIGHLIGHTS / "highlight_val_release.jsonl"
 TEST_FILE = QVHIGHLIGHTS / "highlight_test_release.jsonl"
+TEST_WITH_GT_FILE = QVHIGHLIGHTS / "highlight_test_with_gt.jsonl"
+NO_ADJUSTMENT = {"total": 0, **{kind: 0 for kind in ADJUSTMENTS}}
 
 
 def gt_record(qid, duration, windows, clip_ids=(0,), scores=((4, 4, 4),)):
@@ -93,12 +97,14 @@ def tiny_dataset():
     return gt, preds
 
 
-def test_brief_holds_the_14_official_keys_in_official_order():
+def test_brief_holds_the_14_official_keys_in_official_order_then_the_adjusted_line_counts():
     gt, preds = tiny_dataset()
-    assert tuple(evaluate(gt, preds)["brief"]) == BRIEF_KEYS
-    assert list(evaluate(gt, preds)) == [
-        "brief", "HL-min-Fair", "HL-min-Good", "HL-min-VeryGood", "full", "long", "middle", "short"
+    result = evaluate(gt, preds)
+    assert tuple(result["brief"]) == BRIEF_KEYS
+    assert list(result) == [
+        "brief", "HL-min-Fair", "HL-min-Good", "HL-min-VeryGood", "full", "long", "middle", "short", "adjusted_lines"
     ]
+    assert result["adjusted_lines"] == NO_ADJUSTMENT
 
 
 def test_moment_retrieval_brief_matches_hand_computation():
@@ -313,21 +319,67 @@ def test_hit1_takes_the_first_clip_among_tied_top_scores():
 @pytest.mark.parametrize(
     "windows, saliency, message",
     [
-        ([(8, 4, 1.0)], None, "out of range"),
-        ([(-1, 4, 1.0)], None, "out of range"),
-        ([(21, 24, 1.0)], None, "out of range"),
         ([], None, "no 'pred_relevant_windows'"),
         ([(0, 4)], None, r"\[st, ed, score\]"),
-        ([(0, 4, 0.1), (4, 8, 0.9)], None, "not sorted by score"),
-        ([(0, 4, 1.0)], [0.0] * 9, "9 'pred_saliency_scores' but its 20 s video has 10"),
         ([(0, 4, 1.0)], [0.0] * 9 + [float("nan")], "finite numbers"),
+        ([(0, 4, 1.0)], [], "non-empty list"),
     ],
 )
-def test_invalid_prediction_is_an_error_naming_the_record(windows, saliency, message):
+def test_predictions_the_official_evaluator_crashes_on_are_errors_naming_the_record(windows, saliency, message):
     gt = [gt_record(1, 20, [(0, 10)])]
+    for strict in (False, True):
+        with pytest.raises(EvaluationInputError, match=message) as error:
+            evaluate(gt, [pred_record(1, 20, windows, saliency)], pred_source="pred.jsonl", strict=strict)
+        assert "pred.jsonl:1" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "windows, saliency, vid, kind, message",
+    [
+        ([(8, 4, 1.0)], None, None, "windows_out_of_range", "out of range"),
+        ([(-1, 4, 1.0)], None, None, "windows_out_of_range", "out of range"),
+        ([(21, 24, 1.0)], None, None, "windows_out_of_range", "out of range"),
+        ([(0, 4, 0.1), (4, 8, 0.9)], None, None, "windows_unsorted", "not sorted by score"),
+        ([(0, 4, 1.0)], [0.0] * 9, None, "saliency_padded", "9 'pred_saliency_scores' but its 20 s video has 10"),
+        ([(0, 4, 1.0)], [0.0] * 11, None, "saliency_truncated", "11 'pred_saliency_scores' but its 20 s video"),
+        ([(0, 4, 1.0)], None, "other", "vid_mismatch", "has vid 'other' but the ground truth says"),
+    ],
+)
+def test_lines_the_official_evaluator_scores_are_counted_by_default_and_refused_in_strict_mode(
+    windows, saliency, vid, kind, message
+):
+    gt = [gt_record(1, 20, [(0, 10)])]
+    pred = pred_record(1, 20, windows, saliency)
+    if vid is not None:
+        pred["vid"] = vid
+    assert evaluate(gt, [pred])["adjusted_lines"] == {**NO_ADJUSTMENT, "total": 1, kind: 1}
     with pytest.raises(EvaluationInputError, match=message) as error:
-        evaluate(gt, [pred_record(1, 20, windows, saliency)], pred_source="pred.jsonl")
+        evaluate(gt, [pred], pred_source="pred.jsonl", strict=True)
     assert "pred.jsonl:1" in str(error.value)
+
+
+def test_short_saliency_is_padded_with_zeros_and_long_saliency_cut_like_the_official_evaluator():
+    # 8 s video: the GT has int(8/2) = 4 clips; only clip 3 is relevant (score 4 from every annotator).
+    gt = [gt_record(1, 8, [(6, 8)], clip_ids=[3], scores=[(4, 4, 4)])]
+    # One score short: fitted to [.1, .2, .3, 0] (official compute_ap_from_tuple pads with 0): the positive
+    # clip 3 ranks last of 4 -> AP = 1/4 for every annotator. Hit1: argmax of the written scores is clip 2 -> miss.
+    short = evaluate(gt, [pred_record(1, 8, [(6, 8, 1.0)], [0.1, 0.2, 0.3])])
+    assert short["adjusted_lines"] == {**NO_ADJUSTMENT, "total": 1, "saliency_padded": 1}
+    assert short["brief"]["HL-min-VeryGood-mAP"] == 25.0 and short["brief"]["HL-min-VeryGood-Hit1"] == 0.0
+    # Two scores too many: cut to [.1, .2, .2, .9] for AP -> clip 3 first -> AP 1. Hit1 looks at the written
+    # scores (official compute_hl_hit1): argmax is clip 4, past the GT clips -> miss.
+    long = evaluate(gt, [pred_record(1, 8, [(6, 8, 1.0)], [0.1, 0.2, 0.2, 0.9, 1.0, 0.5])])
+    assert long["adjusted_lines"] == {**NO_ADJUSTMENT, "total": 1, "saliency_truncated": 1}
+    assert long["brief"]["HL-min-VeryGood-mAP"] == 100.0 and long["brief"]["HL-min-VeryGood-Hit1"] == 0.0
+
+
+def test_unsorted_windows_are_ranked_by_score_for_map_while_r1_takes_the_first_line():
+    # GT [0,10]. Written order: a miss scored .2, then the exact window scored .9.
+    gt = [gt_record(1, 20, [(0, 10)])]
+    brief = mr_brief(gt, [pred_record(1, 20, [(15, 20, 0.2), (0, 10, 0.9)])])
+    # mAP ranks the exact window first -> AP 1 everywhere; R1 (official) takes the first written window -> 0.
+    assert brief["MR-full-mAP"] == 100.0
+    assert brief["MR-full-R1@0.5"] == 0.0
 
 
 def test_missing_and_unknown_qids_are_listed():
@@ -339,13 +391,13 @@ def test_missing_and_unknown_qids_are_listed():
         evaluate(gt, [pred_record(q, 20, [(0, 10, 1.0)]) for q in (*range(1, 9), 99)])
 
 
-def test_duplicate_qid_wrong_vid_and_string_qid_are_errors():
+def test_duplicate_and_string_qids_are_errors():
     gt = [gt_record(1, 20, [(0, 10)])]
     pred = pred_record(1, 20, [(0, 10, 1.0)])
+    # The official evaluator merges duplicate lines inconsistently (both lines' windows for mAP, the last
+    # line for R1 and HL): refused in both modes.
     with pytest.raises(EvaluationInputError, match="predictions:2: duplicate qid 1"):
         evaluate(gt, [pred, pred])
-    with pytest.raises(EvaluationInputError, match="has vid 'other' but the ground truth says"):
-        evaluate(gt, [{**pred, "vid": "other"}])
     with pytest.raises(EvaluationInputError, match="'qid' must be an integer"):
         evaluate(gt, [{**pred, "qid": "1"}])
 
@@ -360,28 +412,30 @@ def test_ground_truth_problems_are_errors():
 
 
 @requires_qvhighlights
-def test_unlabelled_test_split_as_ground_truth_points_to_val(tmp_path):
+def test_unlabelled_test_split_as_ground_truth_points_to_val_and_the_test_answers(tmp_path):
     pred = write_jsonl(tmp_path / "pred.jsonl", [pred_record(1, 20, [(0, 10, 1.0)])])
-    with pytest.raises(EvaluationInputError, match=r"highlight_test_release.jsonl:1: .*evaluate on highlight_val"):
+    with pytest.raises(
+        EvaluationInputError,
+        match=r"highlight_test_release.jsonl:1: .*evaluate on highlight_val_release.jsonl, .*highlight_test_with_gt",
+    ):
         evaluate_files(TEST_FILE, pred)
 
 
 def test_malformed_lines_are_reported_with_file_and_line(tmp_path):
+    gt = write_jsonl(tmp_path / "gt.jsonl", [gt_record(1, 20, [(0, 10)]), gt_record(2, 20, [(0, 10)])])
     bad_json = tmp_path / "bad.jsonl"
-    bad_json.write_text('{"qid": 1}\n{"qid": 2,\n')
-    with pytest.raises(EvaluationInputError, match=r"bad.jsonl:2: malformed JSON"):
-        load_jsonl(bad_json)
-    blank = tmp_path / "blank.jsonl"
-    blank.write_text('{"qid": 1}\n\n{"qid": 2}\n\n\n')  # the trailing blank lines are fine
-    with pytest.raises(EvaluationInputError, match=r"blank.jsonl:2: blank line"):
-        load_jsonl(blank)
+    bad_json.write_text(json.dumps(pred_record(1, 20, [(0, 10, 1.0)])) + '\n{"qid": 2,\n')
+    with pytest.raises(DataFileError, match=r"bad.jsonl:2: not valid JSON"):
+        evaluate_files(gt, bad_json)
     not_object = tmp_path / "list.jsonl"
-    not_object.write_text('{"qid": 1}\n[1, 2]\n')
-    with pytest.raises(EvaluationInputError, match=r"list.jsonl:2: expected a JSON object, got list"):
-        load_jsonl(not_object)
-    trailing = tmp_path / "ok.jsonl"
-    trailing.write_text('{"qid": 1}\n\n')
-    assert load_jsonl(trailing) == [{"qid": 1}]
+    not_object.write_text(json.dumps(pred_record(1, 20, [(0, 10, 1.0)])) + "\n[1, 2]\n")
+    with pytest.raises(DataFileError, match=r"list.jsonl:2: expected a JSON object, got list"):
+        evaluate_files(gt, not_object)
+    # Blank lines are skipped, and errors still quote the line of the file, not the record's index.
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps(pred_record(1, 20, [(0, 10, 1.0)])) + "\n\n" + json.dumps({"qid": 2}) + "\n\n")
+    with pytest.raises(EvaluationInputError, match=r"blank.jsonl:3: missing field 'pred_relevant_windows'"):
+        evaluate_files(gt, blank)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -414,7 +468,7 @@ def run_cli(capsys, gt_path, pred_path, *extra):
 
 @requires_qvhighlights
 def test_whole_video_baseline_on_one_real_query_matches_hand_computation():
-    record = load_jsonl(VAL_FILE)[0]
+    record = read_jsonl(VAL_FILE)[0]
     assert record["qid"] == 2579 and record["relevant_windows"] == [[82, 150]] and record["duration"] == 150
     brief = evaluate([record], [whole_video_prediction(record)])["brief"]
     # [0,150] vs GT [82,150]: IoU 68/150 = .453 < .5 -> every MR number 0 (the query is in the long bucket).
@@ -429,7 +483,7 @@ def test_whole_video_baseline_on_one_real_query_matches_hand_computation():
 
 @requires_qvhighlights
 def test_cli_on_real_val_file_reproduces_the_official_golden_numbers(tmp_path, capsys):
-    gt_records = load_jsonl(VAL_FILE)
+    gt_records = read_jsonl(VAL_FILE)
     assert len(gt_records) == 1550
     perfect = write_jsonl(tmp_path / "gt_as_pred.jsonl", [gt_as_prediction(r) for r in gt_records])
     baseline = write_jsonl(tmp_path / "whole_video.jsonl", [whole_video_prediction(r) for r in gt_records])
@@ -462,10 +516,120 @@ def test_cli_on_real_val_file_reproduces_the_official_golden_numbers(tmp_path, c
 
 @requires_qvhighlights
 def test_cli_reports_bad_predictions_on_stderr_with_exit_status_2(tmp_path, capsys):
-    gt_records = load_jsonl(VAL_FILE)[:3]
+    gt_records = read_jsonl(VAL_FILE)[:3]
     gt_path = write_jsonl(tmp_path / "gt.jsonl", gt_records)
     preds = [whole_video_prediction(r) for r in gt_records[:2]]
     pred_path = write_jsonl(tmp_path / "pred.jsonl", preds)
     code, out, err = run_cli(capsys, gt_path, pred_path)
     assert code == 2 and out == ""
     assert f"no prediction for 1 of 3 ground-truth qid(s): {gt_records[2]['qid']}" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# A prediction file built like moment_detr's standalone_eval/sample_val_preds.jsonl
+# --------------------------------------------------------------------------------------------------
+
+SHORT_LINES = range(0, 1300, 100)  # 13 lines with one saliency score fewer than ceil(duration / 2)
+LONG_LINES = range(50, 1050, 200)  # 5 lines with two scores too many
+
+
+def model_like_prediction(record, index):
+    """What a trained Moment-DETR writes, made deterministically from the GT: 10 windows sorted by score,
+    inside the video (the first GT window shifted by up to 12 s, at rank 1 or 2, among distractors), and
+    one noisy saliency score per 2-second clip -- or, on SHORT_LINES / LONG_LINES, one too few / two too many."""
+    rng = np.random.default_rng(record["qid"])
+    duration = record["duration"]
+    first_start, first_end = record["relevant_windows"][0]
+    shift = float(np.clip(rng.uniform(-12, 12), -first_start, duration - first_end))
+    windows = []
+    for _ in range(9):
+        start = rng.uniform(0, duration - 4)
+        windows.append([start, min(duration, start + rng.uniform(4, 40))])
+    windows.insert(int(rng.integers(0, 2)), [first_start + shift, first_end + shift])
+    scores = np.sort(rng.uniform(0.1, 0.9, 10))[::-1]
+    saliency = rng.uniform(0.0, 1.0, math.ceil(duration / 2))
+    for clip, annotators in zip(record["relevant_clip_ids"], record["saliency_scores"]):
+        saliency[clip] += sum(annotators) / 24
+    saliency = saliency.tolist()
+    if index in SHORT_LINES:
+        saliency = saliency[:-1]
+    elif index in LONG_LINES:
+        saliency = saliency + [0.0, 0.0]
+    return {"qid": record["qid"], "query": record["query"], "vid": record["vid"],
+            "pred_relevant_windows": [[round(st, 2), round(ed, 2), round(float(s), 4)]
+                                      for (st, ed), s in zip(windows, scores)],
+            "pred_saliency_scores": [round(s, 4) for s in saliency]}
+
+
+def fitted_to_gt_clips(prediction, record):
+    """The same prediction with its saliency padded with 0 / cut to int(duration / 2), the official fit."""
+    clips = int(record["duration"] / 2)
+    saliency = (prediction["pred_saliency_scores"] + [0.0] * clips)[:clips]
+    return {**prediction, "pred_saliency_scores": saliency}
+
+
+@requires_qvhighlights
+def test_official_sample_like_predictions_on_real_val_are_scored_with_the_adjusted_lines_counted(tmp_path, capsys):
+    gt_records = read_jsonl(VAL_FILE)
+    predictions = [model_like_prediction(r, i) for i, r in enumerate(gt_records)]
+    pred_path = write_jsonl(tmp_path / "sample_like_val_preds.jsonl", predictions)
+
+    code, out, err = run_cli(capsys, VAL_FILE, pred_path)
+    assert code == 0
+    result = json.loads(out)
+    assert result["adjusted_lines"] == {**NO_ADJUSTMENT, "total": 18, "saliency_padded": 13, "saliency_truncated": 5}
+    assert "note: 18 prediction line(s) scored as the official evaluator does" in err
+    assert "13 with pred_saliency_scores shorter" in err and "5 with pred_saliency_scores longer" in err
+    assert "--strict" in err
+    # Padding/cutting is what the official evaluator does to every such line: the same file with the
+    # saliency lists already fitted to the GT clips scores identically (and needs no adjustment).
+    fitted = evaluate(gt_records, [fitted_to_gt_clips(p, r) for p, r in zip(predictions, gt_records)])
+    assert fitted["adjusted_lines"] == NO_ADJUSTMENT
+    assert {k: v for k, v in fitted.items() if k != "adjusted_lines"} == {
+        k: v for k, v in result.items() if k != "adjusted_lines"
+    }
+    # lamflow's numbers for this file, pinned against regressions (the official sample, from a trained
+    # Moment-DETR, scores R1@0.5 53.94 and mAP 32.2).
+    assert result["brief"] == {
+        "MR-full-R1@0.5": 39.1, "MR-full-R1@0.7": 24.71, "MR-full-mAP": 31.96, "MR-full-mAP@0.5": 49.77,
+        "MR-full-mAP@0.75": 29.73, "MR-long-mAP": 47.63, "MR-middle-mAP": 26.82, "MR-short-mAP": 4.25,
+        "HL-min-Fair-mAP": 63.73, "HL-min-Fair-Hit1": 99.48, "HL-min-Good-mAP": 55.3,
+        "HL-min-Good-Hit1": 97.74, "HL-min-VeryGood-mAP": 35.31, "HL-min-VeryGood-Hit1": 84.65,
+    }
+
+    code, out, err = run_cli(capsys, VAL_FILE, pred_path, "--strict")
+    first_short = gt_records[SHORT_LINES[0]]
+    clips = math.ceil(first_short["duration"] / 2)
+    assert code == 2 and out == ""
+    assert (f"sample_like_val_preds.jsonl:1: qid {first_short['qid']} has {clips - 1} 'pred_saliency_scores' but "
+            f"its {first_short['duration']} s video has {clips} two-second clips") in err
+
+
+# --------------------------------------------------------------------------------------------------
+# The test split, whose answers are public (highlight_test_with_gt.jsonl, val schema)
+# --------------------------------------------------------------------------------------------------
+
+
+@requires_qvhighlights
+def test_test_split_answers_are_scored_like_val(tmp_path, capsys):
+    gt_records = read_jsonl(TEST_WITH_GT_FILE)
+    questions = read_jsonl(TEST_FILE)
+    assert len(gt_records) == 1542
+    same_queries = [(q["qid"], q["vid"], q["query"]) for q in questions]
+    assert [(r["qid"], r["vid"], r["query"]) for r in gt_records] == same_queries
+    perfect = write_jsonl(tmp_path / "test_gt_as_pred.jsonl", [gt_as_prediction(r) for r in gt_records])
+    code, out, _ = run_cli(capsys, TEST_WITH_GT_FILE, perfect)
+    assert code == 0
+    brief = json.loads(out)["brief"]
+    # The GT as prediction: every top-1 window is a GT window; the top clip (highest mean score, first on
+    # ties) is a Fair hit when one of its three annotators gave it >= 2.
+    assert brief["MR-full-R1@0.5"] == brief["MR-full-R1@0.7"] == 100.0
+    fair_hits = []
+    for record in gt_records:
+        means = [sum(scores) for scores in record["saliency_scores"]]
+        fair_hits.append(max(record["saliency_scores"][means.index(max(means))]) >= 2)
+    assert brief["HL-min-Fair-Hit1"] == round(100 * sum(fair_hits) / len(fair_hits), 2) == 99.94
+    # Every query of the test split is scored: one missing prediction is refused.
+    short = write_jsonl(tmp_path / "missing_one.jsonl", [gt_as_prediction(r) for r in gt_records[1:]])
+    code, _, err = run_cli(capsys, TEST_WITH_GT_FILE, short)
+    assert code == 2 and f"no prediction for 1 of 1542 ground-truth qid(s): {gt_records[0]['qid']}" in err

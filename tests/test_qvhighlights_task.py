@@ -10,7 +10,8 @@ from contract_shards import D_TEXT, Video, contract_sample, write_extraction_dir
 
 from lamflow.datasets.loader import LoaderConfig, StreamingLoader
 from lamflow.datasets.qvhighlights import AnnotationError, QVHighlightsTask, load_queries
-from lamflow.errors import LamflowError
+from lamflow.errors import DataFileError, LamflowError
+from lamflow.fileio import read_jsonl
 from real_data import QVHIGHLIGHTS, requires_qvhighlights
 
 VID_A, VID_B = "j7rJstUseKg_360.0_510.0", "NUsG9BgSes0_210.0_360.0"
@@ -31,6 +32,16 @@ def test_the_real_train_val_and_test_files_load_and_satisfy_the_schema():
             assert saliency.shape == (math.ceil(query.duration / 2),) and saliency.max() <= 4
             assert len(query.clip_ids) == len(query.scores)
     assert counts == {"train": 7218, "val": 1550, "test": 1542}
+
+
+@requires_qvhighlights
+def test_the_public_test_answers_load_as_the_labelled_test_split():
+    answers = load_queries(QVHIGHLIGHTS / "highlight_test_with_gt.jsonl")
+    questions = load_queries(QVHIGHLIGHTS / "highlight_test_release.jsonl")
+    assert [(q.qid, q.vid, q.query, q.duration) for q in answers] == [
+        (q.qid, q.vid, q.query, q.duration) for q in questions
+    ]
+    assert all(query.windows and query.clip_ids for query in answers)
 
 
 def write_jsonl(path, records):
@@ -55,8 +66,15 @@ LABELLED = {"qid": 11, "query": "a man talks", "duration": 10, "vid": VID_A, "re
 ])
 def test_malformed_annotation_lines_are_errors_naming_file_line_and_field(tmp_path, broken, message):
     path = write_jsonl(tmp_path / "ann.jsonl", [{**LABELLED, "qid": 10}, broken])
-    with pytest.raises(AnnotationError, match=f"ann.jsonl:2: .*{message}"):
+    # Lines that are not JSON fail in lamflow.fileio's reader; schema errors are AnnotationErrors (both DataFileErrors).
+    expected = DataFileError if message == "not valid JSON" else AnnotationError
+    with pytest.raises(expected, match=f"ann.jsonl:2: .*{message}"):
         QVHighlightsTask(path)
+
+
+def test_a_missing_annotation_file_is_an_error_naming_the_accepted_files(tmp_path):
+    with pytest.raises(DataFileError, match="nope.jsonl: QVHighlights annotation file .*highlight_test_with_gt.jsonl"):
+        QVHighlightsTask(tmp_path / "nope.jsonl")
 
 
 def dataset(tmp_path, texts=True):
@@ -133,3 +151,24 @@ def test_the_test_split_gives_empty_windows_and_zero_saliency(tmp_path):
     _, [batch] = eval_batches(root, QVHighlightsTask(annotations))
     assert batch["qids"] == [11] and batch["windows"][0].shape == (0, 2)
     assert batch["saliency"].tolist() == [[0.0] * 5]
+
+
+@requires_qvhighlights
+def test_shards_of_test_videos_join_the_public_test_answers_with_their_targets(tmp_path):
+    answers_file = QVHIGHLIGHTS / "highlight_test_with_gt.jsonl"
+    records = read_jsonl(answers_file)
+    vids = list(dict.fromkeys(record["vid"] for record in records))[:2]
+    expected = {r["qid"]: r for r in records if r["vid"] in vids}
+    durations = {r["vid"]: r["duration"] for r in expected.values()}
+    root = write_extraction_dir(tmp_path / "extraction", [[Video(vid, duration=durations[vid]) for vid in vids]])
+
+    def encode(query: str) -> torch.Tensor:
+        return torch.ones(len(query.split()), D_TEXT)
+
+    _, [batch] = eval_batches(root, QVHighlightsTask(answers_file, text_encoder=encode), bucket_by_length=False)
+    assert sorted(batch["qids"]) == sorted(expected)
+    for row, qid in enumerate(batch["qids"]):
+        record = expected[qid]
+        assert batch["windows"][row].tolist() == record["relevant_windows"]
+        clip, scores = record["relevant_clip_ids"][0], record["saliency_scores"][0]
+        assert batch["saliency"][row, clip].item() == pytest.approx(sum(scores) / 3)

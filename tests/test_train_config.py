@@ -51,8 +51,8 @@ def test_the_vanilla_config_is_the_lam_config_plus_an_override():
 
 
 def test_a_base_chain_merges_sections_and_refuses_loops(tmp_path):
-    base = write_yaml(tmp_path / "base.yaml", {"data": {"train_shards": "s", "train_annotations": "a.jsonl",
-                                                        "loader": {"batch_size": 4, "num_workers": 1}}})
+    write_yaml(tmp_path / "base.yaml", {"data": {"train_shards": "s", "train_annotations": "a.jsonl",
+                                                 "loader": {"batch_size": 4, "num_workers": 1}}})
     child = write_yaml(tmp_path / "child.yaml", {"base": "base.yaml", "data": {"loader": {"batch_size": 2}}})
     loaded = load_config(child).data.loader
     assert (loaded.batch_size, loaded.num_workers) == (2, 1)
@@ -137,7 +137,7 @@ def test_wrong_type_names_the_field_and_the_expected_type(tmp_path):
     path = write_yaml(tmp_path / "c.yaml", {"optim": {"max_steps": "ten"}})
     with pytest.raises(ConfigError, match=r"field 'optim.max_steps' expects int, got str 'ten'"):
         load_config(path)
-    with pytest.raises(ConfigError, match=r"field 'model.encoder.mask' = 'multii' is not valid; allowed values: none, single, multi"):
+    with pytest.raises(ConfigError, match=r"'model.encoder.mask' = 'multii' is not valid; allowed values: none, single, multi"):
         load_config("demo", ["model.encoder.mask=multii"])
     with pytest.raises(ConfigError, match=r"field 'run.progress' expects bool"):
         apply_override(TrainConfig(), "run.progress=maybe")

@@ -9,12 +9,13 @@ with the predicted labels best first (at least ``max(k)`` of them, or every clas
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from lamflow.datasets.classification import load_labels
-from lamflow.train.eval_qvhighlights import EvaluationInputError, as_percent, listed, load_jsonl
+from lamflow.fileio import iter_jsonl
+from lamflow.train.eval_qvhighlights import EvaluationInputError, as_percent, listed
 
 DEFAULT_TOPK: tuple[int, ...] = (1, 5)
 
@@ -59,6 +60,12 @@ def ranked_accuracy(
     Every labelled key needs exactly one prediction and every prediction a labelled key; a ranking
     shorter than ``max(ks)`` is an error unless it lists every class seen in the labels.
     """
+    return _ranked_accuracy(labels, enumerate(predictions, start=1), ks, source)
+
+
+def _ranked_accuracy(
+    labels: Mapping[str, str], numbered: Iterable[tuple[int, Mapping]], ks: Sequence[int], source: str
+) -> dict[str, float | int]:
     _check_ks(ks)
     if not labels:
         raise EvaluationInputError("no labelled keys to score")
@@ -67,8 +74,8 @@ def ranked_accuracy(
     hits = {k: 0 for k in ks}
     seen: set[str] = set()
     unknown: set[str] = set()
-    for index, record in enumerate(predictions):
-        where = f"{source}:{index + 1}"
+    for line, record in numbered:
+        where = f"{source}:{line}"
         key, ranking = record.get("key"), record.get("top_labels")
         if not isinstance(key, str) or not isinstance(ranking, list):
             raise EvaluationInputError(f"{where}: expected {{\"key\": str, \"top_labels\": [label, ...]}}")
@@ -104,4 +111,4 @@ def evaluate_files(
         labels = load_labels(labels_path)
     except (OSError, ValueError) as error:  # the task's reader raises these; one error type for the CLI
         raise EvaluationInputError(str(error)) from None
-    return ranked_accuracy(labels, load_jsonl(pred_path), ks, source=str(pred_path))
+    return _ranked_accuracy(labels, iter_jsonl(pred_path, "prediction file"), ks, str(pred_path))

@@ -25,22 +25,31 @@ that code. Every function below names the official behaviour it reproduces, incl
 * Results are percentages formatted like the official ``float(f"{100 * x:.2f}")``, and the output
   has the official layout: ``brief`` (the 14 numbers), then per-bucket and per-HL-level details.
 
-Inputs the official evaluator would crash on, or silently misread, are rejected with an error naming
-the record and the fix (see ``validate_ground_truth`` and ``validate_predictions``). Predicted windows
-that run past the end of the video are accepted and scored unclipped, as the official evaluator does
-(it never clips; moment_detr clips windows at 150 s, not at each video's duration, when writing them).
+Prediction files: every file the official evaluator scores is scored, with its numbers. Lines it
+accepts although they break the documented format are counted in the output's ``adjusted_lines`` (see
+``ADJUSTMENTS``): ``pred_saliency_scores`` shorter or longer than the video's clips (fitted to the GT's
+``int(duration / 2)`` clips as ``compute_ap_from_tuple`` does: padded with 0 or cut), windows not sorted
+by score, windows outside the video, a ``vid`` other than the GT's. ``strict=True`` refuses those lines
+instead. Inputs the official evaluator crashes on (missing or unknown qids, missing fields, no window,
+an empty or non-finite saliency list) are errors in both modes, and so are duplicate qids (which it
+merges inconsistently: windows of both lines for mAP, the last line for R1 and HL). Predicted windows
+that run past the end of the video are scored unclipped, as the official evaluator does (it never
+clips; moment_detr clips windows at 150 s, not at each video's duration, when writing them).
+
+Ground truth: any file with the val schema, e.g. ``highlight_val_release.jsonl`` or the public test
+answers ``highlight_test_with_gt.jsonl``; the unlabelled ``highlight_test_release.jsonl`` is an error.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from lamflow.errors import LamflowError
+from lamflow.fileio import iter_jsonl
 
 # np.linspace(0.5, 0.95, 10) rounded to 2 decimals, exactly as the official code rounds its thresholds
 # (so 0.65 is the float 0.65, not 0.6499999...).
@@ -76,6 +85,15 @@ BRIEF_KEYS: tuple[str, ...] = (
 )
 # How many offending qids an error message lists before summarising the rest.
 _LISTED_IN_ERRORS = 5
+# Prediction lines the official evaluator scores although they break the documented format: kind -> what
+# was accepted and how it is scored. Counted in the output's "adjusted_lines"; refused with strict=True.
+ADJUSTMENTS: dict[str, str] = {
+    "saliency_padded": "pred_saliency_scores shorter than int(duration / 2) (the GT's clips): padded with 0 for HL-mAP",
+    "saliency_truncated": "pred_saliency_scores longer than ceil(duration / 2): cut to int(duration / 2) for HL-mAP",
+    "windows_unsorted": "pred_relevant_windows not sorted by score: mAP ranks them by score, R1 takes the first",
+    "windows_out_of_range": "a window with st > ed, st < 0 or st > duration: scored as written",
+    "vid_mismatch": "a vid other than the ground truth's: ignored",
+}
 
 
 class EvaluationInputError(LamflowError, ValueError):
@@ -105,38 +123,6 @@ class PredictedQuery:
 # ---------------------------------------------------------------------------------------------------
 # Reading and validation
 # ---------------------------------------------------------------------------------------------------
-
-
-def load_jsonl(path: str | Path) -> list[dict]:
-    """Read one JSON object per line. Record ``i`` is line ``i + 1``: blank lines are allowed only at the
-    end of the file, so error messages can quote ``file:line`` from a record index."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise EvaluationInputError(f"{path}: file not found") from None
-    except UnicodeDecodeError as error:
-        raise EvaluationInputError(f"{path}: not UTF-8 text ({error}); expected a .jsonl file") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise EvaluationInputError(f"{path}: empty file; expected one JSON object per line")
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise EvaluationInputError(
-                f"{path}:{number}: blank line inside the file; JSONL needs one JSON object per line, remove it"
-            )
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise EvaluationInputError(
-                f"{path}:{number}: malformed JSON ({error.msg} at column {error.colno})"
-            ) from None
-        if not isinstance(record, dict):
-            raise EvaluationInputError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records
 
 
 def _is_number(value: Any) -> bool:
@@ -170,8 +156,13 @@ def num_gt_clips(duration: float) -> int:
     return int(duration / CLIP_SECONDS)
 
 
-def validate_ground_truth(records: Sequence[Mapping], source: str = "ground truth") -> dict[int, GroundTruthQuery]:
-    """Check annotation records (val/train schema) and index them by qid, keeping file order.
+def validate_ground_truth(
+    numbered: Iterable[tuple[int, Mapping]], source: str = "ground truth"
+) -> dict[int, GroundTruthQuery]:
+    """Check annotation records (val schema) and index them by qid, keeping file order.
+
+    ``numbered`` yields (line number, record) pairs, e.g. :func:`lamflow.fileio.iter_jsonl`'s; errors
+    quote ``source:line``.
 
     Errors (official crashes or meaningless scores otherwise): duplicate qids, a missing label field
     (e.g. the unlabelled test split), a duration below one clip, no GT window, windows with
@@ -179,16 +170,17 @@ def validate_ground_truth(records: Sequence[Mapping], source: str = "ground trut
     that are not 3 scores in 0-4 aligned with ``relevant_clip_ids``.
     """
     queries: dict[int, GroundTruthQuery] = {}
-    for index, record in enumerate(records):
-        where = f"{source}:{index + 1}"
+    for line, record in numbered:
+        where = f"{source}:{line}"
         qid = _require_qid(record, where)
         if qid in queries:
             raise EvaluationInputError(f"{where}: duplicate qid {qid}; each query must appear once")
         for field in ("relevant_windows", "relevant_clip_ids", "saliency_scores"):
             if field not in record:
                 raise EvaluationInputError(
-                    f"{where}: qid {qid} has no '{field}'; ground truth needs labels "
-                    "(the QVHighlights test split is unlabelled: evaluate on highlight_val_release.jsonl)"
+                    f"{where}: qid {qid} has no '{field}'; ground truth needs labels (highlight_test_release.jsonl "
+                    "is unlabelled: evaluate on highlight_val_release.jsonl, or on the public test answers "
+                    "highlight_test_with_gt.jsonl)"
                 )
         duration = _require(record, "duration", where)
         if not _is_number(duration) or duration < CLIP_SECONDS:
@@ -241,25 +233,29 @@ def listed(values: set[int] | set[str]) -> str:
 
 
 def validate_predictions(
-    records: Sequence[Mapping], ground_truth: Mapping[int, GroundTruthQuery], source: str = "predictions"
-) -> dict[int, PredictedQuery]:
-    """Check prediction records against the GT and index them by qid.
+    numbered: Iterable[tuple[int, Mapping]],
+    ground_truth: Mapping[int, GroundTruthQuery],
+    source: str = "predictions",
+    strict: bool = False,
+) -> tuple[dict[int, PredictedQuery], dict[str, list[int]]]:
+    """Check prediction records against the GT and index them by qid; also return the qids of the lines
+    accepted with an adjustment, per kind of ``ADJUSTMENTS`` (all empty for a well-formed file).
 
-    Errors: unknown, duplicate or missing qids (the official ``match_number=True`` check), a ``vid`` that
-    differs from the GT's, ``pred_relevant_windows`` that is empty (official R1 crashes), not
-    ``[st, ed, score]`` rows, has ``st > ed``, ``st < 0`` or ``st > duration`` (a window starting outside
-    the video), or is not sorted by score (the official scores the *first* 10 windows and takes the
-    *first* as top-1, so an unsorted list would be misread silently); ``pred_saliency_scores`` that is
-    not finite numbers, one per 2-second clip: ``ceil(duration / 2)`` values (``int(duration / 2)``, the
-    official GT length, is also accepted; the two differ only for odd durations).
-
-    Accepted as the official does: windows ending after ``duration`` (scored unclipped), more than 10
-    windows (only the first 10 are scored), tied scores (file order kept).
+    ``numbered`` yields (line number, record) pairs; errors quote ``source:line``. Errors in both modes:
+    unknown, duplicate or missing qids (the official ``match_number=True`` check), a missing field,
+    ``pred_relevant_windows`` that is empty (official R1 crashes) or not ``[st, ed, score]`` rows of finite
+    numbers, ``pred_saliency_scores`` that is empty or not finite numbers. Accepted as the official does
+    (more than 10 windows: only the first 10 are scored; tied scores: file order kept; windows ending after
+    ``duration``: scored unclipped) and, unless ``strict``, the ``ADJUSTMENTS``. ``strict`` refuses those,
+    requiring windows sorted by score with ``0 <= st <= ed`` and ``st <= duration``, the GT's ``vid``, and
+    one saliency score per 2-second clip: ``ceil(duration / 2)`` values (``int(duration / 2)``, the
+    official GT length, is accepted too; the two differ only for odd durations).
     """
     predictions: dict[int, PredictedQuery] = {}
+    adjusted: dict[str, list[int]] = {kind: [] for kind in ADJUSTMENTS}
     unknown: set[int] = set()
-    for index, record in enumerate(records):
-        where = f"{source}:{index + 1}"
+    for line, record in numbered:
+        where = f"{source}:{line}"
         qid = _require_qid(record, where)
         if qid in predictions:
             raise EvaluationInputError(f"{where}: duplicate qid {qid}; write one prediction line per query")
@@ -267,35 +263,46 @@ def validate_predictions(
         if gt is None:
             unknown.add(qid)
             continue
-        vid = record.get("vid")
-        if vid is not None and gt.vid is not None and vid != gt.vid:
-            raise EvaluationInputError(f"{where}: qid {qid} has vid {vid!r} but the ground truth says {gt.vid!r}")
         windows = _number_rows(
             _require(record, "pred_relevant_windows", where), 3, "pred_relevant_windows", where, "[st, ed, score]"
         )
         if len(windows) == 0:
             raise EvaluationInputError(f"{where}: qid {qid} has no 'pred_relevant_windows'; predict >= 1 window")
+        saliency = _require(record, "pred_saliency_scores", where)
+        if not isinstance(saliency, list) or not saliency or not all(_is_number(x) for x in saliency):
+            raise EvaluationInputError(f"{where}: 'pred_saliency_scores' must be a non-empty list of finite numbers")
+
+        # Deviations from the format that the official evaluator scores anyway: kind -> the strict refusal.
+        deviations: dict[str, str] = {}
+        vid = record.get("vid")
+        if vid is not None and gt.vid is not None and vid != gt.vid:
+            deviations["vid_mismatch"] = f"qid {qid} has vid {vid!r} but the ground truth says {gt.vid!r}"
         starts, ends, window_scores = windows.T
         bad = (starts > ends) | (starts < 0) | (starts > gt.duration)
         if bad.any():
-            raise EvaluationInputError(
-                f"{where}: predicted window {windows[bad][0].tolist()} of qid {qid} is out of range: need "
+            deviations["windows_out_of_range"] = (
+                f"predicted window {windows[bad][0].tolist()} of qid {qid} is out of range: need "
                 f"0 <= st <= ed and st <= duration ({gt.duration:g} s)"
             )
         if (np.diff(window_scores) > 0).any():
-            raise EvaluationInputError(
-                f"{where}: 'pred_relevant_windows' of qid {qid} is not sorted by score (descending); the official "
+            deviations["windows_unsorted"] = (
+                f"'pred_relevant_windows' of qid {qid} is not sorted by score (descending); the official "
                 "evaluator scores the first 10 windows and uses the first as top-1, so sort them"
             )
-        saliency = _require(record, "pred_saliency_scores", where)
-        if not isinstance(saliency, list) or not all(_is_number(x) for x in saliency):
-            raise EvaluationInputError(f"{where}: 'pred_saliency_scores' must be a list of finite numbers")
-        expected = math.ceil(gt.duration / CLIP_SECONDS)
-        if len(saliency) not in (expected, num_gt_clips(gt.duration)):
-            raise EvaluationInputError(
-                f"{where}: qid {qid} has {len(saliency)} 'pred_saliency_scores' but its {gt.duration:g} s video has "
-                f"{expected} two-second clips (ceil(duration / 2)); write one score per clip"
+        clips = math.ceil(gt.duration / CLIP_SECONDS)
+        if len(saliency) not in (clips, num_gt_clips(gt.duration)):
+            kind = "saliency_padded" if len(saliency) < clips else "saliency_truncated"
+            deviations[kind] = (
+                f"qid {qid} has {len(saliency)} 'pred_saliency_scores' but its {gt.duration:g} s video has "
+                f"{clips} two-second clips (ceil(duration / 2)); write one score per clip"
             )
+        if strict and deviations:
+            raise EvaluationInputError(
+                f"{where}: {next(iter(deviations.values()))} (strict mode; without it the line is scored as the "
+                "official evaluator does)"
+            )
+        for kind in deviations:
+            adjusted[kind].append(qid)
         predictions[qid] = PredictedQuery(qid, windows, np.asarray(saliency, dtype=float))
     if unknown:
         raise EvaluationInputError(
@@ -308,7 +315,18 @@ def validate_predictions(
             f"{source}: no prediction for {len(missing)} of {len(ground_truth)} ground-truth qid(s): "
             f"{listed(missing)}; the official evaluator requires one prediction per query"
         )
-    return predictions
+    return predictions, adjusted
+
+
+def adjustment_summary(adjusted_lines: Mapping[str, int]) -> str | None:
+    """One sentence saying which lines were scored although they break the format (None when none were)."""
+    parts = [f"{adjusted_lines[kind]} with {what}" for kind, what in ADJUSTMENTS.items() if adjusted_lines[kind]]
+    if not parts:
+        return None
+    return (
+        f"{adjusted_lines['total']} prediction line(s) scored as the official evaluator does although they break "
+        f"the format: {'; '.join(parts)}. Pass --strict to refuse them."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -533,20 +551,15 @@ def evaluate_highlights(
 # ---------------------------------------------------------------------------------------------------
 
 
-def evaluate(
-    ground_truth: Sequence[Mapping],
-    predictions: Sequence[Mapping],
-    gt_source: str = "ground truth",
-    pred_source: str = "predictions",
+def _evaluate_numbered(
+    ground_truth: Iterable[tuple[int, Mapping]],
+    predictions: Iterable[tuple[int, Mapping]],
+    gt_source: str,
+    pred_source: str,
+    strict: bool,
 ) -> dict[str, Any]:
-    """Score prediction records against annotation records, in the official output layout.
-
-    Returns ``{"brief": {14 numbers}, "HL-min-Fair": {...}, "HL-min-Good": {...}, "HL-min-VeryGood":
-    {...}, "full": {...}, "long": {...}, "middle": {...}, "short": {...}}`` (official key order). The
-    sources name the inputs in error messages as ``source:record_number`` (file:line for files).
-    """
     gt = validate_ground_truth(ground_truth, gt_source)
-    preds = validate_predictions(predictions, gt, pred_source)
+    preds, adjusted = validate_predictions(predictions, gt, pred_source, strict=strict)
     moment_retrieval = evaluate_moment_retrieval(gt, preds)
     highlights = evaluate_highlights(gt, preds)
     brief = {
@@ -563,9 +576,40 @@ def evaluate(
         brief[f"{level}-mAP"] = values["HL-mAP"]
         brief[f"{level}-Hit1"] = values["HL-Hit1"]
     assert tuple(brief) == BRIEF_KEYS
-    return {"brief": brief, **dict(sorted({**moment_retrieval, **highlights}.items()))}
+    adjusted_lines = {"total": len(set().union(*adjusted.values())), **{k: len(v) for k, v in adjusted.items()}}
+    return {
+        "brief": brief,
+        **dict(sorted({**moment_retrieval, **highlights}.items())),
+        "adjusted_lines": adjusted_lines,
+    }
 
 
-def evaluate_files(gt_path: str | Path, pred_path: str | Path) -> dict[str, Any]:
+def evaluate(
+    ground_truth: Sequence[Mapping],
+    predictions: Sequence[Mapping],
+    gt_source: str = "ground truth",
+    pred_source: str = "predictions",
+    strict: bool = False,
+) -> dict[str, Any]:
+    """Score prediction records against annotation records, in the official output layout.
+
+    Returns ``{"brief": {14 numbers}, "HL-min-Fair": {...}, "HL-min-Good": {...}, "HL-min-VeryGood":
+    {...}, "full": {...}, "long": {...}, "middle": {...}, "short": {...}}`` (official key order), then
+    ``"adjusted_lines"``: ``{"total": n, <kind>: n, ...}`` for the kinds of ``ADJUSTMENTS`` (lamflow's
+    addition; all 0 for a well-formed file, and ``strict=True`` refuses such lines instead). The sources
+    name the inputs in error messages as ``source:record_number``.
+    """
+    return _evaluate_numbered(
+        enumerate(ground_truth, start=1), enumerate(predictions, start=1), gt_source, pred_source, strict
+    )
+
+
+def evaluate_files(gt_path: str | Path, pred_path: str | Path, strict: bool = False) -> dict[str, Any]:
     """``evaluate`` on two JSONL files; errors quote ``file:line``."""
-    return evaluate(load_jsonl(gt_path), load_jsonl(pred_path), gt_source=str(gt_path), pred_source=str(pred_path))
+    return _evaluate_numbered(
+        iter_jsonl(gt_path, "QVHighlights annotation file"),
+        iter_jsonl(pred_path, "QVHighlights prediction file"),
+        str(gt_path),
+        str(pred_path),
+        strict,
+    )

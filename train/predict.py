@@ -87,10 +87,11 @@ def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
     QVHighlights: the 14 ``brief`` metrics; classification: top-1 and top-5 accuracy.
     """
     if data.task == "qvhighlights":
-        from lamflow.train.eval_qvhighlights import evaluate, load_jsonl
+        from lamflow.fileio import read_jsonl
+        from lamflow.train.eval_qvhighlights import evaluate
 
         predicted = {row["qid"] for row in rows}
-        ground_truth = [record for record in load_jsonl(data.val_annotations) if record["qid"] in predicted]
+        ground_truth = [record for record in read_jsonl(data.val_annotations) if record.get("qid") in predicted]
         return evaluate(ground_truth, rows, gt_source=data.val_annotations)["brief"]
     from lamflow.train.eval_classification import load_labels, ranked_accuracy
 

@@ -97,11 +97,10 @@ def run_demo(config: DemoConfig) -> Path:
 
     stage("4/5 evaluate: official QVHighlights metrics (lamflow eval qvhighlights)")
     t0 = time.perf_counter()
-    from lamflow.train.eval_qvhighlights import load_jsonl
-    from lamflow.fileio import write_jsonl_atomic
+    from lamflow.fileio import read_jsonl, write_jsonl_atomic
 
     report_dir = out / "report"
-    annotations = load_jsonl(corpus.val_annotations)
+    annotations = read_jsonl(corpus.val_annotations)
     for name, make in BASELINES.items():
         predictions[name] = write_jsonl_atomic(report_dir / "baselines" / f"{name}.jsonl", make(annotations))
     metrics = {name: evaluate(corpus.val_annotations, path, report_dir / f"metrics_{name}.json")
