@@ -47,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that key=value overrides may also follow options
+    (``predict CKPT --out p.jsonl data.val_shards=x``), which argparse alone cannot split once the
+    positional list has been consumed."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = getattr(args, "overrides", None)
+    if extra and isinstance(overrides, list) and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = overrides + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def _report(command: str, message: str) -> None:
     """Print one error line; under torchrun only rank 0 speaks, so N ranks do not print N copies."""
     if os.environ.get("RANK", "0") == "0":
@@ -57,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. User errors (:class:`LamflowError`) become one line and exit status 2;
     Ctrl-C becomes one line and 130; anything else is a bug and keeps its traceback."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

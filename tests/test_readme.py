@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lamflow.cli import build_parser
+from lamflow.cli import build_parser, parse_arguments
 from lamflow.train.config import resolve_config_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def test_each_command_parses_and_names_files_that_exist(readme, line, runnable):
     if not runnable or not arguments or arguments[0] in ("--help", "COMMAND"):
         return
     try:
-        parsed = build_parser().parse_args(arguments)
+        parsed = parse_arguments(build_parser(), arguments)
     except SystemExit as error:
         pytest.fail(f"{readme}: `{line}` does not parse (exit {error.code})")
     if parsed.command == "train" and "/" not in parsed.config and "CONFIG" not in parsed.config:
