@@ -23,13 +23,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from lamflow.datasets.qvhighlights_format import CLIP_SECONDS, MAX_SALIENCY, NUM_ANNOTATORS
 from lamflow.errors import DataFileError
 from lamflow.fileio import iter_jsonl
 
 LABEL_FIELDS = ("relevant_windows", "relevant_clip_ids", "saliency_scores")
-CLIP_SECONDS = 2.0
-ANNOTATORS = 3
-MAX_SCORE = 4
 
 
 @dataclass(frozen=True)
@@ -111,10 +109,10 @@ def parse_query(record: Any, where: str) -> QVHighlightsQuery:
     ):
         raise fail("relevant_clip_ids", f"must list distinct 2-second clip indices in [0, {num_clips}), got {clips!r}")
     if not isinstance(scores, list) or len(scores) != len(clips) or not all(
-        isinstance(s, list) and len(s) == ANNOTATORS and all(_integer(v) and 0 <= v <= MAX_SCORE for v in s)
+        isinstance(s, list) and len(s) == NUM_ANNOTATORS and all(_integer(v) and 0 <= v <= MAX_SALIENCY for v in s)
         for s in scores
     ):
-        raise fail("saliency_scores", f"must hold one [a1, a2, a3] list of ints 0..{MAX_SCORE} "
+        raise fail("saliency_scores", f"must hold one [a1, a2, a3] list of ints 0..{MAX_SALIENCY} "
                                       f"per relevant clip id ({len(clips)} clips)")
     return QVHighlightsQuery(
         qid=record["qid"], query=record["query"], vid=record["vid"], duration=duration,

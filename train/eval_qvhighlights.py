@@ -48,6 +48,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from lamflow.datasets.qvhighlights_format import CLIP_SECONDS, MAX_SALIENCY, NUM_ANNOTATORS
 from lamflow.errors import LamflowError
 from lamflow.fileio import iter_jsonl
 
@@ -64,9 +65,6 @@ LENGTH_RANGES: dict[str, tuple[float, float]] = {
 }
 # HL level name -> minimal annotator score (0-4 scale) of a positive clip.
 SALIENCY_LEVELS: dict[str, int] = {"Fair": 2, "Good": 3, "VeryGood": 4}
-CLIP_SECONDS = 2.0
-NUM_ANNOTATORS = 3
-MAX_SALIENCY = 4
 BRIEF_KEYS: tuple[str, ...] = (
     "MR-full-R1@0.5",
     "MR-full-R1@0.7",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lamflow.datasets.qvhighlights import CLIP_SECONDS
+from lamflow.datasets.qvhighlights_format import CLIP_SECONDS
 
 
 def _mlp(dim: int, out: int) -> nn.Sequential:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from lamflow.datasets.qvhighlights import MAX_SCORE
+from lamflow.datasets.qvhighlights_format import MAX_SALIENCY
 from lamflow.train.config import ModelConfig
 from lamflow.train.heads import token_windows
 
@@ -66,10 +66,10 @@ def moment_loss(outputs: dict[str, torch.Tensor], batch: dict[str, Any], config:
     else:  # no ground truth in this batch: keep every parameter in the graph (DDP expects gradients)
         offset_loss = giou_loss = outputs["offsets"].sum() * 0.0
 
-    # Saliency: mean annotator score (0..MAX_SCORE) per clip, as a soft target in [0, 1].
+    # Saliency: mean annotator score (0..MAX_SALIENCY) per clip, as a soft target in [0, 1].
     clip_valid = ~batch["saliency_padding"]
     saliency_loss = F.binary_cross_entropy_with_logits(
-        outputs["saliency"][clip_valid], (batch["saliency"].float() / MAX_SCORE).clamp(0, 1)[clip_valid]
+        outputs["saliency"][clip_valid], (batch["saliency"].float() / MAX_SALIENCY).clamp(0, 1)[clip_valid]
     )
     terms = {"foreground": fg_loss, "offset": offset_loss, "giou": giou_loss, "saliency": saliency_loss}
     total = (

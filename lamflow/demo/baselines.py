@@ -5,7 +5,7 @@ import math
 import random
 from typing import Any
 
-from lamflow.datasets.qvhighlights import CLIP_SECONDS
+from lamflow.datasets.qvhighlights_format import CLIP_SECONDS
 
 
 def _clip_count(duration: float) -> int:

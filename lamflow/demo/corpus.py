@@ -31,8 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from lamflow.datasets.qvhighlights_format import CLIP_SECONDS
+from lamflow.fileio import atomic_open, commit_temp, temp_path
+
 CORPUS_FORMAT = "lamflow-demo-corpus/1"
-CLIP_SECONDS = 2  # QVHighlights annotates 2-second clips
 QUERY_TEMPLATE = "the {colour} {shape} while the {tone} tone beeps"
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -427,12 +429,12 @@ def _beep_expression(beeps: list[tuple[float, float, float]]) -> str:
 
 def _render(config: CorpusConfig, plan: VideoPlan, target: Path) -> None:
     # Write under a temporary name and rename: a file at the final name is always complete.
-    partial = target.with_name(target.name + ".part")
+    partial = temp_path(target)
     result = subprocess.run(ffmpeg_command(config, plan, partial), capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"ffmpeg failed to render {target} (exit {result.returncode}): {result.stderr[-2000:]}")
-    os.replace(partial, target)
+    commit_temp(target)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,7 +510,6 @@ def _write_if_changed(path: Path, text: str) -> None:
     # Unchanged files keep their mtime, so stages downstream can tell nothing changed.
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    with atomic_open(path) as handle:
+        handle.write(text)
 
