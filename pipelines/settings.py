@@ -18,9 +18,12 @@ class ExtractSettings:
     """How one video becomes tokens. Defaults reproduce the issue's CLI defaults."""
 
     fps: float = 1.0  # video tokens per second
-    # Which frame stands for each 1/fps interval [k/fps, (k+1)/fps):
+    # A video of D seconds (as decoded, whatever its header claims) has ceil(D * fps) intervals
+    # [k/fps, (k+1)/fps), the last one possibly partial, and one token each (4.004 s at 2 fps: 9 tokens).
+    # Which frame stands for interval k:
     #   "start"  -> the frame on screen at k/fps        (ffmpeg fps=F:round=up; 30 fps input -> frames 0, 30, 60)
-    #   "middle" -> the frame on screen at (k+0.5)/fps  (30 fps input -> frames 15, 45, 75)
+    #   "middle" -> the frame on screen at (k+0.5)/fps  (30 fps input -> frames 15, 45, 75); for a final partial
+    #               interval whose middle is past the end, the last frame, stamped D
     frame_rule: str = "start"
     sample_rate: int = 16000
     audio_hop: float = 0.1  # seconds per audio token

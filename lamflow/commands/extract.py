@@ -61,7 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help=f"video frames embedded per second (default {_DEFAULTS.fps:g})")
     features.add_argument("--frame-rule", choices=FRAME_RULES, default=_DEFAULTS.frame_rule,
                           help="which frame represents each 1/fps interval: 'start' = the frame on screen at k/fps, "
-                               f"'middle' = at (k+0.5)/fps (default {_DEFAULTS.frame_rule})")
+                               "'middle' = at (k+0.5)/fps (the last frame when that is past the end). Either way a "
+                               "video of D seconds, as decoded, gets ceil(D*fps) tokens: 9 for 4.004 s at --fps 2 "
+                               f"(default {_DEFAULTS.frame_rule})")
     features.add_argument("--sample-rate", type=int, default=_DEFAULTS.sample_rate,
                           help=f"audio is decoded to mono at this rate in Hz (default {_DEFAULTS.sample_rate})")
     features.add_argument("--audio-hop", type=float, default=_DEFAULTS.audio_hop,
