@@ -36,10 +36,18 @@ MAX_MESSAGES = 20  # ffmpeg error lines kept per decode, from the start and from
 # encoders pad a last audio frame (AAC 1024 samples = 0.128 s at 8 kHz) and containers round.
 DURATION_TOLERANCE_S = 0.2
 DURATION_TOLERANCE_FRACTION = 0.01
-# ffmpeg's stderr lines that never explain a failure: repeat counters and progress lines.
-_NOISE = re.compile(r"Last message repeated \d+ times?|^(frame|size)=\s*\S+.*time=")
-_ERROR_WORDS = ("error", "invalid", "no such", "could not", "cannot", "can't", "failed", "not found",
-                "unsupported", "corrupt", "truncat", "partial file", "permission denied", "end of file")
+# ffmpeg's stderr lines that never explain a failure: repeat counters, progress lines, and the CLI's
+# wrap-up after the real error ("Error marking filters as finished", "Conversion failed!").
+_NOISE = re.compile(
+    r"Last message repeated \d+ times?|^(frame|size)=\s*\S+.*time=|Error marking filters as finished"
+    r"|^Conversion failed!?$|^Error (while filtering|closing file|writing trailer)"
+)
+# Words of a line that names what is wrong with the input, most telling first.
+_CAUSE_WORDS = (
+    ("invalid", "no such", "could not", "not found", "corrupt", "truncat", "partial file", "permission denied",
+     "unsupported", "end of file", "does not contain", "unknown"),
+    ("error", "failed", "cannot", "can't"),
+)
 
 
 class DecodeError(Exception):
@@ -121,9 +129,10 @@ def ffmpeg_reason(lines: Sequence[str]) -> str:
     processing input", "No such file or directory", "could not find codec parameters"), else the last
     line that is not noise; never a repeat counter ("Last message repeated 2 times") or a progress line."""
     useful = [line.strip() for line in lines if line.strip() and not _NOISE.search(line)]
-    for line in reversed(useful):
-        if any(word in line.lower() for word in _ERROR_WORDS):
-            return line
+    for words in _CAUSE_WORDS:
+        for line in reversed(useful):
+            if any(word in line.lower() for word in words):
+                return line
     return useful[-1] if useful else "no message"
 
 

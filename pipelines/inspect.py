@@ -53,7 +53,9 @@ def _npy_header(data: bytes) -> tuple[tuple[int, ...], str]:
     return shape, np.dtype(dtype).name
 
 
-def _scan_shard(path: Path, streams: dict[str, StreamSummary], keys: Counter, notes: Counter) -> int:
+def _scan_shard(
+    path: Path, streams: dict[str, StreamSummary], keys: Counter, notes: Counter, note_examples: dict[str, str]
+) -> int:
     """Add one shard's samples to the running summaries; returns its sample count."""
     seen: set[str] = set()
     with tarfile.open(path) as tar:
@@ -73,7 +75,9 @@ def _scan_shard(path: Path, streams: dict[str, StreamSummary], keys: Counter, no
                 summary.lengths.append(shape[0] if shape else 0)
             elif name == "meta.json":
                 for note in json.loads(tar.extractfile(member).read()).get("notes", []):
-                    notes[note.split(":")[0]] += 1  # group notes by their lead, e.g. "no audio stream"
+                    lead = note.split(":")[0]  # group notes by their lead, e.g. "no audio stream"
+                    notes[lead] += 1
+                    note_examples.setdefault(lead, note)  # the first one whole, for the printed report
     return len(seen)
 
 
@@ -89,7 +93,8 @@ def inspect_output(path: str | Path) -> dict[str, Any]:
     streams: dict[str, StreamSummary] = {}
     keys: Counter = Counter()
     notes: Counter = Counter()
-    per_shard = {shard.name: _scan_shard(shard, streams, keys, notes) for shard in shards}
+    note_examples: dict[str, str] = {}
+    per_shard = {shard.name: _scan_shard(shard, streams, keys, notes, note_examples) for shard in shards}
     report: dict[str, Any] = {
         "path": str(path),
         "shards": len(shards),
@@ -98,6 +103,7 @@ def inspect_output(path: str | Path) -> dict[str, Any]:
         "samples_per_shard": per_shard,
         "streams": {name: s.to_json() for name, s in sorted(streams.items())},
         "notes": dict(notes),
+        "note_examples": note_examples,
         "problems": [f"key {k!r} appears {n} times" for k, n in keys.items() if n > 1],
     }
     if root is not None:
@@ -144,8 +150,9 @@ def format_report(report: dict[str, Any]) -> str:
         dtypes = ", ".join(s["dtypes"])
         lines.append(f"  {name:<14} {dtypes:<9} {shapes:<18} T min/mean/max {s['length_min']}/{s['length_mean']}/"
                      f"{s['length_max']}  empty in {s['empty']} of {s['samples']}")
-    for note, count in report["notes"].items():
-        lines.append(f"note ({count} samples): {note}")
+    for lead, count in report["notes"].items():
+        example = report["note_examples"][lead]  # whole: a note's colon is not its end
+        lines.append(f"note ({count} samples): {example}" if count == 1 else f"note ({count} samples), e.g.: {example}")
     for source, error in report.get("failures", {}).items():
         lines.append(f"failed: {source}: {error}")
     if report.get("failed", 0) > len(report.get("failures", {})):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import threading
 import time
@@ -219,9 +220,30 @@ def corrupt_files(tmp_path, make):
 def test_corrupt_inputs_raise_decode_error_naming_the_file_quickly(tmp_path, media):
     for bad in corrupt_files(tmp_path, media):
         started = time.monotonic()
-        with pytest.raises(DecodeError, match=bad.name):
+        with pytest.raises(DecodeError, match=bad.name) as error:
             probe(str(bad))
         assert time.monotonic() - started < 10
+        # ffprobe's own last word, not a line before it ("moov atom not found" comes first on the cut file)
+        assert str(error.value).endswith("Invalid data found when processing input)")
+
+
+def test_failure_reason_is_ffmpegs_error_line_not_a_repeat_counter_or_the_wrap_up(tmp_path, media):
+    """Every sample of this mp4 is noise, its header intact: h264 fails on each packet, ffmpeg prints
+    'Error while decoding stream #0:0: Invalid data found when processing input', then 'Last message
+    repeated 1 times', then its own wrap-up ('Error marking filters as finished'), and exits 1."""
+    data = bytearray(media("noise.mp4", duration=2.0, audio=False).read_bytes())
+    at = data.index(b"mdat") + 4
+    size = int.from_bytes(data[at - 8 : at - 4], "big") - 8
+    data[at : at + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "noise.mp4"
+    path.write_bytes(bytes(data))
+    info = probe(str(path))
+    with pytest.raises(DecodeError) as error:
+        list(iter_frames(str(path), info, 1.0, 32, "start", 4))
+    message = str(error.value)
+    assert re.search(r"noise.mp4: ffmpeg video decode failed \(exit \d+\): .*Invalid data found when processing input$",
+                     message), message
+    assert "repeated" not in message and "marking filters" not in message
 
 
 def test_truncated_streamable_mp4_probes_but_decoding_reports_the_damage(tmp_path, media):

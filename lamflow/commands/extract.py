@@ -52,8 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "sources", nargs="+", metavar="SOURCE",
         help="video files, directories (searched recursively by extension), globs (quote them), or list files: "
-             ".txt (one path per line) or .csv/.jsonl with a 'path' column and optional metadata columns "
-             "(a 'key' column names the sample). Local paths or fsspec URLs (s3://, gs://, https://).",
+             ".txt (one path per line; a line whose first non-blank character is '#' is a comment, so give a "
+             "file named '#...' as ./#name) or .csv/.jsonl with a 'path' column and optional metadata columns "
+             "(a 'key' column names the sample; no comments). Local paths or fsspec URLs (s3://, gs://, "
+             "https://). A path that exists is taken literally ('video [2020].mp4' is a file); only one that "
+             "does not is expanded as a glob.",
     )
     parser.add_argument("--out", required=True, help="output directory (created; an existing one is resumed)")
     features = parser.add_argument_group("features (recorded in extraction.json; a resume must use the same)")
