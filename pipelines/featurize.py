@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from lamflow import __version__ as lamflow_version
+from lamflow.devices import require_device
 from lamflow.pipelines.audio_tokens import AudioTokenizer
 from lamflow.pipelines.clip_encoder import ClipEncoder
 from lamflow.pipelines.decode import (
@@ -25,6 +26,7 @@ START_SKEW_NOTE_S = 0.1
 def load_encoders(settings: ExtractSettings) -> tuple[ClipEncoder, AudioTokenizer]:
     """What a worker calls once: the CLIP model and the audio tokenizer for these settings."""
     settings.validate()
+    require_device(settings.device, "device")  # on the worker: a cluster's workers may differ from the client
     clip = ClipEncoder(settings.clip_model, settings.pretrained, settings.device)
     audio = AudioTokenizer(settings.sample_rate, settings.audio_hop, settings.n_mels)
     return clip, audio

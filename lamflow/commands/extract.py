@@ -93,7 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compute.add_argument("--task-resources", type=_resources, metavar="NAME=AMOUNT",
                          help="Dask resources each video task needs, e.g. GPU=1: tasks then run only on workers "
                               "started with matching --resources (see cluster/README.md)")
-    compute.add_argument("--device", default=_DEFAULTS.device, help=f"torch device for the encoders (default {_DEFAULTS.device})")
+    compute.add_argument("--device", default=_DEFAULTS.device,
+                         help="torch device for the encoders: cpu, cuda, cuda:N or mps; one this machine cannot run "
+                              f"is an error before any work starts (default {_DEFAULTS.device})")
     compute.add_argument("--frame-batch", type=int, default=_DEFAULTS.frame_batch,
                          help=f"frames decoded and embedded at a time; bounds memory on long videos (default {_DEFAULTS.frame_batch})")
     output = parser.add_argument_group("output")
@@ -112,16 +114,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from lamflow.pipelines.clip_encoder import ClipWeightsError
-    from lamflow.pipelines.extract import run_extraction
-    from lamflow.pipelines.manifest import OutputDirError, SettingsMismatchError
-    from lamflow.pipelines.sources import VIDEO_EXTENSIONS, SourceError
+    from lamflow.devices import require_device
 
     settings = ExtractSettings(
         fps=args.fps, frame_rule=args.frame_rule, sample_rate=args.sample_rate, audio_hop=args.audio_hop,
         n_mels=args.n_mels, clip_model=args.clip_model, pretrained=args.pretrained, dtype=args.dtype,
         frame_batch=args.frame_batch, device=args.device,
     )
+    if not args.scheduler:  # local workers use this machine's devices; remote workers check their own
+        require_device(settings.device, "--device")
+
+    from lamflow.pipelines.clip_encoder import ClipWeightsError
+    from lamflow.pipelines.extract import run_extraction
+    from lamflow.pipelines.manifest import OutputDirError, SettingsMismatchError
+    from lamflow.pipelines.sources import VIDEO_EXTENSIONS, SourceError
+
     if settings.pretrained == "none":
         print("WARNING: --pretrained none: CLIP weights are RANDOM; video/text features carry no learned "
               "meaning (fine for tests and benchmarks, not for training). Pass --pretrained openai or a "
