@@ -31,7 +31,7 @@ import numpy as np
 PROBE_TIMEOUT_S = 30.0
 # A decode is cut when ffmpeg produces no output for this long (a hung decoder); slow-but-moving is fine.
 STALL_TIMEOUT_S = 60.0
-MAX_MESSAGES = 20  # ffmpeg error lines kept per decode, from the start and from the end (a damaged file can print thousands)
+MAX_MESSAGES = 20  # ffmpeg error lines kept from the start and from the end (a damaged file can print thousands)
 # A header duration is believed when the decoded streams end within this much of it (whichever is larger):
 # encoders pad a last audio frame (AAC 1024 samples = 0.128 s at 8 kHz) and containers round.
 DURATION_TOLERANCE_S = 0.2
@@ -538,7 +538,9 @@ def _judge_completeness(
     than the streams hold (:func:`duration_note` reports those).
     """
     if short and messages:
-        raise DecodeError(f"{path}: {stream} stream truncated or damaged: decoded {decoded} ({ffmpeg_reason(messages)})")
+        raise DecodeError(
+            f"{path}: {stream} stream truncated or damaged: decoded {decoded} ({ffmpeg_reason(messages)})"
+        )
     if messages:
         log.notes.append(f"{stream}: ffmpeg reported {len(messages)} error line(s), e.g. {ffmpeg_reason(messages)}")
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from lamflow import __version__ as lamflow_version
 from lamflow.devices import require_device
+from lamflow.pipelines.audio_models import AudioEncoder, load_audio_encoder
 from lamflow.pipelines.audio_tokens import AudioTokenizer
 from lamflow.pipelines.clip_encoder import ClipEncoder
 from lamflow.pipelines.decode import (
@@ -23,24 +24,25 @@ from lamflow.pipelines.settings import ExtractSettings
 START_SKEW_NOTE_S = 0.1
 
 
-def load_encoders(settings: ExtractSettings) -> tuple[ClipEncoder, AudioTokenizer]:
-    """What a worker calls once: the CLIP model and the audio tokenizer for these settings."""
+def load_encoders(settings: ExtractSettings) -> tuple[ClipEncoder, AudioEncoder]:
+    """What a worker calls once: the CLIP model and the audio encoder (log-mel or pretrained) for these settings."""
     settings.validate()
     require_device(settings.device, "device")  # on the worker: a cluster's workers may differ from the client
     clip = ClipEncoder(settings.clip_model, settings.pretrained, settings.device)
-    audio = AudioTokenizer(settings.sample_rate, settings.audio_hop, settings.n_mels)
-    return clip, audio
+    return clip, load_audio_encoder(settings)
 
 
-def _check_encoders_match(settings: ExtractSettings, clip: ClipEncoder, audio: AudioTokenizer) -> None:
+def _check_encoders_match(settings: ExtractSettings, clip: ClipEncoder, audio: AudioEncoder) -> None:
     """Provenance is taken from the encoders, so they must be the ones the settings describe."""
     expected = {
         "clip_model": (settings.clip_model, clip.model_name),
         "pretrained": (settings.pretrained, clip.pretrained),
+        "audio_model": (settings.audio_model, audio.model),
         "sample_rate": (settings.sample_rate, audio.sample_rate),
         "audio_hop": (settings.audio_hop, audio.hop),
-        "n_mels": (settings.n_mels, audio.n_mels),
     }
+    if isinstance(audio, AudioTokenizer):
+        expected["n_mels"] = (settings.n_mels, audio.n_mels)
     for field, (wanted, loaded) in expected.items():
         if wanted != loaded:
             raise ValueError(
@@ -77,7 +79,7 @@ def featurize_video(
     key: str,
     settings: ExtractSettings,
     clip: ClipEncoder,
-    audio: AudioTokenizer,
+    audio: AudioEncoder,
     texts: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Return the shard sample for ``source`` (fields of the shard contract); raise DecodeError for bad media.

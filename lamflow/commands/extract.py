@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Decode every input with ffmpeg (in a subprocess, so a bad file cannot take a worker down), embed\n"
-            "sampled frames with an open_clip image tower, turn the audio into log-mel tokens, optionally embed\n"
+            "sampled frames with an open_clip image tower, turn the audio into log-mel tokens (or pretrained\n"
+            "wav2vec2/HuBERT/CNN14 features, --audio-model), optionally embed\n"
             "texts with the same CLIP text tower, and write one WebDataset sample per input into\n"
             "OUT/shards/shard-NNNNNN.tar, with OUT/manifest.jsonl (one record per input, ok or error),\n"
             "OUT/stats.json, OUT/sizes.json and OUT/extraction.json (the settings of the run).\n\n"
@@ -70,9 +71,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     features.add_argument("--sample-rate", type=int, default=_DEFAULTS.sample_rate,
                           help=f"audio is decoded to mono at this rate in Hz (default {_DEFAULTS.sample_rate})")
     features.add_argument("--audio-hop", type=float, default=_DEFAULTS.audio_hop,
-                          help=f"seconds per audio token (log-mel frames pooled per hop; default {_DEFAULTS.audio_hop:g})")
+                          help=f"seconds per audio token, whatever --audio-model (its frames pooled per hop; default {_DEFAULTS.audio_hop:g})")
     features.add_argument("--n-mels", type=int, default=_DEFAULTS.n_mels,
-                          help=f"mel bands = audio token dimension (default {_DEFAULTS.n_mels})")
+                          help=f"log-mel only: mel bands = audio token dimension (default {_DEFAULTS.n_mels})")
+    features.add_argument("--audio-model", default=_DEFAULTS.audio_model,
+                          help="audio encoder: 'log-mel'; a torchaudio wav2vec2-family bundle name (WAV2VEC2_BASE, "
+                               "HUBERT_BASE, WAVLM_BASE ..., from torchaudio's download cache); or a local checkpoint: "
+                               "a wav2vec2/HuBERT/WavLM model saved with torch.save as {'config': kwargs of "
+                               "torchaudio.models.wav2vec2_model, 'state_dict': ...}, or PANNs CNN14 as published "
+                               "(Cnn14_mAP=0.431.pth; --sample-rate 32000 --audio-hop 2 gives the QVHighlights field's "
+                               "2-s features). One token per --audio-hop either way; the checkpoint's sha256 and token "
+                               f"rate are recorded (default {_DEFAULTS.audio_model})")
     features.add_argument("--clip-model", default=_DEFAULTS.clip_model,
                           help=f"open_clip model name, e.g. ViT-B-32-quickgelu or lamflow-tiny (default {_DEFAULTS.clip_model})")
     features.add_argument("--pretrained", default=_DEFAULTS.pretrained,
@@ -118,11 +127,14 @@ def handle(args: argparse.Namespace) -> int:
 
     settings = ExtractSettings(
         fps=args.fps, frame_rule=args.frame_rule, sample_rate=args.sample_rate, audio_hop=args.audio_hop,
-        n_mels=args.n_mels, clip_model=args.clip_model, pretrained=args.pretrained, dtype=args.dtype,
-        frame_batch=args.frame_batch, device=args.device,
+        n_mels=args.n_mels, audio_model=args.audio_model, clip_model=args.clip_model, pretrained=args.pretrained,
+        dtype=args.dtype, frame_batch=args.frame_batch, device=args.device,
     )
-    if not args.scheduler:  # local workers use this machine's devices; remote workers check their own
+    if not args.scheduler:  # local workers use this machine's devices and caches; remote workers check their own
         require_device(settings.device, "--device")
+        from lamflow.pipelines.audio_models import check_audio_model
+
+        check_audio_model(settings)
 
     from lamflow.pipelines.clip_encoder import ClipWeightsError
     from lamflow.pipelines.extract import run_extraction
