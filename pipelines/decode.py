@@ -307,23 +307,29 @@ class _PacketClock:
         self._thread.start()
 
     def _read(self) -> None:
+        # Every line is read, parsable or not: ffmpeg blocks if the pipe is not drained.
         with open(self.read_fd, "rb") as listing:
             for raw in listing:
-                line = raw.decode("ascii", "replace")
-                if line.startswith("#tb 0:"):
-                    num, _, den = line.split(":", 1)[1].strip().partition("/")
-                    self._time_base = int(num) / int(den)
-                elif line[:1].isdigit():
-                    fields = line.split(",")
-                    dts, pts, duration = int(fields[1]), int(fields[2]), int(fields[3])
-                    at = pts if pts != self._NOPTS else dts  # raw elementary streams carry only dts
-                    if at == self._NOPTS:
-                        continue
-                    self._first = at if self._first is None else min(self._first, at)
-                    if duration > 0:
-                        self._end = max(self._end, at + duration)
-                    else:
-                        self._last_start = max(self._last_start, at)
+                try:
+                    self._parse(raw.decode("ascii", "replace"))
+                except (ValueError, IndexError, ZeroDivisionError):
+                    continue
+
+    def _parse(self, line: str) -> None:
+        if line.startswith("#tb 0:"):
+            num, _, den = line.split(":", 1)[1].strip().partition("/")
+            self._time_base = int(num) / int(den)
+        elif line[:1].isdigit():  # stream index, dts, pts, duration, size, checksum[, flags]
+            fields = line.split(",")
+            dts, pts, duration = int(fields[1]), int(fields[2]), int(fields[3])
+            at = pts if pts != self._NOPTS else dts  # raw elementary streams carry only dts
+            if at == self._NOPTS:
+                return
+            self._first = at if self._first is None else min(self._first, at)
+            if duration > 0:
+                self._end = max(self._end, at + duration)
+            else:
+                self._last_start = max(self._last_start, at)
 
     def seconds(self) -> float | None:
         """The stream's length once ffmpeg has exited; None when no packet had a timestamp."""
