@@ -1,4 +1,5 @@
-"""Small file helpers shared by every folder: JSONL reading with ``file:line`` errors and atomic writes.
+"""Small file helpers shared by every folder: JSONL reading with ``file:line`` errors, atomic writes, and
+file fingerprints.
 
 Atomic writes go to ``.NAME.tmp`` beside the target (hidden, so no glob for ``*.tar``, ``*.json`` or
 ``step-*.pt`` ever matches a half-written file), are flushed and fsynced, then renamed over the target
@@ -8,12 +9,22 @@ leaves at most a stale ``.NAME.tmp`` that the next write replaces.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from lamflow.errors import DataFileError
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (checkpoints are recorded by it in provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def temp_path(path: str | Path) -> Path:

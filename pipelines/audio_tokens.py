@@ -17,12 +17,21 @@ import numpy as np
 import torch
 import torchaudio
 
+from lamflow.pipelines.settings import LOG_MEL
+
 LOG_FLOOR = 1e-10  # keeps log finite on digital silence
 TIMESTAMP_RULE = "start of hop"
 
 
+def hop_starts(n_tokens: int, hop: float) -> np.ndarray:
+    """The timestamp of each audio token, whatever the encoder: the start of its hop, i * hop seconds."""
+    return (np.arange(n_tokens, dtype=np.float64) * hop).astype(np.float32)
+
+
 class AudioTokenizer:
     """Callable turning a mono float32 wave into (T_a, n_mels) tokens and (T_a,) start times."""
+
+    model = LOG_MEL  # what ExtractSettings.audio_model calls this encoder
 
     def __init__(self, sample_rate: int = 16000, hop: float = 0.1, n_mels: int = 64, chunk_tokens: int = 600):
         self.sample_rate = int(sample_rate)
@@ -54,7 +63,7 @@ class AudioTokenizer:
         if wave.ndim != 1:
             raise ValueError(f"audio wave must be mono (1-D), got shape {wave.shape}")
         n_tokens = self.count(len(wave))
-        timestamps = (np.arange(n_tokens, dtype=np.float64) * self.hop).astype(np.float32)
+        timestamps = hop_starts(n_tokens, self.hop)
         sums = torch.zeros(n_tokens, self.n_mels)
         counts = torch.zeros(n_tokens)
         half = self.n_fft // 2
@@ -75,6 +84,7 @@ class AudioTokenizer:
     def provenance(self) -> dict[str, Any]:
         return {
             "encoder": "torchaudio.MelSpectrogram log-mel, mean-pooled per hop",
+            "model": self.model,
             "torchaudio_version": torchaudio.__version__,
             "sample_rate": self.sample_rate,
             "hop_seconds": self.hop,

@@ -11,7 +11,6 @@ similarity, and a bounded range that float16 storage keeps well.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 
 from lamflow.errors import LamflowError
+from lamflow.fileio import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,6 @@ def register_lamflow_models() -> None:
     """Make lamflow's own model configs (e.g. 'lamflow-tiny') known to open_clip; safe to call repeatedly."""
     if not all(name in open_clip.list_models() for name in LAMFLOW_MODELS):
         open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _create_model(model_name: str, pretrained: str, device: str) -> torch.nn.Module:

@@ -10,9 +10,13 @@ from typing import Any
 import numpy as np
 
 from lamflow import __version__ as lamflow_version
+from lamflow.devices import require_device
+from lamflow.pipelines.audio_models import AudioEncoder, load_audio_encoder
 from lamflow.pipelines.audio_tokens import AudioTokenizer
 from lamflow.pipelines.clip_encoder import ClipEncoder
-from lamflow.pipelines.decode import MediaInfo, decode_audio, ffmpeg_version, iter_frames, probe
+from lamflow.pipelines.decode import (
+    DecodeLog, MediaInfo, decode_audio, decoded_duration, duration_note, ffmpeg_version, iter_frames, probe,
+)
 from lamflow.pipelines.settings import ExtractSettings
 
 # Streams whose first samples are further apart than this get a note: their timestamps are each
@@ -20,23 +24,25 @@ from lamflow.pipelines.settings import ExtractSettings
 START_SKEW_NOTE_S = 0.1
 
 
-def load_encoders(settings: ExtractSettings) -> tuple[ClipEncoder, AudioTokenizer]:
-    """What a worker calls once: the CLIP model and the audio tokenizer for these settings."""
+def load_encoders(settings: ExtractSettings) -> tuple[ClipEncoder, AudioEncoder]:
+    """What a worker calls once: the CLIP model and the audio encoder (log-mel or pretrained) for these settings."""
     settings.validate()
+    require_device(settings.device, "device")  # on the worker: a cluster's workers may differ from the client
     clip = ClipEncoder(settings.clip_model, settings.pretrained, settings.device)
-    audio = AudioTokenizer(settings.sample_rate, settings.audio_hop, settings.n_mels)
-    return clip, audio
+    return clip, load_audio_encoder(settings)
 
 
-def _check_encoders_match(settings: ExtractSettings, clip: ClipEncoder, audio: AudioTokenizer) -> None:
+def _check_encoders_match(settings: ExtractSettings, clip: ClipEncoder, audio: AudioEncoder) -> None:
     """Provenance is taken from the encoders, so they must be the ones the settings describe."""
     expected = {
         "clip_model": (settings.clip_model, clip.model_name),
         "pretrained": (settings.pretrained, clip.pretrained),
+        "audio_model": (settings.audio_model, audio.model),
         "sample_rate": (settings.sample_rate, audio.sample_rate),
         "audio_hop": (settings.audio_hop, audio.hop),
-        "n_mels": (settings.n_mels, audio.n_mels),
     }
+    if isinstance(audio, AudioTokenizer):
+        expected["n_mels"] = (settings.n_mels, audio.n_mels)
     for field, (wanted, loaded) in expected.items():
         if wanted != loaded:
             raise ValueError(
@@ -46,11 +52,11 @@ def _check_encoders_match(settings: ExtractSettings, clip: ClipEncoder, audio: A
 
 
 def _encode_video(
-    source: str, info: MediaInfo, settings: ExtractSettings, clip: ClipEncoder, notes: list[str]
+    source: str, info: MediaInfo, settings: ExtractSettings, clip: ClipEncoder, log: DecodeLog
 ) -> tuple[np.ndarray, np.ndarray]:
     embeddings, stamps = [], []
     for frames, ts in iter_frames(
-        source, info, settings.fps, clip.image_size, settings.frame_rule, settings.frame_batch, diagnostics=notes
+        source, info, settings.fps, clip.image_size, settings.frame_rule, settings.frame_batch, log=log
     ):
         embeddings.append(clip.encode_frames(frames).astype(settings.dtype))
         stamps.append(ts)
@@ -73,7 +79,7 @@ def featurize_video(
     key: str,
     settings: ExtractSettings,
     clip: ClipEncoder,
-    audio: AudioTokenizer,
+    audio: AudioEncoder,
     texts: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Return the shard sample for ``source`` (fields of the shard contract); raise DecodeError for bad media.
@@ -86,14 +92,15 @@ def featurize_video(
     """
     _check_encoders_match(settings, clip, audio)
     info = probe(source)
-    notes: list[str] = []
+    log = DecodeLog()  # the streams' decoded lengths: headers can be wrong, tokens follow what was decoded
+    notes = log.notes
 
-    video, video_ts = _encode_video(source, info, settings, clip, notes)
+    video, video_ts = _encode_video(source, info, settings, clip, log)
     if not info.has_video:
         notes.append(f"no video stream: video.npy is empty {video.shape}")
 
     if info.has_audio:
-        wave = decode_audio(source, info, settings.sample_rate, diagnostics=notes)
+        wave = decode_audio(source, info, settings.sample_rate, log=log)
         audio_tokens, audio_ts = audio(wave)
         del wave  # the largest buffer of the whole sample; free it before returning
         audio_tokens = audio_tokens.astype(settings.dtype)
@@ -101,6 +108,8 @@ def featurize_video(
         audio_tokens, audio_ts = np.zeros((0, audio.dim), settings.dtype), np.zeros(0, np.float32)
         notes.append(f"no audio stream: audio.npy is empty {audio_tokens.shape}")
 
+    if (header_note := duration_note(info, log)) is not None:
+        notes.append(header_note)
     if info.has_video and info.has_audio and abs(info.video_start - info.audio_start) > START_SKEW_NOTE_S:
         notes.append(
             f"video starts at {info.video_start:.3f} s and audio at {info.audio_start:.3f} s in the container; "
@@ -142,7 +151,7 @@ def featurize_video(
     meta: dict[str, Any] = {
         "key": key,
         "source": str(source),
-        "duration": info.duration,
+        "duration": decoded_duration(info, log),
         "streams": info.to_json(),
         "counts": {"video": int(len(video)), "audio": int(len(audio_tokens))},
         "settings": settings.to_json(),

@@ -55,7 +55,7 @@ class StreamSummary:
 
 
 def _scan_shard(path: Path, streams: dict[str, StreamSummary], keys: Counter, notes: Counter,
-                problems: list[str]) -> int:
+                note_examples: dict[str, str], problems: list[str]) -> int:
     """Add one shard's samples to the running summaries; returns its sample count. Damage (a truncated
     tar, a member that is not what its name says) becomes a problem of the report, and the scan goes on."""
     seen: set[str] = set()
@@ -74,7 +74,9 @@ def _scan_shard(path: Path, streams: dict[str, StreamSummary], keys: Counter, no
                     summary.lengths.append(shape[0] if shape else 0)
                 elif name == META:
                     for note in json.loads(tar.extractfile(member).read()).get("notes", []):
-                        notes[note.split(":")[0]] += 1  # group notes by their lead, e.g. "no audio stream"
+                        lead = note.split(":")[0]  # group notes by their lead, e.g. "no audio stream"
+                        notes[lead] += 1
+                        note_examples.setdefault(lead, note)  # the first one whole, for the printed report
             except (ValueError, UnicodeDecodeError, AttributeError) as error:  # bad npy header / JSON / not an object
                 problems.append(f"{path.name}: member {member.name} is damaged ({type(error).__name__}: {error})")
     except (tarfile.TarError, OSError, EOFError) as error:
@@ -95,8 +97,9 @@ def inspect_output(path: str | Path) -> dict[str, Any]:
     streams: dict[str, StreamSummary] = {}
     keys: Counter = Counter()
     notes: Counter = Counter()
+    note_examples: dict[str, str] = {}
     damage: list[str] = []
-    per_shard = {shard.name: _scan_shard(shard, streams, keys, notes, damage) for shard in shards}
+    per_shard = {shard.name: _scan_shard(shard, streams, keys, notes, note_examples, damage) for shard in shards}
     report: dict[str, Any] = {
         "path": str(path),
         "shards": len(shards),
@@ -105,6 +108,7 @@ def inspect_output(path: str | Path) -> dict[str, Any]:
         "samples_per_shard": per_shard,
         "streams": {name: s.to_json() for name, s in sorted(streams.items())},
         "notes": dict(notes),
+        "note_examples": note_examples,
         "problems": damage + [f"key {k!r} appears {n} times" for k, n in keys.items() if n > 1],
     }
     if root is not None:
@@ -152,8 +156,9 @@ def format_report(report: dict[str, Any]) -> str:
         dtypes = ", ".join(s["dtypes"])
         lines.append(f"  {name:<14} {dtypes:<9} {shapes:<18} T min/mean/max {s['length_min']}/{s['length_mean']}/"
                      f"{s['length_max']}  empty in {s['empty']} of {s['samples']}")
-    for note, count in report["notes"].items():
-        lines.append(f"note ({count} samples): {note}")
+    for lead, count in report["notes"].items():
+        example = report["note_examples"][lead]  # whole: a note's colon is not its end
+        lines.append(f"note ({count} samples): {example}" if count == 1 else f"note ({count} samples), e.g.: {example}")
     for source, error in report.get("failures", {}).items():
         lines.append(f"failed: {source}: {error}")
     if report.get("failed", 0) > len(report.get("failures", {})):

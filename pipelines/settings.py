@@ -11,6 +11,7 @@ from typing import Any
 
 FRAME_RULES = ("start", "middle")
 DTYPES = ("float16", "float32")
+LOG_MEL = "log-mel"  # the default audio encoder (pipelines/audio_tokens.py); others: pipelines/audio_models.py
 
 
 @dataclass(frozen=True)
@@ -18,13 +19,19 @@ class ExtractSettings:
     """How one video becomes tokens. Defaults reproduce the issue's CLI defaults."""
 
     fps: float = 1.0  # video tokens per second
-    # Which frame stands for each 1/fps interval [k/fps, (k+1)/fps):
+    # A video of D seconds (as decoded, whatever its header claims) has ceil(D * fps) intervals
+    # [k/fps, (k+1)/fps), the last one possibly partial, and one token each (4.004 s at 2 fps: 9 tokens).
+    # Which frame stands for interval k:
     #   "start"  -> the frame on screen at k/fps        (ffmpeg fps=F:round=up; 30 fps input -> frames 0, 30, 60)
-    #   "middle" -> the frame on screen at (k+0.5)/fps  (30 fps input -> frames 15, 45, 75)
+    #   "middle" -> the frame on screen at (k+0.5)/fps  (30 fps input -> frames 15, 45, 75); for a final partial
+    #               interval whose middle is past the end, the last frame, stamped D
     frame_rule: str = "start"
     sample_rate: int = 16000
-    audio_hop: float = 0.1  # seconds per audio token
-    n_mels: int = 64
+    audio_hop: float = 0.1  # seconds per audio token, whatever the audio model
+    n_mels: int = 64  # log-mel only: mel bands = token dimension
+    # "log-mel", a torchaudio wav2vec2-family bundle name (e.g. "WAV2VEC2_BASE", "HUBERT_BASE") or a local
+    # checkpoint path (a torchaudio wav2vec2/HuBERT/WavLM model, or PANNs CNN14); see audio_models.py.
+    audio_model: str = LOG_MEL
     clip_model: str = "ViT-B-32-quickgelu"
     pretrained: str = "none"  # "none" | open_clip pretrained tag (e.g. "openai") | local checkpoint path
     dtype: str = "float16"  # dtype of the stored arrays
@@ -47,6 +54,9 @@ class ExtractSettings:
             )
         if not (isinstance(self.n_mels, int) and 1 <= self.n_mels <= 256):
             raise ValueError(f"n_mels must be an integer in [1, 256], got {self.n_mels!r}")
+        if not (isinstance(self.audio_model, str) and self.audio_model):
+            raise ValueError(f"audio_model must be {LOG_MEL!r}, a torchaudio bundle name such as 'WAV2VEC2_BASE' or "
+                             f"a checkpoint path, got {self.audio_model!r}")
         if not self.clip_model:
             raise ValueError("clip_model must name an open_clip model, e.g. 'ViT-B-32-quickgelu' or 'lamflow-tiny'")
         if not self.pretrained:

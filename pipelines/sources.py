@@ -1,9 +1,14 @@
 """SOURCES arguments -> the list of media inputs to extract, with per-input metadata.
 
 A SOURCE is a media file, a directory (searched recursively by extension), a glob, or a list file:
-``.txt`` (one path per line, ``#`` comments), ``.csv`` / ``.jsonl`` (a path column plus any metadata
-columns). Paths may be local or fsspec URLs (``s3://``, ``gs://``, ``https://`` ...); relative paths inside
-a list file are resolved against the list file's folder, so a dataset folder can be moved as a whole.
+``.txt`` (one path per line), ``.csv`` / ``.jsonl`` (a path column plus any metadata columns). Paths may
+be local or fsspec URLs (``s3://``, ``gs://``, ``https://`` ...); relative paths inside a list file are
+resolved against the list file's folder, so a dataset folder can be moved as a whole.
+
+A path that exists is taken literally, glob characters and all (``video [2020].mp4`` is a file); only a
+path that does not exist is expanded as a glob. In a ``.txt`` list, a line whose first non-blank character
+is ``#`` is a comment (a file whose name starts with ``#`` is given as ``./#name``); ``.csv`` / ``.jsonl``
+rows have no comments.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ LIST_EXTENSIONS = (".txt", ".csv", ".jsonl")
 # Accepted names of the column holding the media path in .csv / .jsonl list files, in priority order.
 PATH_COLUMNS = ("path", "source", "video_path", "file", "filename", "url")
 _GLOB_CHARS = "*?["
+COMMENT = "#"  # starts a comment line in .txt lists (documented in `lamflow extract --help`)
 
 
 class SourceError(LamflowError, ValueError):
@@ -122,7 +128,7 @@ def _rows_of_list_file(list_file: str) -> list[dict[str, Any]]:
     text = _read_text(list_file)
     if list_file.lower().endswith(".txt"):
         lines = (line.strip() for line in text.splitlines())
-        return [{"path": line} for line in lines if line and not line.startswith("#")]
+        return [{"path": line} for line in lines if line and not line.startswith(COMMENT)]
     if list_file.lower().endswith(".csv"):
         return list(csv.DictReader(io.StringIO(text)))
     rows = []
@@ -158,10 +164,11 @@ def _expand_list_file(list_file: str) -> list[Source]:
 def _expand_one(spec: str, extensions: Sequence[str]) -> list[Source]:
     path = _normalise(spec)
     fs, root = _fs(path)
-    if any(c in spec for c in _GLOB_CHARS):
+    if any(c in spec for c in _GLOB_CHARS) and not fs.exists(root):
         found = sorted(p for p in fs.glob(root) if not fs.isdir(p))
         if not found:
-            raise SourceError(f"glob {spec!r} matched no files; check the pattern (quote it so the shell leaves it)")
+            raise SourceError(f"glob {spec!r} matched no files and no file has that exact name; check the pattern "
+                              "(quote it so the shell leaves it)")
         base = _glob_base(path)
         return [Source(p, source_name(p, base)) for p in (_as_source_path(fs, f, path) for f in found)]
     if not fs.exists(root):
@@ -182,7 +189,8 @@ def _expand_one(spec: str, extensions: Sequence[str]) -> list[Source]:
 def expand_sources(specs: Sequence[str], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Source]:
     """Expand SOURCES arguments into unique media inputs, in argument order (each argument sorted).
 
-    The same media path reached twice (say, a directory and a glob inside it) is kept once, with the
+    A spec that exists is taken literally; one that does not and holds ``*?[`` is a glob. The same
+    media path reached twice (say, a directory and a glob inside it) is kept once, with the
     metadata of its first appearance. Raises :class:`SourceError` for a missing path, an empty glob or
     directory, or a list file without a path column.
     """

@@ -21,7 +21,7 @@ _counters = {"encoder_loads": 0, "videos": 0}
 
 
 def cached_encoders(settings: ExtractSettings) -> tuple[Any, Any]:
-    """(ClipEncoder, AudioTokenizer) for ``settings``, loaded on the first call in this process."""
+    """(ClipEncoder, audio encoder: log-mel or pretrained) for ``settings``, loaded on the first call in this process."""
     from lamflow.pipelines.featurize import load_encoders
 
     with _lock:

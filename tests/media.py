@@ -1,6 +1,7 @@
 """Short real media for tests, generated with ffmpeg's lavfi sources (nothing is committed)."""
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ def make_media(
     video: bool = True,
     audio: bool = True,
     size: str = "160x120",
-    rate: int = 25,
+    rate: int | str = 25,
     tone_hz: float = 440.0,
     sample_rate: int = 16000,
 ) -> Path:
@@ -35,3 +36,52 @@ def make_media(
     cmd.append(str(path))
     subprocess.run(cmd, check=True)
     return path
+
+
+def _mp4_boxes(data: bytes | bytearray, start: int, end: int):
+    """(type, body offset, end offset) of the ISO-BMFF boxes in data[start:end]."""
+    at = start
+    while at + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[at : at + 8])
+        header = 8
+        if size == 1:
+            size, header = struct.unpack(">Q", data[at + 8 : at + 16])[0], 16
+        elif size == 0:
+            size = end - at
+        yield kind, at + header, at + size
+        at += size
+
+
+def rewrite_mp4_durations(path: Path, seconds: float, media_too: bool = False) -> Path:
+    """Make an mp4's header lie: set the movie (mvhd) and track (tkhd) durations to ``seconds``, and with
+    ``media_too`` each track's own media duration (mdhd) as well; the samples stay as they were.
+
+    This is what a badly edited or badly muxed file looks like: ffprobe then reports ``seconds``
+    while the streams hold what was encoded. Only version-0 boxes (what ffmpeg writes) are handled.
+    """
+    data = bytearray(Path(path).read_bytes())
+
+    def set_duration(body: int, timescale_at: int, duration_at: int, timescale: int | None = None) -> int:
+        if data[body] != 0:
+            raise ValueError(f"{path}: only version-0 mvhd/tkhd/mdhd boxes are handled")
+        timescale = timescale or struct.unpack(">I", data[body + timescale_at : body + timescale_at + 4])[0]
+        struct.pack_into(">I", data, body + duration_at, round(seconds * timescale))
+        return timescale
+
+    for kind, body, end in _mp4_boxes(data, 0, len(data)):
+        if kind != b"moov":
+            continue
+        movie_scale = None
+        for kind2, body2, end2 in _mp4_boxes(data, body, end):
+            if kind2 == b"mvhd":  # version/flags, creation, modification, timescale, duration
+                movie_scale = set_duration(body2, 12, 16)
+            elif kind2 == b"trak":
+                for kind3, body3, end3 in _mp4_boxes(data, body2, end2):
+                    if kind3 == b"tkhd":  # ... track id, reserved, duration (movie timescale)
+                        set_duration(body3, 0, 20, movie_scale)
+                    elif kind3 == b"mdia" and media_too:
+                        for kind4, body4, _ in _mp4_boxes(data, body3, end3):
+                            if kind4 == b"mdhd":
+                                set_duration(body4, 12, 16)
+    Path(path).write_bytes(bytes(data))
+    return Path(path)

@@ -177,7 +177,7 @@ def test_other_hops_and_mel_counts():
 @pytest.mark.parametrize(
     "field,value",
     [("fps", 0), ("frame_rule", "end"), ("sample_rate", 12.5), ("audio_hop", 0.00001), ("n_mels", 0),
-     ("dtype", "int8"), ("frame_batch", 0), ("device", "tpu")],
+     ("dtype", "int8"), ("frame_batch", 0), ("device", "tpu"), ("audio_model", "")],
 )
 def test_invalid_settings_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):

@@ -13,6 +13,7 @@ from lamflow import __version__
 from lamflow.pipelines.decode import DecodeError
 from lamflow.pipelines.featurize import featurize_video, load_encoders
 from lamflow.pipelines.settings import ExtractSettings
+from media import rewrite_mp4_durations
 
 SETTINGS = ExtractSettings(clip_model="lamflow-tiny", pretrained="none", frame_batch=4)
 ARRAY_FIELDS = ("video.npy", "video_ts.npy", "audio.npy", "audio_ts.npy")
@@ -71,6 +72,26 @@ def test_middle_rule_fractional_fps_and_float32_are_applied_and_recorded(media, 
     assert sample["video.npy"].dtype == sample["audio.npy"].dtype == np.float32
     video = sample["meta.json"]["provenance"]["video"]
     assert video["frame_rule"] == "middle" and video["fps"] == 2.0 and video["dtype"] == "float32"
+
+
+def test_a_header_claiming_400_s_for_4_s_of_streams_records_the_decoded_duration_and_what_it_claimed(media, encoders):
+    sample = run(rewrite_mp4_durations(media("edited.mp4", duration=4.0), 400.0), encoders)
+    meta = sample["meta.json"]
+    assert meta["streams"]["duration"] == 400.0  # the probe's view is kept as it was
+    assert meta["duration"] == pytest.approx(4.0, abs=0.03)
+    assert meta["counts"] == {"video": 4, "audio": 40}
+    assert [n for n in meta["notes"] if n.startswith("duration:")] == [
+        "duration: the header claims the container 400.000 s, the decoded streams last 4.000 s (video 4.000 s, "
+        "audio 4.000 s); duration, token counts and timestamps follow the decoded streams"
+    ]
+
+
+def test_middle_rule_gives_a_4_004_s_video_a_token_per_started_interval_and_no_note(media, encoders):
+    settings = dataclasses.replace(SETTINGS, fps=2.0, frame_rule="middle")
+    sample = run(media("ntsc.mp4", duration=4.004, rate="30000/1001", audio=False), encoders, settings)
+    assert len(sample["video.npy"]) == math.ceil(4.004 * 2) == 9
+    assert sample["video_ts.npy"][-1] == pytest.approx(4.004)
+    assert [n for n in sample["meta.json"]["notes"] if n.startswith(("video", "duration"))] == []
 
 
 def test_texts_add_per_token_and_pooled_arrays_in_the_given_order(media, encoders):

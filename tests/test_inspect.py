@@ -9,32 +9,38 @@ from lamflow.pipelines.extract import run_extraction
 from lamflow.pipelines.h5io import import_h5
 from lamflow.pipelines.inspect import format_report, inspect_output
 from lamflow.pipelines.settings import ExtractSettings
-from media import make_media
+from media import make_media, rewrite_mp4_durations
 
 
 def test_inspect_summarises_streams_notes_and_failures_of_an_extraction(tmp_path, capsys):
     videos = tmp_path / "videos"
     make_media(videos / "with_audio.mp4", duration=2.0, size="96x72", rate=10)
     make_media(videos / "no_audio.mp4", duration=3.0, size="96x72", rate=10, audio=False)
+    rewrite_mp4_durations(make_media(videos / "edited.mp4", duration=1.0, size="96x72", rate=10), 400.0)
     (videos / "broken.mp4").write_bytes(b"not a video")
     out = tmp_path / "out"
     # workers=1 without a scheduler: the embedded LocalCluster path
     run_extraction([str(videos)], out, ExtractSettings(clip_model="lamflow-tiny"), workers=1, progress=False)
 
     report = inspect_output(out)
-    assert (report["samples"], report["shards"], report["inputs"], report["ok"], report["failed"]) == (2, 1, 3, 2, 1)
-    assert report["streams"]["video"]["dtypes"] == {"float16": 2}
-    assert report["streams"]["video"]["trailing_shapes"] == {"[64]": 2}
-    assert (report["streams"]["video"]["length_min"], report["streams"]["video"]["length_max"]) == (2, 3)
+    assert (report["samples"], report["shards"], report["inputs"], report["ok"], report["failed"]) == (3, 1, 4, 3, 1)
+    assert report["streams"]["video"]["dtypes"] == {"float16": 3}
+    assert report["streams"]["video"]["trailing_shapes"] == {"[64]": 3}
+    assert (report["streams"]["video"]["length_min"], report["streams"]["video"]["length_max"]) == (1, 3)
     assert report["streams"]["audio"]["empty"] == 1
-    assert report["notes"]["no audio stream"] == 1
+    assert report["notes"]["no audio stream"] == report["notes"]["duration"] == 1
     assert list(report["failures"]) == [str(videos / "broken.mp4")]
     assert report["problems"] == []
 
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "2 samples in 1 shards" in text and "failed: " + str(videos / "broken.mp4") in text
+    assert "3 samples in 1 shards" in text and "failed: " + str(videos / "broken.mp4") in text
     assert "video" in text and "(T, 64)" in text
+    # notes whole, past their first colon
+    assert "note (1 samples): no audio stream: audio.npy is empty (0, 64)\n" in text
+    assert ("note (1 samples): duration: the header claims the container 400.000 s, the decoded streams last "
+            "1.000 s (video 1.000 s, audio 1.000 s); duration, token counts and timestamps follow the decoded "
+            "streams\n") in text
 
 
 def test_inspect_flags_duplicates_stale_sizes_and_unfinished_shards(tmp_path, capsys):

@@ -53,6 +53,44 @@ def test_txt_list_resolves_relative_paths_against_its_folder_and_skips_comments(
     assert paths(expand_sources([str(listing)])) == [str(tree / "a.mp4"), str(tree / "sub/b.mkv")]
 
 
+def test_existing_paths_with_glob_characters_are_taken_literally_and_globs_still_expand(tree, tmp_path):
+    dated = touch(tree / "video [2020].mp4")
+    touch(tree / "video 2.mp4")
+    folder = touch(tree / "take [1]" / "x.mp4").parent
+    assert paths(expand_sources([str(dated)])) == [str(dated)]  # a file, not a pattern matching "video 2.mp4"
+    assert paths(expand_sources([str(folder)])) == [str(folder / "x.mp4")]
+    assert paths(expand_sources([str(tree / "video [2].mp4")])) == [str(tree / "video 2.mp4")]  # no such file: a glob
+    assert paths(expand_sources([str(tree / "video*.mp4")])) == [str(tree / "video 2.mp4"), str(dated)]
+    listing = touch(tmp_path / "list [v2].txt", f"{dated}\n".encode())
+    assert paths(expand_sources([str(listing)])) == [str(dated)]
+    with pytest.raises(SourceError, match="matched no files and no file has that exact name"):
+        expand_sources([str(tree / "video [3].mp4")])
+
+
+def test_txt_comment_lines_start_with_hash_and_a_hash_named_file_is_given_as_dot_slash(tree):
+    hashed = touch(tree / "#1 take.mp4")
+    listing = touch(tree / "list.txt", b"  # indented comment\n#1 take.mp4\n./#1 take.mp4\na.mp4 # not a comment\n")
+    touch(tree / "a.mp4 # not a comment")
+    assert paths(expand_sources([str(listing)])) == [str(hashed), str(tree / "a.mp4 # not a comment")]
+
+
+def test_csv_and_jsonl_rows_have_no_comments(tree):
+    hashed = touch(tree / "#1 take.mp4")
+    csv_list = touch(tree / "list.csv", b"path\n#1 take.mp4\n")
+    jsonl_list = touch(tree / "list.jsonl", json.dumps({"path": "#1 take.mp4"}).encode())
+    assert paths(expand_sources([str(csv_list)])) == paths(expand_sources([str(jsonl_list)])) == [str(hashed)]
+
+
+def test_extract_help_documents_the_list_file_and_literal_path_rules(capsys):
+    from lamflow.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["extract", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a line whose first non-blank character is '#' is a comment" in text and "./#name" in text
+    assert "no comments" in text and "A path that exists is taken literally" in text
+
+
 def test_csv_list_keeps_metadata_columns(tree):
     listing = touch(tree / "list.csv", b"path,label,key\na.mp4,cat,clip-a\nsub/b.mkv,dog,\n")
     sources = expand_sources([str(listing)])

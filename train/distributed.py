@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from lamflow.devices import require_device
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -36,18 +38,18 @@ class DistContext:
 def init_distributed(device: str = "auto") -> DistContext:
     """Join the torchrun process group if launched by torchrun; pick this rank's device.
 
-    ``device``: "auto" (the local GPU when CUDA is available, else CPU), "cpu" or "cuda".
+    ``device``: "auto" (the local GPU when CUDA is available, else CPU), "cpu" or "cuda"; "cuda" where
+    it cannot run (no GPU, or fewer GPUs than torchrun's local ranks) raises DeviceError.
     """
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device=cuda but CUDA is not available here; use run.device=auto or cpu")
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        torch_device = torch.device("cuda", local_rank)
+        require_device("cuda", "run.device")  # DeviceError saying why, before any data or model is touched
+        torch_device = require_device(f"cuda:{local_rank}", f"run.device (torchrun LOCAL_RANK={local_rank})")
+        torch.cuda.set_device(torch_device)
     else:
         torch_device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():

@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Decode every input with ffmpeg (in a subprocess, so a bad file cannot take a worker down), embed\n"
-            "sampled frames with an open_clip image tower, turn the audio into log-mel tokens, optionally embed\n"
+            "sampled frames with an open_clip image tower, turn the audio into log-mel tokens (or pretrained\n"
+            "wav2vec2/HuBERT/CNN14 features, --audio-model), optionally embed\n"
             "texts with the same CLIP text tower, and write one WebDataset sample per input into\n"
             "OUT/shards/shard-NNNNNN.tar, with OUT/manifest.jsonl (one record per input, ok or error),\n"
             "OUT/stats.json, OUT/sizes.json and OUT/extraction.json (the settings of the run).\n\n"
@@ -52,8 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "sources", nargs="+", metavar="SOURCE",
         help="video files, directories (searched recursively by extension), globs (quote them), or list files: "
-             ".txt (one path per line) or .csv/.jsonl with a 'path' column and optional metadata columns "
-             "(a 'key' column names the sample). Local paths or fsspec URLs (s3://, gs://, https://).",
+             ".txt (one path per line; a line whose first non-blank character is '#' is a comment, so give a "
+             "file named '#...' as ./#name) or .csv/.jsonl with a 'path' column and optional metadata columns "
+             "(a 'key' column names the sample; no comments). Local paths or fsspec URLs (s3://, gs://, "
+             "https://). A path that exists is taken literally ('video [2020].mp4' is a file); only one that "
+             "does not is expanded as a glob.",
     )
     parser.add_argument("--out", required=True, help="output directory (created; an existing one is resumed)")
     features = parser.add_argument_group("features (recorded in extraction.json; a resume must use the same)")
@@ -61,13 +65,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help=f"video frames embedded per second (default {_DEFAULTS.fps:g})")
     features.add_argument("--frame-rule", choices=FRAME_RULES, default=_DEFAULTS.frame_rule,
                           help="which frame represents each 1/fps interval: 'start' = the frame on screen at k/fps, "
-                               f"'middle' = at (k+0.5)/fps (default {_DEFAULTS.frame_rule})")
+                               "'middle' = at (k+0.5)/fps (the last frame when that is past the end). Either way a "
+                               "video of D seconds, as decoded, gets ceil(D*fps) tokens: 9 for 4.004 s at --fps 2 "
+                               f"(default {_DEFAULTS.frame_rule})")
     features.add_argument("--sample-rate", type=int, default=_DEFAULTS.sample_rate,
                           help=f"audio is decoded to mono at this rate in Hz (default {_DEFAULTS.sample_rate})")
     features.add_argument("--audio-hop", type=float, default=_DEFAULTS.audio_hop,
-                          help=f"seconds per audio token (log-mel frames pooled per hop; default {_DEFAULTS.audio_hop:g})")
+                          help="seconds per audio token, whatever --audio-model (its frames pooled per hop; "
+                               f"default {_DEFAULTS.audio_hop:g})")
     features.add_argument("--n-mels", type=int, default=_DEFAULTS.n_mels,
-                          help=f"mel bands = audio token dimension (default {_DEFAULTS.n_mels})")
+                          help=f"log-mel only: mel bands = audio token dimension (default {_DEFAULTS.n_mels})")
+    features.add_argument("--audio-model", default=_DEFAULTS.audio_model,
+                          help="audio encoder: 'log-mel'; a torchaudio wav2vec2-family bundle name (WAV2VEC2_BASE, "
+                               "HUBERT_BASE, WAVLM_BASE ..., from torchaudio's download cache); or a local checkpoint: "
+                               "a wav2vec2/HuBERT/WavLM model saved with torch.save as {'config': kwargs of "
+                               "torchaudio.models.wav2vec2_model, 'state_dict': ...}, or PANNs CNN14 as published "
+                               "(Cnn14_mAP=0.431.pth; --sample-rate 32000 --audio-hop 2 gives the QVHighlights field's "
+                               "2-s features). One token per --audio-hop either way; the checkpoint's sha256 and token "
+                               f"rate are recorded (default {_DEFAULTS.audio_model})")
     features.add_argument("--clip-model", default=_DEFAULTS.clip_model,
                           help=f"open_clip model name, e.g. ViT-B-32-quickgelu or lamflow-tiny (default {_DEFAULTS.clip_model})")
     features.add_argument("--pretrained", default=_DEFAULTS.pretrained,
@@ -88,7 +103,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compute.add_argument("--task-resources", type=_resources, metavar="NAME=AMOUNT",
                          help="Dask resources each video task needs, e.g. GPU=1: tasks then run only on workers "
                               "started with matching --resources (see cluster/README.md)")
-    compute.add_argument("--device", default=_DEFAULTS.device, help=f"torch device for the encoders (default {_DEFAULTS.device})")
+    compute.add_argument("--device", default=_DEFAULTS.device,
+                         help="torch device for the encoders: cpu, cuda, cuda:N or mps; one this machine cannot run "
+                              f"is an error before any work starts (default {_DEFAULTS.device})")
     compute.add_argument("--frame-batch", type=int, default=_DEFAULTS.frame_batch,
                          help=f"frames decoded and embedded at a time; bounds memory on long videos (default {_DEFAULTS.frame_batch})")
     output = parser.add_argument_group("output")
@@ -107,16 +124,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from lamflow.devices import require_device
+
+    settings = ExtractSettings(
+        fps=args.fps, frame_rule=args.frame_rule, sample_rate=args.sample_rate, audio_hop=args.audio_hop,
+        n_mels=args.n_mels, audio_model=args.audio_model, clip_model=args.clip_model, pretrained=args.pretrained,
+        dtype=args.dtype, frame_batch=args.frame_batch, device=args.device,
+    )
+    if not args.scheduler:  # local workers use this machine's devices and caches; remote workers check their own
+        require_device(settings.device, "--device")
+        from lamflow.pipelines.audio_models import check_audio_model
+
+        check_audio_model(settings)
+
     from lamflow.pipelines.clip_encoder import ClipWeightsError
     from lamflow.pipelines.extract import run_extraction
     from lamflow.pipelines.manifest import OutputDirError, SettingsMismatchError
     from lamflow.pipelines.sources import VIDEO_EXTENSIONS, SourceError
 
-    settings = ExtractSettings(
-        fps=args.fps, frame_rule=args.frame_rule, sample_rate=args.sample_rate, audio_hop=args.audio_hop,
-        n_mels=args.n_mels, clip_model=args.clip_model, pretrained=args.pretrained, dtype=args.dtype,
-        frame_batch=args.frame_batch, device=args.device,
-    )
     if settings.pretrained == "none":
         print("WARNING: --pretrained none: CLIP weights are RANDOM; video/text features carry no learned "
               "meaning (fine for tests and benchmarks, not for training). Pass --pretrained openai or a "
