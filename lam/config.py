@@ -13,6 +13,10 @@ CHOICES = {
     "mask_gate": ("none", "sigmoid", "softplus"),
     "attention": ("auto", "eager", "flex"),
 }
+# Fields that shape the learnable mask and mean nothing with mask="none" (vanilla attention): ablations
+# collapse the vanilla variants that differ only in these.
+MASK_FIELDS = ("combine", "generator", "generator_hidden", "generator_layers", "generator_rank", "generator_input",
+               "mask_per_head", "mask_gate")
 POSITIVE_INTS = ("dim", "depth", "heads", "max_len", "generator_hidden", "generator_layers", "generator_rank")
 
 

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "train",
     "predict",
     "eval",
+    "ablate",
     "viz_masks",
     "demo",
 ]

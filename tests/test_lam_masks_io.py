@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lamflow.errors import DataFileError
 from lamflow.cli import main
 from lamflow.lam import LAMConfig, LAMEncoder, load_masks, render_masks, save_masks
 
@@ -68,9 +69,9 @@ def test_render_selected_layers_of_per_head_masks(tmp_path):
 def test_render_rejects_out_of_range_sample_and_layer(tmp_path):
     masks, pad = encoder_masks()
     path = save_masks(tmp_path / "masks.npz", masks, SEGMENTS, pad)
-    with pytest.raises(ValueError, match=r"sample=5 is out of range: the file holds samples 0\.\.1"):
+    with pytest.raises(DataFileError, match=r"--sample 5 is out of range: the file holds samples 0\.\.1"):
         render_masks(path, tmp_path, sample=5)
-    with pytest.raises(ValueError, match=r"layers \[3\] are out of range"):
+    with pytest.raises(DataFileError, match=r"--layers \[3\] are out of range"):
         render_masks(path, tmp_path, layers=[3])
 
 
