@@ -78,6 +78,8 @@ class Task(Protocol):
 
     def collate(self, items: list[dict]) -> dict: ...
 
+    # Optional: ``start_epoch(seed, epoch)``, called in the worker before it makes an epoch's items.
+
 
 class LoaderStateError(LamflowError, ValueError):
     """A saved loader position that does not fit this loader (version, or a malformed state)."""
@@ -248,6 +250,10 @@ class _EpochStream:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         counter = SkipCounter()
+        if hasattr(self.task, "start_epoch"):
+            # A task drawing per-item randomness (QVHighlightsTask's window cut) draws it from the epoch's seed,
+            # here in the worker that makes the items, so a resumed epoch yields the same items.
+            self.task.start_epoch(self.plan.seed, self.plan.epoch)
         try:
             for index, items in enumerate(self._batches(worker, counter)):
                 if index < self.skips[worker]:

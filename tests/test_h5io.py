@@ -1,5 +1,6 @@
-"""MAD-style HDF5 feature files <-> lamflow shards (import-h5 / export-h5), on real h5py files and tars."""
+"""MAD-style HDF5 feature and language files <-> lamflow shards (import-h5 / export-h5), on real h5py files and tars."""
 import json
+import re
 
 import h5py
 import numpy as np
@@ -9,6 +10,8 @@ import webdataset as wds
 from lamflow.cli import main
 from lamflow.pipelines.h5io import export_h5, import_h5
 from lamflow.pipelines.manifest import SettingsMismatchError
+from contract_shards import D_TEXT, Video, write_extraction_dir
+from mad_layout import D_FRAMES, D_WORDS, write_language
 
 
 @pytest.fixture
@@ -89,3 +92,83 @@ def test_datasets_that_are_not_t_by_d_features_are_named_in_the_error(tmp_path):
     with pytest.raises(ValueError, match=r"dataset 'vid/labels' has shape \(5,\)"):
         import_h5(path, tmp_path / "out", fps=1.0)
     assert main(["import-h5", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "o"), "--fps", "1"]) == 2
+
+
+# ---- language files (MAD's CLIP_language_tokens_features.h5): one n_words x D dataset per sentence id ----
+
+@pytest.fixture
+def language_file(tmp_path):
+    rng = np.random.default_rng(1)
+    words = {"1050": 9, "1051": 14, "27": 3, "400117": 21}
+    path = tmp_path / "CLIP_language_tokens_features.h5"
+    return path, write_language(path, words, rng, dtype="float16")
+
+
+def test_a_language_file_imports_one_text_sample_per_sentence_id(language_file, tmp_path, capsys):
+    path, arrays = language_file
+    assert main(["import-h5", str(path), "--out", str(tmp_path / "texts"), "--stream", "text"]) == 0  # no --fps
+    assert "warning" not in capsys.readouterr().err
+    samples = read_samples(tmp_path / "texts")
+    assert sorted(samples) == sorted(arrays)
+    sample = samples["1051"]
+    assert set(sample) - {"__key__", "__url__", "__local_path__"} == {"text.npy", "meta.json"}  # no video, no audio
+    assert sample["text.npy"].shape == (1, 14, D_WORDS) and sample["text.npy"].dtype == np.float16
+    assert np.array_equal(sample["text.npy"][0], arrays["1051"])
+    assert sample["meta.json"]["texts"] == [{"id": "1051", "tokens": 14}]
+    records = [json.loads(line) for line in (tmp_path / "texts" / "manifest.jsonl").read_text().splitlines()]
+    assert {r["original_name"]: r["dims"] for r in records} == {name: {"text": D_WORDS} for name in arrays}
+    assert all(r["duration"] is None for r in records)  # text has no time
+
+    again = import_h5(path, tmp_path / "texts", stream="text")  # resumable like every import
+    assert (again.imported, again.skipped_done) == (0, 4)
+    assert main(["export-h5", str(tmp_path / "texts"), "--out", str(tmp_path / "back.h5"), "--stream", "text"]) == 0
+    with h5py.File(tmp_path / "back.h5", "r") as h5:
+        assert sorted(h5) == sorted(arrays)
+        for name, array in arrays.items():
+            assert h5[name].dtype == array.dtype and np.array_equal(h5[name][()], array)
+    assert main(["export-h5", str(tmp_path / "texts"), "--out", str(tmp_path / "v.h5")]) == 2  # it holds no video
+    assert "sample '1050' has no video stream" in capsys.readouterr().err
+    assert not (tmp_path / "v.h5").exists() and not list(tmp_path.glob(".v.h5*"))
+
+
+def test_export_text_writes_the_queries_of_an_extraction_one_dataset_per_id(tmp_path):
+    shards = write_extraction_dir(tmp_path / "out", [[Video("a", texts=[("1", "x", 3), ("2", "y", 5)])],
+                                                     [Video("b", texts=[("3", "z", 4)])]])
+    assert export_h5(shards, tmp_path / "lang.h5", stream="text") == 3
+    with h5py.File(tmp_path / "lang.h5", "r") as h5:
+        assert {name: h5[name].shape for name in h5} == {"1": (3, D_TEXT), "2": (5, D_TEXT), "3": (4, D_TEXT)}
+
+
+@pytest.mark.parametrize("shapes, fragment", [
+    ({"3001_MOVIE": (3000, D_FRAMES), "27": (9, D_FRAMES)}, r"dataset '3001_MOVIE' has 3000 rows .*looks like a frames "
+                                                            r"file: import it with --stream video --fps RATE"),
+    ({"1050": (1, 9, D_WORDS)}, r"dataset '1050' has shape \(1, 9, 12\); a MAD-style language file holds one "
+                                r"n_words x D token array per sentence id"),
+    ({"1050": (0, D_WORDS)}, r"dataset '1050' is empty \(shape \(0, 12\)\)"),
+])
+def test_what_is_not_a_language_file_is_refused_as_text_in_one_line(tmp_path, capsys, shapes, fragment):
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as h5:
+        for name, shape in shapes.items():
+            h5.create_dataset(name, data=np.ones(shape, np.float32))
+    assert main(["import-h5", str(path), "--out", str(tmp_path / "o"), "--stream", "text"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(fragment, err), err
+    assert not (tmp_path / "o").exists()  # refused before the output directory is made
+
+
+def test_fps_is_required_for_features_and_refused_for_text(language_file, tmp_path, capsys):
+    path, _ = language_file
+    assert main(["import-h5", str(path), "--out", str(tmp_path / "o"), "--stream", "video"]) == 2
+    assert "--fps is required for --stream video" in capsys.readouterr().err
+    assert main(["import-h5", str(path), "--out", str(tmp_path / "o"), "--stream", "text", "--fps", "5"]) == 2
+    assert "does not apply to stream text" in capsys.readouterr().err
+
+
+def test_a_language_file_imported_as_video_is_flagged(language_file, mad_file, tmp_path, capsys):
+    path, _ = language_file
+    assert main(["import-h5", str(path), "--out", str(tmp_path / "o"), "--fps", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 4 of 4 datasets are named by integers" in err and "import it with --stream text" in err
+    # Frame files are not flagged, short or long: movie ids are not sentence ids.
+    assert import_h5(mad_file[0], tmp_path / "frames", fps=5.0).warnings == []

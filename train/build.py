@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
+from lamflow.contract import TEXT_STREAM
 from lamflow.datasets.loader import StreamingLoader
+from lamflow.datasets.texts import TextStore
 from lamflow.errors import ConfigError
 from lamflow.train.config import DataConfig, TrainConfig
 from lamflow.train.model import MultimodalLAMModel
@@ -23,7 +26,17 @@ def build_task(data: DataConfig, split: str) -> Any:
     annotations = data.train_annotations if split == "train" else data.val_annotations
     if not annotations:
         raise ConfigError(f"data.{split}_annotations is required to read the {split} split of task qvhighlights")
-    return QVHighlightsTask(annotations)
+    texts = data.train_texts if split == "train" else data.val_texts
+    # Training draws a window position per epoch; validation sees the same windows every time.
+    return QVHighlightsTask(annotations, text_store=text_store(texts) if texts else None,
+                            window_seconds=data.window_seconds, placement="random" if split == "train" else "fixed")
+
+
+@functools.lru_cache(maxsize=4)
+def text_store(spec: str) -> TextStore:
+    """The TextStore of ``spec``, indexed once per process: train and val usually share one text shard set,
+    and indexing reads every tar header of it (the store holds no open file, so sharing it is safe)."""
+    return TextStore(spec)
 
 
 def split_shards(data: DataConfig, split: str) -> str:
@@ -53,13 +66,17 @@ def resolve_input_dims(config: TrainConfig, loader: StreamingLoader) -> dict[str
     if config.model.input_dims != "auto":
         return dict(config.model.input_dims)
     streams = config.data.loader.streams
-    unknown = [name for name in streams if name not in loader.stream_dims]
+    widths = dict(loader.stream_dims)
+    store = getattr(loader.task, "text_store", None)
+    if TEXT_STREAM not in widths and store is not None:  # query tokens from data.train_texts
+        widths[TEXT_STREAM] = store.width
+    unknown = [name for name in streams if name not in widths]
     if unknown:
         raise ConfigError(
             f"model.input_dims is auto but the shards of data.train_shards ({config.data.train_shards}) do not say the "
             f"feature width of stream(s) {unknown}; set model.input_dims, e.g. {{{unknown[0]}: 512}}"
         )
-    return {name: loader.stream_dims[name] for name in streams}
+    return {name: widths[name] for name in streams}
 
 
 def resolve_num_classes(config: TrainConfig, task: Any) -> int | None:

@@ -60,6 +60,15 @@ class DataConfig:
     val_annotations: str = ""
     # Classification label file (csv `key,label` or json {key: label}) covering train and val keys.
     labels: str = ""
+    # Text shard set (DIR or .tar pattern, e.g. from `lamflow import-h5 LANG.h5 --stream text`) holding the
+    # training queries' tokens by query id, for shards without them (MAD's sentence features); "" = none.
+    train_texts: str = ""
+    # The same for the validation queries.
+    val_texts: str = ""
+    # Cut each query's view to this many seconds of its video holding the ground-truth moment, times rebased
+    # (training: a random position per epoch; validation: a fixed one per query); 0 = whole videos. For
+    # hours-long videos (MAD) the encoder cannot take whole (datasets/qvhighlights.py).
+    window_seconds: float = 0.0
     # Items per batch during evaluation and prediction (no gradients, so it can exceed loader.batch_size).
     eval_batch_size: int = 16
     # How shards are streamed: streams, batch size, workers, shuffling, bucketing (datasets/loader.py).
@@ -75,6 +84,11 @@ class DataConfig:
                 raise ConfigError("data.val_annotations is required when data.val_shards is set (task qvhighlights)")
         if self.task == "classification" and not self.labels:
             raise ConfigError("data.labels is required for task classification (csv key,label or json {key: label})")
+        if not (self.window_seconds >= 0 and math.isfinite(self.window_seconds)):
+            raise ConfigError(f"data.window_seconds must be a finite number >= 0 (0 = whole videos), got {self.window_seconds!r}")
+        moment_only = [name for name in ("train_texts", "val_texts", "window_seconds") if getattr(self, name)]
+        if self.task != "qvhighlights" and moment_only:
+            raise ConfigError(f"data.{moment_only[0]} applies to task qvhighlights only (task is {self.task}); remove it")
         _at_least("data.eval_batch_size", self.eval_batch_size, 1)
         with _nested("data.loader"):
             self.loader.validate()

@@ -66,11 +66,15 @@ def moment_loss(outputs: dict[str, torch.Tensor], batch: dict[str, Any], config:
     else:  # no ground truth in this batch: keep every parameter in the graph (DDP expects gradients)
         offset_loss = giou_loss = outputs["offsets"].sum() * 0.0
 
-    # Saliency: mean annotator score (0..MAX_SALIENCY) per clip, as a soft target in [0, 1].
+    # Saliency: mean annotator score (0..MAX_SALIENCY) per clip, as a soft target in [0, 1]. Queries without
+    # saliency labels (MAD) are masked whole; a batch of only those has no target (the mean would be NaN).
     clip_valid = ~batch["saliency_padding"]
-    saliency_loss = F.binary_cross_entropy_with_logits(
-        outputs["saliency"][clip_valid], (batch["saliency"].float() / MAX_SALIENCY).clamp(0, 1)[clip_valid]
-    )
+    if clip_valid.any():
+        saliency_loss = F.binary_cross_entropy_with_logits(
+            outputs["saliency"][clip_valid], (batch["saliency"].float() / MAX_SALIENCY).clamp(0, 1)[clip_valid]
+        )
+    else:  # keep the head in the graph (DDP expects a gradient for every parameter)
+        saliency_loss = outputs["saliency"].sum() * 0.0
     terms = {"foreground": fg_loss, "offset": offset_loss, "giou": giou_loss, "saliency": saliency_loss}
     total = (
         config.foreground_weight * fg_loss

@@ -8,11 +8,13 @@ Each rank predicts its share of an "eval" loader; :func:`gather_predictions` mer
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 
+from lamflow.datasets.qvhighlights import CLIP_SECONDS
 from lamflow.fileio import write_jsonl_atomic
 from lamflow.train.config import DataConfig, ModelConfig, config_from_dict
 from lamflow.train.distributed import all_gather_objects, autocast, to_device
@@ -25,14 +27,25 @@ def moment_rows(
     batch: dict[str, Any], outputs: dict[str, torch.Tensor], model: ModelConfig, queries: Mapping[int, Any]
 ) -> list[dict[str, Any]]:
     """Official QVHighlights lines. ``queries`` maps qid -> its annotation (``QVHighlightsQuery``): the
-    evaluator checks vid (the annotated name, not the shard key), clip count and windows against it."""
+    evaluator checks vid (the annotated name, not the shard key), clip count and windows against it.
+    A query whose view was cut to a window (data.window_seconds, e.g. MAD) has its windows in video time
+    and a ``window`` field [start, end]: its ``pred_saliency_scores`` cover that window's 2-second clips."""
     annotations = [queries[int(qid)] for qid in batch["qids"]]
-    duration = torch.tensor([a.duration for a in annotations], device=outputs["offsets"].device)
-    windows, saliency = decode_moments(outputs, duration, [a.num_clips for a in annotations], model.num_windows, model.nms_iou)
-    return [
-        {"qid": a.qid, "query": a.query, "vid": a.vid, "pred_relevant_windows": item_windows, "pred_saliency_scores": item_saliency}
-        for a, item_windows, item_saliency in zip(annotations, windows, saliency)
-    ]
+    # Each item saw [start, start + duration] of its video: all of it, or the window cut for its query
+    # (data.window_seconds). Windows are decoded in that view and shifted back to video time.
+    starts, durations = batch["window_starts"].tolist(), batch["query_durations"].tolist()
+    duration = torch.tensor(durations, device=outputs["offsets"].device)
+    clip_counts = [math.ceil(d / CLIP_SECONDS) for d in durations]
+    windows, saliency = decode_moments(outputs, duration, clip_counts, model.num_windows, model.nms_iou)
+    rows = []
+    for a, start, view, item_windows, item_saliency in zip(annotations, starts, durations, windows, saliency):
+        row = {"qid": a.qid, "query": a.query, "vid": a.vid,
+               "pred_relevant_windows": [[round(s + start, 4), round(e + start, 4), score] for s, e, score in item_windows],
+               "pred_saliency_scores": item_saliency}
+        if view != a.duration:  # a cut view: its saliency scores are the 2-second clips of this window
+            row["window"] = [round(start, 4), round(start + view, 4)]
+        rows.append(row)
+    return rows
 
 
 def classification_rows(batch: dict[str, Any], outputs: dict[str, torch.Tensor], class_names: list[str]) -> list[dict[str, Any]]:
@@ -84,11 +97,18 @@ def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
     """The official numbers of ``rows`` on the validation split, against the part of the ground truth the
     validation shards cover (the evaluators require a prediction for every ground-truth record).
 
-    QVHighlights: the 14 ``brief`` metrics; classification: top-1 and top-5 accuracy.
+    QVHighlights: the 14 ``brief`` metrics; MAD annotations: recall at IoU (``lamflow.train.eval_mad``, not
+    MAD's full-movie protocol); classification: top-1 and top-5 accuracy.
     """
     if data.task == "qvhighlights":
+        from lamflow.datasets.qvhighlights import is_mad_file, load_queries
         from lamflow.fileio import read_jsonl
         from lamflow.train.eval_qvhighlights import evaluate
+
+        if is_mad_file(data.val_annotations):  # no saliency and no QVHighlights evaluator: recall at IoU
+            from lamflow.train.eval_mad import window_recall
+
+            return window_recall(load_queries(data.val_annotations), rows)
 
         predicted = {row["qid"] for row in rows}
         ground_truth = [record for record in read_jsonl(data.val_annotations) if record.get("qid") in predicted]

@@ -12,13 +12,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Write the --stream array (video or audio) of every sample in DIR's shards to FILE.h5, one dataset "
             "per video named by its original id (the h5 id of an import, the file name stem of an extracted "
-            "video; the sample key where two samples share a name). Each dataset carries attributes key, "
-            "source and fps. The file is written under a temporary name and renamed when complete."
+            "video; the sample key where two samples share a name), with attributes key, source and fps. "
+            "--stream text writes one n_words x D dataset per text id instead (the sentence ids of "
+            "`import-h5 --stream text`, the query ids of `extract --texts`), MAD's language-file layout. "
+            "The file is written under a temporary name and renamed when complete."
         ),
     )
     parser.add_argument("path", metavar="DIR", help="output directory of `lamflow extract` or `lamflow import-h5`")
     parser.add_argument("--out", required=True, help="HDF5 file to write (replaced if it exists)")
-    parser.add_argument("--stream", choices=("video", "audio"), default="video", help="stream to export (default video)")
+    parser.add_argument("--stream", choices=("video", "audio", "text"), default="video",
+                        help="stream to export (default video; text: one dataset per text id)")
     parser.set_defaults(func=handle)
 
 

@@ -1,4 +1,4 @@
-"""`lamflow import-h5`: a MAD-style HDF5 feature file -> lamflow shards."""
+"""`lamflow import-h5`: a MAD-style HDF5 feature or language file -> lamflow shards."""
 from __future__ import annotations
 
 import argparse
@@ -10,25 +10,31 @@ from lamflow.pipelines.settings import DTYPES
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "import-h5",
-        help="turn a MAD-style HDF5 feature file (one T x D dataset per video) into lamflow shards",
+        help="turn a MAD-style HDF5 file (one T x D dataset per video, or n_words x D per sentence) into lamflow shards",
         description=(
-            "Import precomputed features: FILE.h5 holds one dataset per video id (a T x D float array sampled "
-            "at --fps, e.g. MAD's CLIP ViT-B/32 frames at 5 fps). Each dataset becomes one sample of the shard "
-            "format `lamflow extract` writes, with the features as the --stream array and timestamps index/fps; "
-            "the other stream is an empty (0, 0) array with a note in meta.json. Video ids are turned into safe "
-            "keys (the original id is kept in meta.json and used again by export-h5). Re-running resumes; "
+            "Import precomputed features. --stream video/audio: FILE.h5 holds one dataset per video id (a T x D "
+            "float array sampled at --fps, e.g. MAD's CLIP ViT-B/32 frames at 5 fps). Each dataset becomes one "
+            "sample of the shard format `lamflow extract` writes, with the features as the --stream array and "
+            "timestamps index/fps; the other stream is an empty (0, 0) array with a note in meta.json. "
+            "--stream text: FILE.h5 holds one dataset per sentence id (n_words x D token features, e.g. MAD's "
+            "CLIP_language_tokens_features.h5; no --fps). Each becomes a text-only sample (text.npy 1 x n_words x D, "
+            "meta.json texts [{id, tokens}]); point data.train_texts/data.val_texts at the output to give queries "
+            "their tokens by sentence id. A dataset of more than 512 rows is refused as text (it is frames), and a "
+            "file whose datasets look like sentences gets a warning when imported as video/audio. Ids are turned "
+            "into safe keys (the original id is kept in meta.json and used again by export-h5). Re-running resumes; "
             "different --stream/--fps/--dtype for the same --out is an error (use --overwrite)."
         ),
     )
-    parser.add_argument("h5", metavar="FILE.h5", help="MAD-style HDF5 file: one T x D dataset per video id")
+    parser.add_argument("h5", metavar="FILE.h5", help="MAD-style HDF5 file: one 2-D dataset per video id or sentence id")
     parser.add_argument("--out", required=True, help="output directory (shards/, manifest.jsonl, ...)")
-    parser.add_argument("--stream", choices=("video", "audio"), default="video",
-                        help="which stream the features are (default video)")
-    parser.add_argument("--fps", type=float, required=True,
-                        help="feature rows per second in the file (e.g. 5 for MAD's CLIP features)")
+    parser.add_argument("--stream", choices=("video", "audio", "text"), default="video",
+                        help="which stream the datasets are (default video; text for sentence token features)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="feature rows per second in the file, required for video/audio (e.g. 5 for MAD's CLIP "
+                             "frames); not for text")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="dtype to store (default: keep the file's float16/float32; other types become float32)")
-    parser.add_argument("--shard-samples", type=int, default=1000, help="videos per shard at most (default 1000)")
+    parser.add_argument("--shard-samples", type=int, default=1000, help="datasets per shard at most (default 1000)")
     parser.add_argument("--shard-bytes", type=float, default=1e9, help="start a new shard at this size (default 1e9)")
     parser.add_argument("--overwrite", action="store_true", help="delete OUT's previous shards and records first")
     parser.set_defaults(func=handle)
@@ -38,6 +44,10 @@ def handle(args: argparse.Namespace) -> int:
     from lamflow.pipelines.h5io import import_h5
     from lamflow.pipelines.manifest import OutputDirError, SettingsMismatchError
 
+    if args.stream != "text" and args.fps is None:
+        print(f"lamflow import-h5: error: --fps is required for --stream {args.stream} (feature rows per second, "
+              "e.g. 5 for MAD's CLIP frames)", file=sys.stderr)
+        return 2
     try:
         summary = import_h5(args.h5, args.out, stream=args.stream, fps=args.fps, dtype=args.dtype,
                             shard_samples=args.shard_samples, shard_bytes=int(args.shard_bytes),
@@ -45,6 +55,8 @@ def handle(args: argparse.Namespace) -> int:
     except (SettingsMismatchError, OutputDirError, ValueError, FileNotFoundError) as error:
         print(f"lamflow import-h5: error: {error}", file=sys.stderr)
         return 2
+    for warning in summary.warnings:
+        print(f"lamflow import-h5: warning: {warning}", file=sys.stderr)
     print(f"{summary.out_dir}: imported {summary.imported} of {summary.datasets} datasets "
           f"({summary.skipped_done} already done) into {len(summary.shards_written)} shard(s) in {summary.seconds:.1f} s")
     return 0
