@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from lamflow.cli import main as lamflow_main
+from lamflow.datasets.qvhighlights_format import CLIP_SECONDS
 from lamflow.demo.corpus import (
     BEEP_SECONDS,
-    CLIP_SECONDS,
     COLOURS,
     TONES,
     CorpusConfig,
