@@ -44,14 +44,15 @@ def _writable(array: np.ndarray) -> np.ndarray:
     return array if array.flags.writeable else array.copy()
 
 
-def _pad_stream(items: Sequence[Mapping[str, Any]], stream: str, max_tokens: Mapping[str, int] | None):
+def _pad_stream(items: Sequence[Mapping[str, Any]], stream: str, max_tokens: Mapping[str, int] | None,
+                pad_to: int | None):
     pairs = [stream_tokens(item, stream, max_tokens) for item in items]
     dims = {tokens.shape[1] for tokens, _ in pairs}
     if len(dims) != 1:
         keys = [item.get("key") for item in items]
         raise ValueError(f"stream {stream!r}: feature sizes {sorted(dims)} differ within a batch (keys {keys}); "
                          "mixing shards extracted with different models is not supported")
-    longest = max(len(tokens) for tokens, _ in pairs)
+    longest = pad_to if pad_to is not None else max(len(tokens) for tokens, _ in pairs)
     values = torch.zeros(len(items), longest, dims.pop())
     padding = torch.ones(len(items), longest, dtype=torch.bool)
     times = torch.zeros(len(items), longest)
@@ -65,9 +66,15 @@ def _pad_stream(items: Sequence[Mapping[str, Any]], stream: str, max_tokens: Map
 
 
 def collate_streams(
-    items: Sequence[Mapping[str, Any]], streams: Sequence[str], max_tokens: Mapping[str, int] | None = None
+    items: Sequence[Mapping[str, Any]], streams: Sequence[str], max_tokens: Mapping[str, int] | None = None,
+    fixed_lengths: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The stream part of the batch contract for ``items`` (task targets are added by ``task.collate``)."""
+    """The stream part of the batch contract for ``items`` (task targets are added by ``task.collate``).
+
+    With ``fixed_lengths`` every stream is cut and padded to exactly its length, whatever else is in the
+    batch: position j of the sequence then always holds the same stream and token slot (the layout the
+    "fixed" mask generator needs, whose mask columns are absolute positions).
+    """
     if not items:
         raise ValueError("cannot collate an empty batch")
     batch: dict[str, Any] = {
@@ -80,8 +87,9 @@ def collate_streams(
     }
     start = 0
     modality_blocks = []
+    limits = {**(max_tokens or {}), **(fixed_lengths or {})}
     for index, stream in enumerate(streams):
-        values, padding, times = _pad_stream(items, stream, max_tokens)
+        values, padding, times = _pad_stream(items, stream, limits, (fixed_lengths or {}).get(stream))
         batch["streams"][stream] = values
         batch["stream_padding"][stream] = padding
         batch["stream_timestamps"][stream] = times

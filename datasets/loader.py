@@ -116,6 +116,10 @@ class LoaderConfig:
     bucket_buffer: int = 64
     # Optional cap on tokens per stream, e.g. {audio: 2000}; longer streams are truncated (first tokens kept).
     max_stream_tokens: dict[str, int] | None = None
+    # Optional fixed layout, e.g. {text: 16, video: 32, audio: 320}: every stream is cut (first tokens kept) and
+    # padded to exactly this many tokens, so each sequence position always holds the same stream and slot
+    # whatever the batch (the "fixed" mask generator's columns are absolute positions: it needs this).
+    fixed_lengths: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -145,6 +149,12 @@ class LoaderConfig:
         _check(limits is None or (isinstance(limits, dict) and all(
             name in self.streams and _is_int(n) and n >= 1 for name, n in limits.items())),
             "max_stream_tokens", f"null or {{stream: int >= 1}} with streams from {list(self.streams)}", limits)
+        fixed = self.fixed_lengths
+        _check(fixed is None or (isinstance(fixed, dict) and set(fixed) == set(self.streams) and all(
+            _is_int(n) and n >= 1 for n in fixed.values())),
+            "fixed_lengths", f"null or {{stream: int >= 1}} for every stream of {list(self.streams)}", fixed)
+        _check(fixed is None or limits is None, "max_stream_tokens",
+               "null when fixed_lengths is set (fixed_lengths already cuts every stream)", limits)
 
 
 @dataclass(frozen=True)
@@ -258,7 +268,7 @@ class _EpochStream:
             for index, items in enumerate(self._batches(worker, counter)):
                 if index < self.skips[worker]:
                     continue  # taken before the resume point
-                batch = collate_streams(items, self.config.streams, self.config.max_stream_tokens)
+                batch = collate_streams(items, self.config.streams, self.config.max_stream_tokens, self.config.fixed_lengths)
                 batch.update(self.task.collate(items))
                 yield "batch", worker, batch, counter.take()
         except LamflowError as error:

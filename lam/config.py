@@ -27,8 +27,9 @@ class LAMConfig:
     mask: "none" = vanilla attention, "single" = one mask from the input used by every layer,
       "multi" = one generator per layer. combine: softmax(S * M) ("mul") or softmax(S + M) ("add").
     generator: "fixed" = the paper's per-token MLP whose last layer is max_len wide (inputs longer than
-      max_len are an error); "dynamic" = low-rank M = 1 + U V^T / sqrt(generator_rank) (add: U V^T / sqrt(r)),
-      defined for any length.
+      max_len are an error; column j is absolute position j, so it needs inputs laid out at fixed positions);
+      "dynamic" (the default: defined for any length and layout) = low-rank M = 1 + U V^T / sqrt(generator_rank)
+      (add: U V^T / sqrt(r)); not the paper's generator.
     generator_input (multi only): the hidden states entering each layer, or the encoder input.
     mask_gate: optional squashing of M ("sigmoid": M in (0, 2) for mul; "softplus": M > 0), chosen so
       that M is still the identity of `combine` at initialisation.
@@ -44,7 +45,7 @@ class LAMConfig:
     dropout: float = 0.1
     mask: str = "multi"
     combine: str = "mul"
-    generator: str = "fixed"
+    generator: str = "dynamic"
     generator_hidden: int = 256
     generator_layers: int = 2
     generator_rank: int = 16

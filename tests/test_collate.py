@@ -118,3 +118,25 @@ def test_length_bucketing_reduces_padding_and_keeps_every_item_once():
     bucketed_mask = torch.cat([collate_streams(g, STREAMS)["padding_mask"].flatten() for g in bucketed])
     plain_mask = torch.cat([collate_streams(g, STREAMS)["padding_mask"].flatten() for g in plain])
     assert bucketed_mask.float().mean() < plain_mask.float().mean()
+
+
+def test_with_a_fixed_layout_a_token_sits_at_the_same_column_whatever_the_batch_holds():
+    # The "fixed" mask generator gives column j its own learned meaning, so column j must be the same
+    # stream and slot in every batch. Dynamic padding moves the 2nd video token when the longest text changes.
+    short = item("short", text=1, video_ts=[0.0, 1.0, 2.0], audio_ts=[0.0])
+    long_text = item("long", text=4, video_ts=[0.0], audio_ts=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    layout = {"text": 5, "video": 3, "audio": 4}
+
+    def column_of_second_video_token(items, fixed):
+        batch = collate_streams(items, STREAMS, fixed_lengths=fixed)
+        video_start = dict((name, start) for name, start, _ in batch["segments"])["video"]
+        return video_start + 1, batch
+
+    dynamic = {column_of_second_video_token(group, None)[0] for group in ([short], [short, long_text])}
+    assert len(dynamic) == 2  # the same token moved: its mask column would mean something else
+    columns, batches = zip(*(column_of_second_video_token(group, layout) for group in ([short], [short, long_text])))
+    assert columns == (6, 6)
+    assert [b["segments"] for b in batches] == [[("text", 0, 5), ("video", 5, 8), ("audio", 8, 12)]] * 2
+    # Longer streams are cut (first tokens kept) and the rest padded.
+    assert batches[1]["stream_padding"]["audio"][1].tolist() == [False] * 4
+    assert batches[1]["streams"]["video"][0, 1, 0].item() == 203  # the short item's 2nd video token, in place

@@ -31,6 +31,7 @@ def test_invalid_value_names_field_and_allowed_values(field, value, allowed):
 
 def test_defaults_are_valid_and_follow_the_spec():
     cfg = LAMConfig()
-    assert (cfg.mask, cfg.combine, cfg.generator, cfg.attention) == ("multi", "mul", "fixed", "auto")
+    # dynamic by default: the paper's fixed generator is defined only for inputs laid out at fixed positions.
+    assert (cfg.mask, cfg.combine, cfg.generator, cfg.attention) == ("multi", "mul", "dynamic", "auto")
     assert cfg.mask_heads == 1
     assert LAMConfig(heads=4, dim=32, mask_per_head=True).mask_heads == 4

@@ -196,3 +196,17 @@ def test_invalid_yaml_and_downsampling_an_unknown_stream_are_errors(tmp_path):
         load_config(broken)
     with pytest.raises(ConfigError, match=r"model.downsample names stream\(s\) \['sound'\] that are not in data.loader.streams"):
         load_config(CONFIGS / "qvhighlights_lam.yaml", ["model.downsample={sound: 2}"])
+
+
+def test_the_fixed_generator_needs_a_fixed_layout_that_fits_its_width():
+    fixed = ["model.encoder.generator=fixed", "model.encoder.max_len=64"]
+    with pytest.raises(ConfigError, match="generator=fixed needs data.loader.fixed_lengths"):
+        load_config("demo", fixed)
+    layout = "data.loader.fixed_lengths={text: 8, video: 16, audio: 80}"
+    with pytest.raises(ConfigError, match="sequences of 104 tokens .* more than model.encoder.max_len=64"):
+        load_config("demo", [*fixed, layout])
+    config = load_config("demo", [*fixed, layout, "model.downsample={audio: 2}"])  # 8 + 16 + 40 = 64
+    assert config.data.loader.fixed_lengths == {"text": 8, "video": 16, "audio": 80}
+    assert load_config("demo", ["model.encoder.generator=fixed", "model.encoder.mask=none"])  # no mask, no layout needed
+    with pytest.raises(ConfigError, match="fixed_lengths.* for every stream"):
+        load_config("demo", ["data.loader.fixed_lengths={video: 16}"])

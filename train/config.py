@@ -233,6 +233,21 @@ class TrainConfig:
             raise ConfigError(
                 f"model.downsample names stream(s) {unknown} that are not in data.loader.streams {list(self.data.loader.streams)}"
             )
+        encoder, fixed = self.model.encoder, self.data.loader.fixed_lengths
+        if encoder.mask != "none" and encoder.generator == "fixed":
+            # The fixed generator's mask column j is absolute position j: only a fixed layout gives it a meaning.
+            if fixed is None:
+                raise ConfigError(
+                    "model.encoder.generator=fixed needs data.loader.fixed_lengths (e.g. {text: 16, video: 32, audio: 320}): "
+                    "its mask columns are absolute positions, which mean the same stream and slot in every batch only "
+                    "when every stream has a fixed length; or use model.encoder.generator=dynamic"
+                )
+            length = sum(math.ceil(n / self.model.downsample.get(s, 1)) for s, n in fixed.items())
+            if length > encoder.max_len:
+                raise ConfigError(
+                    f"data.loader.fixed_lengths give sequences of {length} tokens (after model.downsample), more than "
+                    f"model.encoder.max_len={encoder.max_len}, the fixed generator's width; raise max_len to {length}"
+                )
 
 
 @contextlib.contextmanager
