@@ -19,7 +19,19 @@ import h5py
 import numpy as np
 
 from lamflow import __version__
-from lamflow.contract import EXTRACTION, META, MEDIA_STREAMS, SHARDS_DIR, Record, final_shards, read_samples, sample_dims
+from lamflow.contract import (
+    EXTRACTION,
+    IMAGE_STREAM,
+    MEDIA_STREAMS,
+    META,
+    SHARDS_DIR,
+    Record,
+    final_shards,
+    is_token_field,
+    read_samples,
+    sample_dims,
+    tokens_field,
+)
 from lamflow.errors import DataFileError
 from lamflow.fileio import commit_temp, read_json, temp_path
 from lamflow.pipelines.keys import assign_keys
@@ -28,6 +40,7 @@ from lamflow.pipelines.settings import DTYPES
 from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES
 
 STREAMS = MEDIA_STREAMS
+EXPORT_STREAMS = (*MEDIA_STREAMS, IMAGE_STREAM)  # an image run's patch tokens export too, one dataset per image
 # One dataset is read into memory at a time; a header declaring more than this is refused before reading
 # (a few-KB file can declare a multi-TiB dataset of unallocated chunks).
 MAX_DATASET_BYTES = 16 * 2**30
@@ -163,8 +176,8 @@ def export_h5(out_dir: str | Path, h5_path: str | Path, stream: str = "video") -
     video) so an import -> export round trip reproduces the file; names two samples share fall back to
     the sample key. Attributes record the key, the source and the rate. Written to a temp file first.
     """
-    if stream not in STREAMS:
-        raise DataFileError(f"stream must be one of {STREAMS}, got {stream!r}")
+    if stream not in EXPORT_STREAMS:
+        raise DataFileError(f"stream must be one of {EXPORT_STREAMS}, got {stream!r}")
     out_dir = Path(out_dir)
     if not (out_dir / EXTRACTION).is_file():
         raise DataFileError(f"{out_dir} is not a lamflow output directory (no {EXTRACTION})")
@@ -183,7 +196,11 @@ def export_h5(out_dir: str | Path, h5_path: str | Path, stream: str = "video") -
         for shard in shards:
             for sample in read_samples(shard):
                 key, meta = sample["__key__"], sample[META]
-                dataset = h5.create_dataset(name_of[key], data=sample[f"{stream}.npy"])
+                if tokens_field(stream) not in sample:
+                    held = sorted(name[: -len(".npy")] for name in sample if is_token_field(name))
+                    raise DataFileError(f"sample {key!r} of {out_dir} has no {stream!r} stream (it holds {held}); "
+                                        "choose one of those with --stream")
+                dataset = h5.create_dataset(name_of[key], data=sample[tokens_field(stream)])
                 dataset.attrs["key"] = key
                 dataset.attrs["source"] = str(meta.get("source", ""))
                 rate = (meta.get("provenance", {}).get(stream) or {}).get("fps")

@@ -10,15 +10,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export-h5",
         help="write one stream of an output directory's shards to a MAD-style HDF5 file",
         description=(
-            "Write the --stream array (video or audio) of every sample in DIR's shards to FILE.h5, one dataset "
-            "per video named by its original id (the h5 id of an import, the file name stem of an extracted "
+            "Write the --stream array (video or audio; image for an image run) of every sample in DIR's shards to "
+            "FILE.h5, one dataset per input named by its original id (the h5 id of an import, the file name stem of an extracted "
             "video; the sample key where two samples share a name). Each dataset carries attributes key, "
             "source and fps. The file is written under a temporary name and renamed when complete."
         ),
     )
     parser.add_argument("path", metavar="DIR", help="output directory of `lamflow extract` or `lamflow import-h5`")
     parser.add_argument("--out", required=True, help="HDF5 file to write (replaced if it exists)")
-    parser.add_argument("--stream", choices=("video", "audio"), default="video", help="stream to export (default video)")
+    parser.add_argument("--stream", choices=("video", "audio", "image"), default="video",
+                        help="stream to export (default video)")
     parser.set_defaults(func=handle)
 
 
