@@ -10,6 +10,8 @@ An output directory ``DIR`` holds::
 
 A sample's members are ``KEY.FIELD``: ``video.npy`` / ``video_ts.npy`` (T x D tokens, T seconds) per
 stream, ``text.npy`` / ``text_pooled.npy`` (K x L x D / K x D) for the sample's texts, and ``meta.json``.
+An image run writes one stream per image, ``image.npy`` / ``image_ts.npy``: the class token and the
+patches in raster order, every timestamp 0 (a still image is one instant), duration 0.
 Keys use ``[A-Za-z0-9_-]`` only, because webdataset splits a member name at its first dot into key and
 field (:func:`split_member` is that rule). Arrays are ``.npy`` written with ``allow_pickle=False`` and
 read the same way, so no pickle ever enters or leaves a shard.
@@ -68,7 +70,8 @@ META = "meta.json"
 TEXT_STREAM = "text"  # per-text tokens live in the sample (text.npy), but are joined per query by tasks
 TEXT_TOKENS = "text.npy"
 TEXT_POOLED = "text_pooled.npy"
-MEDIA_STREAMS = ("video", "audio")  # what video extraction writes; other streams (e.g. image patches) may exist
+MEDIA_STREAMS = ("video", "audio")  # what video extraction writes
+IMAGE_STREAM = "image"  # what image extraction writes: (1 + N patches) x D tokens per image
 
 
 def tokens_field(stream: str) -> str:

@@ -1,4 +1,4 @@
-"""CLIP image and text embeddings through open_clip, loaded once and reused for many videos.
+"""CLIP image and text embeddings through open_clip, loaded once and reused for many videos or images.
 
 Weights come from one of three places, and provenance records which:
 - ``"none"``: random initialisation, seeded so every worker and every re-run gets the same weights
@@ -6,21 +6,23 @@ Weights come from one of three places, and provenance records which:
 - an open_clip pretrained tag (e.g. ``"openai"``): fetched by open_clip from the hub (fails offline);
 - a local checkpoint file: loaded by open_clip with ``weights_only=True``, recorded by sha256.
 
-All embeddings are L2-normalised (per frame, per text, per text token), the usual space for CLIP
-similarity, and a bounded range that float16 storage keeps well.
+All embeddings are L2-normalised (per frame, per image token, per text, per text token), the usual space
+for CLIP similarity, and a bounded range that float16 storage keeps well.
 """
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import text_global_pool
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from open_clip.transformer import VisionTransformer, text_global_pool
+from PIL import Image
 
 from lamflow.errors import LamflowError
 from lamflow.fileio import file_sha256
@@ -111,6 +113,10 @@ class ClipEncoder:
         self.image_std = tuple(float(v) for v in preprocess["std"])
         self._mean = torch.tensor(self.image_mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.image_std, device=self.device).view(1, 3, 1, 1)
+        # The model's own inference transform for still images (what create_model_and_transforms returns
+        # as preprocess_val): resize, centre crop, RGB, normalise, as its pretrained weights expect.
+        self.preprocess_cfg = PreprocessCfg(**self.model.visual.preprocess_cfg)
+        self.preprocess = image_transform_v2(self.preprocess_cfg, is_train=False)
         self.tokenizer = open_clip.get_tokenizer(model_name)
 
     @torch.inference_mode()
@@ -127,6 +133,38 @@ class ClipEncoder:
         pixels = pixels.permute(0, 3, 1, 2).float().div_(255.0)
         pixels = (pixels - self._mean) / self._std
         return self.model.encode_image(pixels, normalize=True).float().cpu().numpy()
+
+    def check_image_tokens(self) -> None:
+        """Raise :class:`ClipWeightsError` unless the image tower is a ViT whose output tokens are its patches."""
+        visual = self.model.visual
+        if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
+            raise ClipWeightsError(
+                f"{self.model_name!r} has no plain ViT image tower ({type(visual).__name__}"
+                f"{' with an attention pooler' if isinstance(visual, VisionTransformer) else ''}); image patch tokens "
+                "need an open_clip CLIP ViT, e.g. ViT-B-32-quickgelu or lamflow-tiny"
+            )
+
+    @property
+    def image_grid(self) -> tuple[int, int]:
+        """(rows, columns) of patches of a preprocessed image: (7, 7) for ViT-B/32 at 224 px."""
+        return tuple(int(n) for n in self.model.visual.grid_size)
+
+    @torch.inference_mode()
+    def encode_image_tokens(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Images -> (B, 1 + N, D) float32 L2-normalised tokens: row 0 the class token, rows 1..N the N patches
+        in raster order (``image_grid``), after the model's own preprocessing (``preprocess``).
+
+        Tokens are the ViT's last block output after its final layer norm (ln_post), projected by
+        ``visual.proj`` into the joint space (so D matches the pooled embedding, as for per-token text
+        embeddings). With CLIP's usual class-token pooling, row 0 is the image embedding ``encode_image`` returns.
+        """
+        self.check_image_tokens()
+        pixels = torch.stack([self.preprocess(image) for image in images]).to(self.device)
+        visual = self.model.visual
+        output = visual.forward_intermediates(pixels, indices=1, normalize_intermediates=True, output_fmt="NLC",
+                                              output_extra_tokens=True, intermediates_only=True)
+        tokens = torch.cat([output["image_intermediates_prefix"][-1], output["image_intermediates"][-1]], dim=1)
+        return F.normalize((tokens @ visual.proj).float(), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:

@@ -22,9 +22,9 @@ from lamflow import __version__
 from lamflow.contract import Record, join_names, sample_dims
 from lamflow.pipelines.keys import assign_keys
 from lamflow.pipelines.manifest import OutputDir
-from lamflow.pipelines.settings import ExtractSettings
+from lamflow.pipelines.settings import ClipSettings
 from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, ShardSink
-from lamflow.pipelines.sources import VIDEO_EXTENSIONS, Source, expand_sources
+from lamflow.pipelines.sources import MEDIA_EXTENSIONS, Source, SourceError, expand_sources
 from lamflow.pipelines.texts import load_texts, texts_fingerprint
 from lamflow.pipelines.worker import VideoOutcome, extract_video
 
@@ -59,11 +59,12 @@ class ExtractionSummary:
         return {k: v for k, v in self.__dict__.items() if k != "failures"}
 
 
-def run_record(settings: ExtractSettings, texts: str | Path | None) -> dict[str, Any]:
-    """The identity of a run, stored in extraction.json and compared on resume (``runtime`` is not)."""
+def run_record(settings: ClipSettings, texts: str | Path | None) -> dict[str, Any]:
+    """The identity of a run, stored in extraction.json and compared on resume (``runtime`` is not): a
+    video run's and an image run's differ in ``kind``, so neither resumes the other."""
     values = settings.to_json()
     return {
-        "kind": "video",
+        "kind": settings.kind,
         "settings": {k: v for k, v in values.items() if k not in RUNTIME_FIELDS},
         "texts": {"sha256": texts_fingerprint(texts)} if texts else None,
         "runtime": {k: values[k] for k in RUNTIME_FIELDS if k in values},
@@ -129,7 +130,7 @@ def _outcome_of(future: Any, source: str, key: str) -> VideoOutcome:
 def run_extraction(
     sources: Sequence[str],
     out_dir: str | Path,
-    settings: ExtractSettings,
+    settings: ClipSettings,
     workers: int = 1,
     scheduler: str | None = None,
     shard_samples: int = DEFAULT_SHARD_SAMPLES,
@@ -137,7 +138,7 @@ def run_extraction(
     retry_failed: bool = False,
     texts: str | Path | None = None,
     overwrite: bool = False,
-    extensions: Sequence[str] = VIDEO_EXTENSIONS,
+    extensions: Sequence[str] | None = None,
     task_resources: dict[str, float] | None = None,
     progress: bool = True,
 ) -> ExtractionSummary:
@@ -148,8 +149,10 @@ def run_extraction(
     matching ``--resources``. Raises SettingsMismatchError if ``out_dir`` holds other settings' output.
     """
     settings.validate()
+    if texts and settings.kind != "video":
+        raise SourceError(f"texts are embedded per video; an {settings.kind} run takes no --texts")
     started = time.perf_counter()
-    inputs: list[Source] = expand_sources(sources, extensions)
+    inputs: list[Source] = expand_sources(sources, extensions or MEDIA_EXTENSIONS[settings.kind])
     texts_by_name = load_texts(texts) if texts else {}
     output = OutputDir(Path(out_dir), run_record(settings, texts), overwrite=overwrite)
     try:
@@ -188,7 +191,7 @@ def _run_tasks(
     todo: list[Source],
     keys: dict[str, str],
     names: dict[str, str],
-    settings: ExtractSettings,
+    settings: ClipSettings,
     texts_by_key: dict[str, list[dict[str, str]]],
     sink: ShardSink,
     output: OutputDir,

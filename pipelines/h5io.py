@@ -35,13 +35,15 @@ import numpy as np
 from lamflow import __version__
 from lamflow.contract import (
     EXTRACTION,
-    META,
+    IMAGE_STREAM,
     MEDIA_STREAMS,
+    META,
     SHARDS_DIR,
     TEXT_STREAM,
     TEXT_TOKENS,
     Record,
     final_shards,
+    is_token_field,
     read_samples,
     sample_dims,
     tokens_field,
@@ -55,7 +57,8 @@ from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES
 
 log = logging.getLogger(__name__)
 
-STREAMS = (*MEDIA_STREAMS, TEXT_STREAM)
+STREAMS = (*MEDIA_STREAMS, TEXT_STREAM)  # what a file imports as
+EXPORT_STREAMS = (*STREAMS, IMAGE_STREAM)  # an image run's patch tokens export too, one dataset per image
 # One dataset is read into memory at a time; a header declaring more than this is refused before reading
 # (a few-KB file can declare a multi-TiB dataset of unallocated chunks).
 MAX_DATASET_BYTES = 16 * 2**30
@@ -271,7 +274,7 @@ def _stream_datasets(shards: list[Path], stream: str) -> Iterator[tuple[str, str
         for sample in read_samples(shard):
             key, meta = sample["__key__"], sample[META]
             if tokens_field(stream) not in sample:
-                held = sorted(name[: -len(".npy")] for name in sample if name.endswith(".npy") and not name.endswith("_ts.npy"))
+                held = sorted(name[: -len(".npy")] for name in sample if is_token_field(name))
                 raise DataFileError(f"{shard}: sample {key!r} has no {stream} stream (it holds {held}); "
                                     "export a stream the samples hold with --stream")
             yield key if originals[key] in shared else originals[key], key, meta, sample[tokens_field(stream)]
@@ -302,8 +305,8 @@ def export_h5(out_dir: str | Path, h5_path: str | Path, stream: str = "video") -
     of ``extract --texts``); attributes key and source. So import -> export reproduces the file. Written to
     a temp file first; nothing is left behind on an error.
     """
-    if stream not in STREAMS:
-        raise DataFileError(f"stream must be one of {STREAMS}, got {stream!r}")
+    if stream not in EXPORT_STREAMS:
+        raise DataFileError(f"stream must be one of {EXPORT_STREAMS}, got {stream!r}")
     out_dir = Path(out_dir)
     if not (out_dir / EXTRACTION).is_file():
         raise DataFileError(f"{out_dir} is not a lamflow output directory (no {EXTRACTION})")

@@ -1,22 +1,66 @@
-"""Per-video extraction settings: one frozen dataclass shared by decode, encoders and the run record.
+"""Extraction settings: frozen dataclasses shared by decode, encoders and the run record.
 
-The same object is written to ``DIR/extraction.json`` by the orchestrator, so a re-run with different
-settings can be detected instead of silently mixing features; keep every field JSON-serialisable.
+A run is a video run (:class:`ExtractSettings`: frames, audio and texts per video) or an image run
+(:class:`ImageSettings`: CLIP patch tokens per image); both share the CLIP fields of :class:`ClipSettings`,
+and ``kind`` says which one a run is. The settings are written to ``DIR/extraction.json`` by the
+orchestrator, so a re-run with different settings (or of the other kind) can be detected instead of silently
+mixing features; keep every field JSON-serialisable.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 FRAME_RULES = ("start", "middle")
 DTYPES = ("float16", "float32")
 LOG_MEL = "log-mel"  # the default audio encoder (pipelines/audio_tokens.py); others: pipelines/audio_models.py
 
+Settings = TypeVar("Settings", bound="ClipSettings")
+
 
 @dataclass(frozen=True)
-class ExtractSettings:
+class ClipSettings:
+    """The CLIP model every run encodes with, the dtype its arrays are stored in, and the device."""
+
+    kind: ClassVar[str]  # "video" or "image": what one input of the run is (recorded in extraction.json)
+
+    clip_model: str = "ViT-B-32-quickgelu"
+    pretrained: str = "none"  # "none" | open_clip pretrained tag (e.g. "openai") | local checkpoint path
+    dtype: str = "float16"  # dtype of the stored arrays
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        """Raise ValueError naming the offending field and how to fix it."""
+        if not self.clip_model:
+            raise ValueError("clip_model must name an open_clip model, e.g. 'ViT-B-32-quickgelu' or 'lamflow-tiny'")
+        if not self.pretrained:
+            raise ValueError("pretrained must be 'none', an open_clip tag such as 'openai', or a checkpoint path")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls: type[Settings], data: dict[str, Any]) -> Settings:
+        """Build from a dict (e.g. extraction.json); unknown keys are an error, missing ones take defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown extraction setting(s) {unknown}; known fields: {sorted(known)}")
+        settings = cls(**data)
+        settings.validate()
+        return settings
+
+
+@dataclass(frozen=True)
+class ExtractSettings(ClipSettings):
     """How one video becomes tokens. Defaults reproduce the issue's CLI defaults."""
+
+    kind: ClassVar[str] = "video"
 
     fps: float = 1.0  # video tokens per second
     # A video of D seconds (as decoded, whatever its header claims) has ceil(D * fps) intervals
@@ -32,14 +76,11 @@ class ExtractSettings:
     # "log-mel", a torchaudio wav2vec2-family bundle name (e.g. "WAV2VEC2_BASE", "HUBERT_BASE") or a local
     # checkpoint path (a torchaudio wav2vec2/HuBERT/WavLM model, or PANNs CNN14); see audio_models.py.
     audio_model: str = LOG_MEL
-    clip_model: str = "ViT-B-32-quickgelu"
-    pretrained: str = "none"  # "none" | open_clip pretrained tag (e.g. "openai") | local checkpoint path
-    dtype: str = "float16"  # dtype of the stored arrays
     frame_batch: int = 32  # frames decoded + encoded per batch: bounds memory on long videos
-    device: str = "cpu"
 
     def validate(self) -> None:
         """Raise ValueError naming the offending field and how to fix it."""
+        super().validate()
         if not self.fps > 0:
             raise ValueError(f"fps must be > 0 (video tokens per second), got {self.fps!r}")
         if self.frame_rule not in FRAME_RULES:
@@ -57,31 +98,17 @@ class ExtractSettings:
         if not (isinstance(self.audio_model, str) and self.audio_model):
             raise ValueError(f"audio_model must be {LOG_MEL!r}, a torchaudio bundle name such as 'WAV2VEC2_BASE' or "
                              f"a checkpoint path, got {self.audio_model!r}")
-        if not self.clip_model:
-            raise ValueError("clip_model must name an open_clip model, e.g. 'ViT-B-32-quickgelu' or 'lamflow-tiny'")
-        if not self.pretrained:
-            raise ValueError("pretrained must be 'none', an open_clip tag such as 'openai', or a checkpoint path")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not (isinstance(self.frame_batch, int) and self.frame_batch >= 1):
             raise ValueError(f"frame_batch must be an integer >= 1, got {self.frame_batch!r}")
-        if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
-            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
 
     @property
     def audio_hop_samples(self) -> int:
         return round(self.audio_hop * self.sample_rate)
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ExtractSettings":
-        """Build from a dict (e.g. extraction.json); unknown keys are an error, missing ones take defaults."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown extraction setting(s) {unknown}; known fields: {sorted(known)}")
-        settings = cls(**data)
-        settings.validate()
-        return settings
+@dataclass(frozen=True)
+class ImageSettings(ClipSettings):
+    """How one image becomes tokens (pipelines/images.py): the CLIP model's own preprocessing and its ViT's
+    output tokens. Nothing else is chosen: the model fixes the input size, the crop and the token grid."""
+
+    kind: ClassVar[str] = "image"

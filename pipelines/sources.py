@@ -1,6 +1,7 @@
 """SOURCES arguments -> the list of media inputs to extract, with per-input metadata.
 
-A SOURCE is a media file, a directory (searched recursively by extension), a glob, or a list file:
+A SOURCE is a media file, a directory (searched recursively by extension: video or image extensions, by the
+kind of run), a glob, or a list file:
 ``.txt`` (one path per line), ``.csv`` / ``.jsonl`` (a path column plus any metadata columns). Paths may
 be local or fsspec URLs (``s3://``, ``gs://``, ``https://`` ...); relative paths inside a list file are
 resolved against the list file's folder, so a dataset folder can be moved as a whole.
@@ -31,6 +32,9 @@ from lamflow.errors import LamflowError
 VIDEO_EXTENSIONS = (
     ".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp", ".ogv",
 )
+# What Pillow decodes for an image run (``lamflow extract --media image``; pipelines/images.py).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+MEDIA_EXTENSIONS = {"video": VIDEO_EXTENSIONS, "image": IMAGE_EXTENSIONS}  # by the run's kind (settings.kind)
 LIST_EXTENSIONS = (".txt", ".csv", ".jsonl")
 # Accepted names of the column holding the media path in .csv / .jsonl list files, in priority order.
 PATH_COLUMNS = ("path", "source", "video_path", "file", "filename", "url")
@@ -109,6 +113,14 @@ def _has_extension(path: str, extensions: Sequence[str]) -> bool:
     return path.lower().endswith(tuple(e.lower() for e in extensions))
 
 
+def _other_kind_hint(files: Sequence[str], extensions: Sequence[str]) -> str:
+    """A hint for a directory searched for one kind of media that holds the other kind."""
+    for kind, kind_extensions in MEDIA_EXTENSIONS.items():
+        if not set(kind_extensions) & set(extensions) and any(_has_extension(f, kind_extensions) for f in files):
+            return f" but holds {kind} files (pass --media {kind} to extract them)"
+    return ""
+
+
 def _read_text(path: str) -> str:
     with fsspec.open(path, "rt", encoding="utf-8") as handle:
         return handle.read()
@@ -174,11 +186,12 @@ def _expand_one(spec: str, extensions: Sequence[str]) -> list[Source]:
     if not fs.exists(root):
         raise SourceError(f"source {spec!r} does not exist; give a media file, a directory, a glob or a list file")
     if fs.isdir(root):
-        found = sorted(p for p in fs.find(root) if _has_extension(p, extensions))
+        files = fs.find(root)
+        found = sorted(p for p in files if _has_extension(p, extensions))
         if not found:
             raise SourceError(
-                f"directory {spec!r} holds no files with a media extension {list(extensions)}; "
-                "pass --extensions to widen the search"
+                f"directory {spec!r} holds no files with a media extension {list(extensions)}"
+                f"{_other_kind_hint(files, extensions)}; pass --extensions to widen the search"
             )
         return [Source(p, source_name(p, path)) for p in (_as_source_path(fs, f, path) for f in found)]
     if _has_extension(path, LIST_EXTENSIONS):

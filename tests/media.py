@@ -1,9 +1,16 @@
-"""Short real media for tests, generated with ffmpeg's lavfi sources (nothing is committed)."""
+"""Short real media for tests, generated with ffmpeg's lavfi sources and Pillow (nothing is committed)."""
 from __future__ import annotations
 
 import struct
 import subprocess
 from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Image classes that even random-weight CLIP patch tokens tell apart: two solid colour families and stripes.
+IMAGE_PATTERNS = ("red", "blue", "stripes")
+_IMAGE_FORMATS = (".jpg", ".png", ".webp")
 
 
 def make_media(
@@ -85,3 +92,34 @@ def rewrite_mp4_durations(path: Path, seconds: float, media_too: bool = False) -
                                 set_duration(body4, 12, 16)
     Path(path).write_bytes(bytes(data))
     return Path(path)
+
+
+def make_image(path: Path, pattern: str, rng: np.random.Generator) -> Path:
+    """Write one image of ``pattern`` (see IMAGE_PATTERNS) at ``path`` (format from the suffix), with a random
+    size (not square: the CLIP preprocessing resizes and crops) and a random shade or stripe period."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = (int(rng.integers(72, 128)), int(rng.integers(72, 128)))
+    if pattern == "red":
+        image = Image.new("RGB", size, (int(rng.integers(180, 256)), int(rng.integers(0, 80)), int(rng.integers(0, 80))))
+    elif pattern == "blue":
+        image = Image.new("RGB", size, (int(rng.integers(0, 80)), int(rng.integers(0, 120)), int(rng.integers(180, 256))))
+    elif pattern == "stripes":
+        image = Image.new("RGB", size, (255, 255, 255))
+        period = int(rng.integers(6, 14))
+        draw = ImageDraw.Draw(image)
+        for x in range(-int(rng.integers(0, period)), size[0], period):
+            draw.rectangle([x, 0, x + period // 2 - 1, size[1]], fill=(0, 0, 0))
+    else:
+        raise ValueError(f"pattern must be one of {IMAGE_PATTERNS}, got {pattern!r}")
+    image.save(path)
+    return path
+
+
+def make_image_folder(root: Path, per_class: int, seed: int = 0) -> Path:
+    """An ImageNet-style folder ROOT/CLASS/CLASS_NN.EXT: ``per_class`` images of each IMAGE_PATTERNS class,
+    in JPEG, PNG and WebP by turns."""
+    rng = np.random.default_rng(seed)
+    for pattern in IMAGE_PATTERNS:
+        for index in range(per_class):
+            make_image(root / pattern / f"{pattern}_{index:02d}{_IMAGE_FORMATS[index % len(_IMAGE_FORMATS)]}", pattern, rng)
+    return root

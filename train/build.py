@@ -18,8 +18,10 @@ SPLITS = ("train", "val")
 def build_task(data: DataConfig, split: str) -> Any:
     """The task adapter joining ``split``'s annotations (or the label file) to the shards by key."""
     if data.task == "classification":
-        from lamflow.datasets.classification import ClassificationTask
+        from lamflow.datasets.classification import FOLDER_LABELS, ClassificationTask
 
+        if data.labels == FOLDER_LABELS:
+            return ClassificationTask.from_folders(split_shards(data, split), classes_from=split_shards(data, "train"))
         return ClassificationTask(data.labels)
     from lamflow.datasets.qvhighlights import QVHighlightsTask
 

@@ -58,7 +58,10 @@ class DataConfig:
     train_annotations: str = ""
     # QVHighlights annotation jsonl for the validation split; also the ground truth of the official metrics.
     val_annotations: str = ""
-    # Classification label file (csv `key,label` or json {key: label}) covering train and val keys.
+    # Classification label file (csv `key,label` or json {key: label}) covering train and val keys; or
+    # "folder": each sample's label is the class folder of its recorded name (an image folder ROOT/CLASS/x.jpg
+    # extracted from ROOT with `lamflow extract ROOT --media image`); train_shards and val_shards are then
+    # separate extraction DIRs (e.g. of ImageNet's train/ and val/), and the classes are train_shards' folders.
     labels: str = ""
     # Text shard set (DIR or .tar pattern, e.g. from `lamflow import-h5 LANG.h5 --stream text`) holding the
     # training queries' tokens by query id, for shards without them (MAD's sentence features); "" = none.

@@ -1,7 +1,8 @@
 """Top-k accuracy for classification, from logits in memory or from a prediction file.
 
 Label files are the ones the classification task reads (``lamflow.datasets.classification.load_labels``):
-a CSV of ``key,label`` rows (an optional ``key,label`` header) or a JSON object ``{key: label}``. A
+a CSV of ``key,label`` rows (an optional ``key,label`` header) or a JSON object ``{key: label}``, or an image
+folder's extraction DIR, whose samples are labelled by their class folders (``folder_labels``). A
 prediction file is JSONL, one line per key: ``{"key": "vid123", "top_labels": ["dog", "cat", ...]}``
 with the predicted labels best first (at least ``max(k)`` of them, or every class; other fields such as
 ``scores`` are ignored). Labels are compared as strings, so ``3`` and ``"3"`` match.

@@ -113,10 +113,12 @@ def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
         predicted = {row["qid"] for row in rows}
         ground_truth = [record for record in read_jsonl(data.val_annotations) if record.get("qid") in predicted]
         return evaluate(ground_truth, rows, gt_source=data.val_annotations)["brief"]
+    from lamflow.datasets.classification import FOLDER_LABELS, folder_labels
     from lamflow.train.eval_classification import load_labels, ranked_accuracy
 
     predicted = {row["key"] for row in rows}
-    labels = {key: label for key, label in load_labels(data.labels).items() if key in predicted}
+    truth = folder_labels(data.val_shards) if data.labels == FOLDER_LABELS else load_labels(data.labels)
+    labels = {key: label for key, label in truth.items() if key in predicted}
     return ranked_accuracy(labels, rows)
 
 

@@ -67,11 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Top-k accuracy (percent, 2 decimals) of a JSONL prediction file whose lines are "
             '{"key": KEY, "top_labels": [best, second, ...]} against a label file (CSV key,label or '
-            "JSON {key: label}). Every labelled key needs exactly one prediction."
+            "JSON {key: label}), or against the class folders of an image folder's extraction DIR (each "
+            "sample's label is the folder its recorded name CLASS/IMAGE starts with). Every labelled key "
+            "needs exactly one prediction."
         ),
     )
     cls.add_argument("--labels", required=True, type=Path, metavar="LABELS",
-                     help="CSV with key,label rows (optional header) or a JSON object {key: label}")
+                     help="CSV with key,label rows (optional header), a JSON object {key: label}, or the extraction "
+                          "DIR of an image folder (lamflow extract ROOT --media image): labels = class folders")
     cls.add_argument("--pred", required=True, type=Path, metavar="PRED.jsonl",
                      help='JSONL lines {"key": ..., "top_labels": [...]}, labels best first')
     cls.add_argument("--topk", type=int, nargs="+", default=[1, 5], metavar="K",

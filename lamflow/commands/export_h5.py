@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export-h5",
         help="write one stream of an output directory's shards to a MAD-style HDF5 file",
         description=(
-            "Write the --stream array (video or audio) of every sample in DIR's shards to FILE.h5, one dataset "
+            "Write the --stream array (video or audio; image for an image run) of every sample in DIR's shards to FILE.h5, one dataset "
             "per video named by its original id (the h5 id of an import, the file name stem of an extracted "
             "video; the sample key where two samples share a name), with attributes key, source and fps. "
             "--stream text writes one n_words x D dataset per text id instead (the sentence ids of "
@@ -20,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("path", metavar="DIR", help="output directory of `lamflow extract` or `lamflow import-h5`")
     parser.add_argument("--out", required=True, help="HDF5 file to write (replaced if it exists)")
-    parser.add_argument("--stream", choices=("video", "audio", "text"), default="video",
-                        help="stream to export (default video; text: one dataset per text id)")
+    parser.add_argument("--stream", choices=("video", "audio", "image", "text"), default="video",
+                        help="stream to export (default video; image: an image run's patch tokens; text: one dataset per text id)")
     parser.set_defaults(func=handle)
 
 

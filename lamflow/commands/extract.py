@@ -1,13 +1,20 @@
-"""`lamflow extract`: videos -> time-stamped CLIP / audio / text tokens in WebDataset shards (Dask)."""
+"""`lamflow extract`: videos -> time-stamped CLIP / audio / text tokens, or images -> CLIP patch tokens,
+in WebDataset shards (Dask)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from lamflow.pipelines.settings import DTYPES, FRAME_RULES, ExtractSettings
+from lamflow.errors import LamflowError
+from lamflow.pipelines.settings import DTYPES, FRAME_RULES, ClipSettings, ExtractSettings, ImageSettings
 
 _DEFAULTS = ExtractSettings()
+SETTINGS_BY_MEDIA = {"video": ExtractSettings, "image": ImageSettings}
+# Options of ExtractSettings' own fields (frames, audio): they mean nothing to an image run.
+_VIDEO_ONLY = [f.name for f in dataclasses.fields(ExtractSettings) if f.name not in
+               {c.name for c in dataclasses.fields(ClipSettings)}]
 
 
 def _resources(text: str) -> dict[str, float]:
@@ -27,7 +34,8 @@ def _resources(text: str) -> dict[str, float]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "extract",
-        help="extract time-stamped video/audio/text tokens from videos into WebDataset shards",
+        help="extract time-stamped video/audio/text tokens from videos (or CLIP patch tokens from images) into "
+             "WebDataset shards",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Decode every input with ffmpeg (in a subprocess, so a bad file cannot take a worker down), embed\n"
@@ -40,19 +48,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(--scheduler). Each worker loads the models once. Running the same command again resumes: inputs\n"
             "already in a shard are skipped, nothing is duplicated, and a run killed at any moment loses only\n"
             "unfinished work. Inputs that failed (corrupt, truncated, no streams) are recorded, not fatal;\n"
-            "--retry-failed tries them again."
+            "--retry-failed tries them again.\n\n"
+            "--media image makes an image run instead (image folders such as ImageNet's class/xxx.JPEG):\n"
+            "directories are searched for common image formats (JPEG, PNG, WebP, BMP, TIFF), each image is\n"
+            "decoded with Pillow, resized and centre-cropped by the CLIP model's own preprocessing, and stored\n"
+            "as one 'image' stream: the ViT's class token and patch tokens (1 + 49 for ViT-B/32), projected\n"
+            "into CLIP's joint space, every timestamp 0. Its key comes from its path under the directory\n"
+            "(class/xxx), which is recorded, so a classifier can take its label from the folder\n"
+            "(data.labels: folder). Only the CLIP options apply; a video run and an image run never share an OUT."
         ),
         epilog=(
             "examples:\n"
             "  lamflow extract videos/ --out feats --workers 8\n"
             "  lamflow extract 'clips/**/*.mp4' list.csv --out feats --fps 2 --dtype float32\n"
             "  lamflow extract videos/ --out feats --texts highlight_train_release.jsonl --pretrained openai\n"
-            "  lamflow extract videos/ --out feats --scheduler tcp://head:8786 --task-resources GPU=1 --device cuda"
+            "  lamflow extract videos/ --out feats --scheduler tcp://head:8786 --task-resources GPU=1 --device cuda\n"
+            "  lamflow extract imagenet/train --media image --out feats/train --pretrained openai --workers 8"
         ),
     )
     parser.add_argument(
         "sources", nargs="+", metavar="SOURCE",
-        help="video files, directories (searched recursively by extension), globs (quote them), or list files: "
+        help="media files, directories (searched recursively by extension), globs (quote them), or list files: "
              ".txt (one path per line; a line whose first non-blank character is '#' is a comment, so give a "
              "file named '#...' as ./#name) or .csv/.jsonl with a 'path' column and optional metadata columns "
              "(a 'key' column names the sample; no comments). Local paths or fsspec URLs (s3://, gs://, "
@@ -61,6 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="output directory (created; an existing one is resumed)")
     features = parser.add_argument_group("features (recorded in extraction.json; a resume must use the same)")
+    features.add_argument("--media", choices=tuple(SETTINGS_BY_MEDIA), default="video",
+                          help="what the inputs are: 'video' (frames, audio, texts) or 'image' (CLIP patch tokens per "
+                               "image; only --clip-model, --pretrained, --dtype and --device apply) (default video)")
     features.add_argument("--fps", type=float, default=_DEFAULTS.fps,
                           help=f"video frames embedded per second (default {_DEFAULTS.fps:g})")
     features.add_argument("--frame-rule", choices=FRAME_RULES, default=_DEFAULTS.frame_rule,
@@ -117,36 +136,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument("--overwrite", action="store_true",
                         help="delete OUT's previous shards and records first (needed to change feature settings)")
     output.add_argument("--extensions", default=None,
-                        help="comma-separated file extensions searched in directories (default: common video formats)")
+                        help="comma-separated file extensions searched in directories (default: common video formats, "
+                             "or image formats with --media image)")
     output.add_argument("--json", action="store_true", help="print the run summary as JSON")
     output.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=handle)
 
 
+def _settings(args: argparse.Namespace) -> ClipSettings:
+    """The run's settings from the options of its --media; an option of the other kind is an error."""
+    kind = SETTINGS_BY_MEDIA[args.media]
+    if kind is ImageSettings:
+        given = [f"--{name.replace('_', '-')}" for name in _VIDEO_ONLY if getattr(args, name) != getattr(_DEFAULTS, name)]
+        given += ["--texts"] if args.texts else []
+        if given:
+            raise LamflowError(f"{', '.join(given)} apply to video runs; an image run (--media image) takes only "
+                               "--clip-model, --pretrained, --dtype and --device")
+    return kind(**{f.name: getattr(args, f.name) for f in dataclasses.fields(kind)})
+
+
 def handle(args: argparse.Namespace) -> int:
     from lamflow.devices import require_device
 
-    settings = ExtractSettings(
-        fps=args.fps, frame_rule=args.frame_rule, sample_rate=args.sample_rate, audio_hop=args.audio_hop,
-        n_mels=args.n_mels, audio_model=args.audio_model, clip_model=args.clip_model, pretrained=args.pretrained,
-        dtype=args.dtype, frame_batch=args.frame_batch, device=args.device,
-    )
+    settings = _settings(args)
     if not args.scheduler:  # local workers use this machine's devices and caches; remote workers check their own
         require_device(settings.device, "--device")
-        from lamflow.pipelines.audio_models import check_audio_model
+        if isinstance(settings, ExtractSettings):
+            from lamflow.pipelines.audio_models import check_audio_model
 
-        check_audio_model(settings)
+            check_audio_model(settings)
 
     from lamflow.pipelines.clip_encoder import ClipWeightsError
     from lamflow.pipelines.extract import run_extraction
     from lamflow.pipelines.manifest import OutputDirError, SettingsMismatchError
-    from lamflow.pipelines.sources import VIDEO_EXTENSIONS, SourceError
+    from lamflow.pipelines.sources import SourceError
 
     if settings.pretrained == "none":
-        print("WARNING: --pretrained none: CLIP weights are RANDOM; video/text features carry no learned "
+        print("WARNING: --pretrained none: CLIP weights are RANDOM; image/video/text features carry no learned "
               "meaning (fine for tests and benchmarks, not for training). Pass --pretrained openai or a "
               "checkpoint path for real features.", file=sys.stderr)
-    extensions = tuple(f".{e.strip().lstrip('.')}" for e in args.extensions.split(",")) if args.extensions else VIDEO_EXTENSIONS
+    extensions = tuple(f".{e.strip().lstrip('.')}" for e in args.extensions.split(",")) if args.extensions else None
     try:
         summary = run_extraction(
             args.sources, args.out, settings, workers=args.workers, scheduler=args.scheduler,
@@ -168,7 +197,7 @@ def handle(args: argparse.Namespace) -> int:
         print(f"{summary.out_dir}: {summary.ok} extracted, {summary.failed} failed, {summary.skipped_done} already "
               f"done, {summary.skipped_failed} failed before (use --retry-failed) of {summary.inputs} inputs; "
               f"{len(summary.shards_written)} shard(s) written in {summary.seconds:.1f} s "
-              f"({summary.videos_per_second:.2f} videos/s)")
+              f"({summary.videos_per_second:.2f} {settings.kind}s/s)")
         for source, error in summary.failures.items():
             print(f"  failed: {source}: {error}")
     if settings.pretrained == "none" and summary.ok:
