@@ -135,7 +135,10 @@ class ClassificationTask:
         return int(name in self.label_of)
 
     def items(self, sample: dict, name: str) -> Iterator[dict]:
-        yield {**sample, "sample_id": sample["key"], "label": self.label_of[name]}
+        yield {**sample, "sample_id": sample["key"], "label": self.label_of[name], "label_key": name}
 
     def collate(self, items: list[dict]) -> dict:
-        return {"labels": torch.tensor([item["label"] for item in items], dtype=torch.long)}
+        """Targets, and each item's name in the label file (predictions are written under it, so they
+        score against the label file whatever the shard keys are)."""
+        return {"labels": torch.tensor([item["label"] for item in items], dtype=torch.long),
+                "label_keys": [item["label_key"] for item in items]}

@@ -5,11 +5,14 @@ import hashlib
 import json
 
 import pytest
+import torch
 from contract_shards import Video, write_extraction_dir
 
 from lamflow.datasets.classification import ClassificationTask
 from lamflow.datasets.loader import LoaderConfig, StreamingLoader
 from lamflow.datasets.qvhighlights import QVHighlightsTask
+from lamflow.train.eval_classification import load_labels, ranked_accuracy
+from lamflow.train.predict import classification_rows
 
 VIDEOS = [Video("cat.clip.1", texts=[("5", "a cat", 2)]), Video("dog-2"), Video("cat_3"), Video("no.label")]
 
@@ -71,3 +74,15 @@ def test_one_shard_set_serves_qvhighlights_and_classification_untouched(tmp_path
     assert batch["qids"] == [5] and batch["keys"] == ["cat_clip_1"]
     assert [name for name, _, _ in batch["segments"]] == ["text", "video", "audio"]
     assert digest(root) == before
+
+
+def test_predictions_are_written_under_the_label_files_names_so_they_score_against_it(tmp_path):
+    root = write_extraction_dir(tmp_path / "x", [VIDEOS])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("cat.clip.1,cat\ndog-2,dog\n")  # a name with dots: its shard key is cat_clip_1
+    loader = StreamingLoader(str(root), ClassificationTask(labels), LoaderConfig(streams=("video",), batch_size=4), mode="eval")
+    [batch] = list(loader)
+    logits = torch.tensor([[2.0, 0.0]] * len(batch["keys"]))
+    rows = classification_rows(batch, {"logits": logits}, ["cat", "dog"])
+    assert sorted(row["key"] for row in rows) == ["cat.clip.1", "dog-2"]
+    assert ranked_accuracy(load_labels(labels), rows)["top1"] == 50.0  # both predicted "cat": one right

@@ -55,7 +55,7 @@ def classification_rows(batch: dict[str, Any], outputs: dict[str, torch.Tensor],
         # An output beyond the label file's classes (model.num_classes set larger) is named by its index.
         {"key": key, "top_labels": [class_names[i] if i < len(class_names) else str(i) for i in indices],
          "scores": [round(s, 6) for s in scores]}
-        for key, scores, indices in zip(batch["keys"], top.values.tolist(), top.indices.tolist())
+        for key, scores, indices in zip(batch["label_keys"], top.values.tolist(), top.indices.tolist())
     ]
 
 
