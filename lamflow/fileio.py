@@ -120,15 +120,21 @@ def iter_jsonl(path: str | Path, what: str = "JSONL file") -> Iterator[tuple[int
     Every line must hold one JSON object: anything else is a :class:`DataFileError` quoting ``file:line``.
     """
     path = Path(path)
-    for number, line in enumerate(_text(path, what).splitlines(), start=1):
+    return parse_jsonl(_text(path, what), str(path))
+
+
+def parse_jsonl(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of JSON-lines ``text`` read from ``source`` (named in
+    errors), for text that did not come from a local file (e.g. an fsspec URL)."""
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataFileError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
+            raise DataFileError(f"{source}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
         if not isinstance(record, dict):
-            raise DataFileError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            raise DataFileError(f"{source}:{number}: expected a JSON object, got {type(record).__name__}")
         yield number, record
 
 

@@ -44,7 +44,7 @@ from torch import nn
 
 from lamflow.errors import LamflowError
 from lamflow.fileio import file_sha256
-from lamflow.pipelines.audio_tokens import TIMESTAMP_RULE, AudioTokenizer, hop_starts
+from lamflow.pipelines.audio_tokens import TIMESTAMP_RULE, AudioTokenizer, hop_count, mono_hops
 from lamflow.pipelines.cnn14 import Cnn14
 from lamflow.pipelines.settings import LOG_MEL, ExtractSettings
 
@@ -89,15 +89,11 @@ class PretrainedAudioEncoder:
         self.dim = dim
 
     def count(self, n_samples: int) -> int:
-        return math.ceil(n_samples / self.hop_samples)
+        return hop_count(n_samples, self.hop_samples)
 
     @torch.inference_mode()
     def __call__(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        wave = np.asarray(wave, dtype=np.float32)
-        if wave.ndim != 1:
-            raise ValueError(f"audio wave must be mono (1-D), got shape {wave.shape}")
-        n_tokens = self.count(len(wave))
-        timestamps = hop_starts(n_tokens, self.hop)
+        wave, n_tokens, timestamps = mono_hops(wave, self.hop_samples, self.hop)
         if n_tokens == 0:
             return np.zeros((0, self.dim), np.float32), timestamps
         tokens = self._tokens(torch.from_numpy(wave), n_tokens)

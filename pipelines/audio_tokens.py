@@ -28,6 +28,20 @@ def hop_starts(n_tokens: int, hop: float) -> np.ndarray:
     return (np.arange(n_tokens, dtype=np.float64) * hop).astype(np.float32)
 
 
+def hop_count(n_samples: int, hop_samples: int) -> int:
+    """Tokens of a wave, whatever the encoder: one per hop, a final partial hop included."""
+    return math.ceil(n_samples / hop_samples)
+
+
+def mono_hops(wave: np.ndarray, hop_samples: int, hop: float) -> tuple[np.ndarray, int, np.ndarray]:
+    """(the wave as float32, its token count, the tokens' timestamps): the hop rule every audio encoder shares."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"audio wave must be mono (1-D), got shape {wave.shape}")
+    n_tokens = hop_count(len(wave), hop_samples)
+    return wave, n_tokens, hop_starts(n_tokens, hop)
+
+
 class AudioTokenizer:
     """Callable turning a mono float32 wave into (T_a, n_mels) tokens and (T_a,) start times."""
 
@@ -55,15 +69,11 @@ class AudioTokenizer:
         return self.n_mels
 
     def count(self, n_samples: int) -> int:
-        return math.ceil(n_samples / self.hop_samples)
+        return hop_count(n_samples, self.hop_samples)
 
     @torch.inference_mode()
     def __call__(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        wave = np.asarray(wave, dtype=np.float32)
-        if wave.ndim != 1:
-            raise ValueError(f"audio wave must be mono (1-D), got shape {wave.shape}")
-        n_tokens = self.count(len(wave))
-        timestamps = hop_starts(n_tokens, self.hop)
+        wave, n_tokens, timestamps = mono_hops(wave, self.hop_samples, self.hop)
         sums = torch.zeros(n_tokens, self.n_mels)
         counts = torch.zeros(n_tokens)
         half = self.n_fft // 2

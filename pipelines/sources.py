@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import os
 import posixpath
 import shutil
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 import fsspec
 
 from lamflow.errors import LamflowError
+from lamflow.fileio import parse_jsonl
 
 VIDEO_EXTENSIONS = (
     ".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp", ".ogv",
@@ -143,18 +143,7 @@ def _rows_of_list_file(list_file: str) -> list[dict[str, Any]]:
         return [{"path": line} for line in lines if line and not line.startswith(COMMENT)]
     if list_file.lower().endswith(".csv"):
         return list(csv.DictReader(io.StringIO(text)))
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise SourceError(f"{list_file}:{number} is not valid JSON ({error.msg}); fix or remove the line") from None
-        if not isinstance(row, dict):
-            raise SourceError(f"{list_file}:{number} must be a JSON object with a path column, got {type(row).__name__}")
-        rows.append(row)
-    return rows
+    return [row for _, row in parse_jsonl(text, list_file)]
 
 
 def _expand_list_file(list_file: str) -> list[Source]:

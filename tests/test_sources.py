@@ -6,7 +6,6 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from lamflow.contract import MAX_KEY_LENGTH, safe_key
 from lamflow.pipelines.keys import assign_keys
 from lamflow.pipelines.sources import SourceError, expand_sources, local_copy, source_name
 from lamflow.pipelines.texts import load_texts
@@ -140,15 +139,6 @@ def test_fsspec_urls_are_listed_and_staged_to_a_local_file():
     with local_copy(sources[0].path) as local:
         assert Path(local).read_bytes() == b"remote bytes"
     assert not Path(local).exists()  # staged copies are cleaned up
-
-
-def test_safe_key_keeps_only_safe_characters_and_folds_accents():
-    assert safe_key("my clip.v1 (final)") == "my_clip_v1__final_"
-    assert safe_key("café") == "cafe"
-    assert safe_key("NUsG9BgSes0_210.0_360.0") == "NUsG9BgSes0_210_0_360_0"
-    assert SAFE.match(safe_key("日本語/動画"))
-    long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
-    assert len(safe_key(long_a)) == MAX_KEY_LENGTH and safe_key(long_a) != safe_key(long_b)
 
 
 def test_source_name_is_the_path_relative_to_where_the_input_was_found_without_extension():
