@@ -5,9 +5,11 @@ failure) and compacted to one record per input (the latest) at the start and end
 output directory repairs what a killed run can leave behind:
 
 - a torn last manifest line (killed mid-append) is dropped;
-- ``shards/*.tar.tmp`` (killed mid-shard) are deleted;
 - ``ok`` records naming a shard that never got its final name (killed between commit and rename) are
-  dropped, so those inputs are extracted again.
+  dropped;
+- ``shards/*.tar.tmp`` (killed mid-shard) are salvaged: their complete samples become a committed shard
+  whose records are rebuilt from each sample's ``meta.json`` (key, source, counts, duration, original
+  name); a ``.tmp`` without a complete sample is deleted. So a kill loses only the inputs in flight.
 
 After this, every final shard's samples are recorded exactly once and every ``ok`` record's shard
 exists — which is what makes kill-and-resume produce the same samples as an uninterrupted run.
@@ -26,7 +28,8 @@ from typing import Any, Iterable, Iterator
 
 from lamflow import __version__
 from lamflow.errors import LamflowError
-from lamflow.pipelines.shards import ShardSink, fsync_dir, final_shards, remove_temp_shards, shard_index
+from lamflow.fileio import atomic_open, fsync_dir, write_json_atomic
+from lamflow.pipelines.shards import TEMP_SUFFIX, ShardSink, final_shards, salvage_temp_shard, shard_index, temp_shards
 
 MANIFEST = "manifest.jsonl"
 EXTRACTION = "extraction.json"
@@ -62,28 +65,19 @@ class Record:
     seconds: float | None = None  # wall time spent extracting it
 
     @classmethod
+    def from_meta(cls, key: str, meta: dict[str, Any], shard: str | None = None, seconds: float | None = None) -> "Record":
+        """The ``ok`` record of a written sample, from its ``meta.json`` (which the extractor and the h5
+        importer fill with source, counts per stream, duration and original name)."""
+        return cls(key, meta["source"], "ok", shard=shard, counts=dict(meta.get("counts") or {}),
+                   duration=meta.get("duration"), original_name=meta.get("original_name"), seconds=seconds)
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Record":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _write_atomic(path: Path, lines: Iterable[str]) -> None:
-    """Write ``lines`` to ``path`` via a fsynced temp file + rename, so readers never see half a file."""
-    temp = path.with_name(path.name + ".tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.writelines(lines)  # streamed: a compacted manifest of millions of records is never one string
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    fsync_dir(path.parent)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` atomically (readers see the old or the new file, never half of one)."""
-    _write_atomic(path, [json.dumps(data, indent=2, sort_keys=True), "\n"])
 
 
 def _jsonl(records: Iterable[Record]) -> Iterator[str]:
@@ -193,12 +187,10 @@ class OutputDir:
         records, torn = self._read_manifest()
         if torn:
             self.repairs.append("dropped a manifest line cut off by a killed run")
-        for temp in remove_temp_shards(self.shards_dir):
-            self.repairs.append(f"deleted unfinished shard {temp.name}")
         existing = {p.name for p in final_shards(self.shards_dir)}
         for record in records:
             if record.status == "ok" and record.shard not in existing:
-                self.repairs.append(f"{record.source}: its shard {record.shard} was never completed; will extract again")
+                self.repairs.append(f"{record.source}: its shard {record.shard} was never completed")
                 continue
             self._set_latest(record)
         recorded = {r.shard for r in self.latest.values() if r.status == "ok"}
@@ -210,6 +202,30 @@ class OutputDir:
             )
         if torn or self.repairs or len(self.latest) != len(records):
             self.compact()
+        for temp in temp_shards(self.shards_dir):
+            self._salvage(temp)
+
+    def _salvage(self, temp: Path) -> None:
+        """Commit the complete samples of an unfinished shard (see the module docstring), in the order
+        ShardSink commits: records durable first, then the final name."""
+        final = temp.with_name(temp.name[: -len(TEMP_SUFFIX)])
+        if shard_index(final.name) is None or final.exists():
+            raise OutputDirError(f"{temp} is not an unfinished shard of this directory (or {final.name} exists "
+                                 "too); move it away or rerun with --overwrite")
+        kept = salvage_temp_shard(temp)
+        if not kept:
+            temp.unlink()
+            self.repairs.append(f"deleted unfinished shard {temp.name}: no complete sample in it")
+            return
+        for key, meta in kept:
+            if "source" not in meta:
+                raise OutputDirError(f"{temp}: sample {key!r} has no source in its meta.json; move the file away "
+                                     "or rerun with --overwrite")
+            self._set_latest(Record.from_meta(key, meta, shard=final.name))
+        self.compact()
+        os.replace(temp, final)
+        fsync_dir(self.shards_dir)
+        self.repairs.append(f"kept the {len(kept)} finished sample(s) of unfinished shard {temp.name} as {final.name}")
 
     # -- queries -------------------------------------------------------------------------------------
     def done_sources(self) -> set[str]:
@@ -253,7 +269,8 @@ class OutputDir:
 
     def compact(self) -> None:
         """Rewrite the manifest with one record (the latest) per input, atomically."""
-        _write_atomic(self.root / MANIFEST, _jsonl(self.latest.values()))
+        with atomic_open(self.root / MANIFEST) as handle:
+            handle.writelines(_jsonl(self.latest.values()))  # streamed: millions of records never become one string
 
     def write_summaries(self, last_run: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write sizes.json ({shard: samples}) and stats.json from the manifest; returns the stats."""

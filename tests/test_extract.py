@@ -1,6 +1,6 @@
 """`lamflow extract` end to end on real media, real open_clip (tiny config), real Dask clusters and real
-webdataset tars: shard contents, corrupt inputs, resume/retry, kill-and-resume, settings mismatch,
-safe keys, existing schedulers and one model load per worker."""
+webdataset tars: shard contents, corrupt inputs, resume/retry, kill-and-resume (a killed run loses only the
+videos in flight), settings mismatch, safe keys, existing schedulers and one model load per worker."""
 import json
 import os
 import re
@@ -17,10 +17,11 @@ from distributed import Client, LocalCluster
 
 from lamflow.pipelines.clip_encoder import ClipWeightsError
 from lamflow.pipelines.extract import run_extraction
-from lamflow.pipelines.manifest import MANIFEST, OutputDir, OutputDirError, SettingsMismatchError
+from lamflow.pipelines.manifest import MANIFEST, OutputDir, OutputDirError, Record, SettingsMismatchError
 from lamflow.pipelines.settings import ExtractSettings
-from lamflow.pipelines.shards import iter_shard
+from lamflow.pipelines.shards import complete_samples, iter_shard
 from lamflow.pipelines.worker import worker_counters
+from contract_shards import Video, contract_sample
 from media import make_media
 
 TINY = ExtractSettings(clip_model="lamflow-tiny", frame_batch=4)
@@ -250,6 +251,43 @@ def test_open_repairs_everything_a_killed_run_can_leave(tmp_path):
         OutputDir(out, record)
 
 
+@pytest.mark.parametrize("cut", ["before it", "half way", "in its meta.json"])
+def test_an_unfinished_shard_keeps_every_complete_sample(tmp_path, cut):
+    """A process killed while writing its 4th sample: the next open commits the 3 complete ones as a normal
+    shard with records rebuilt from their meta.json, and drops the cut-off one."""
+    record = {"kind": "video", "settings": {"fps": 1.0}, "texts": None}
+    out = tmp_path / "out"
+    output = OutputDir(out, record)
+    videos = [Video(f"clip{i}.v1", duration=2.0 + i) for i in range(4)]
+    sink = output.shard_sink(max_samples=1000, max_bytes=10**9)
+    temp = out / "shards" / "shard-000000.tar.tmp"
+    ends = []
+    for video in videos:  # each write is flushed: what a SIGKILL right after it leaves on disk
+        sample = contract_sample(video)
+        sink.write(sample, Record.from_meta(video.key, sample["meta.json"]))
+        ends.append(temp.stat().st_size)
+    output.close()  # releases the lock only; the sink is abandoned like a killed process's
+    meta_bytes = len(json.dumps(sample["meta.json"], sort_keys=True).encode())
+    last_meta_byte = ends[3] - (-meta_bytes % 512) - 1  # meta.json is the sample's last member, then padding
+    keep = {"before it": ends[2], "half way": (ends[2] + ends[3]) // 2, "in its meta.json": last_meta_byte}[cut]
+    with open(temp, "r+b") as handle:
+        handle.truncate(keep)
+
+    reopened = OutputDir(out, record)
+    assert reopened.repairs == ["kept the 3 finished sample(s) of unfinished shard shard-000000.tar.tmp as shard-000000.tar"]
+    assert reopened.done_sources() == {f"/videos/{v.name}.mp4" for v in videos[:3]}
+    assert reopened.next_shard_index() == 1
+    reopened.close()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-000000.tar"]
+    samples = read_shards(out)  # plain webdataset reads the salvaged shard
+    assert list(samples) == [v.key for v in videos[:3]]
+    for video in videos[:3]:
+        assert np.array_equal(samples[video.key]["video.npy"], contract_sample(video)["video.npy"])
+    by_key = {r["key"]: r for r in manifest(out)}
+    assert by_key["clip1_v1"]["original_name"] == "clip1.v1" and by_key["clip1_v1"]["duration"] == 3.0
+    assert_manifest_lists_each_shard_in_tar_order(out)
+
+
 def _cli_extract(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(CLI + [str(videos), "--out", str(out), "--shard-samples", "2", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -280,6 +318,38 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     assert_manifest_lists_each_shard_in_tar_order(resumed)
     sizes = json.loads((resumed / "sizes.json").read_text())
     assert sum(sizes.values()) == 8 and set(sizes) == {p.name for p in (resumed / "shards").iterdir()}
+
+
+def test_a_killed_run_re_extracts_only_the_videos_in_flight(tmp_path):
+    # All videos go to one shard (default --shard-samples 1000), which the kill leaves unfinished.
+    videos = tmp_path / "videos"
+    total = 10
+    for i in range(total):
+        make_media(videos / f"v{i}.mp4", duration=2.0, size="96x72", rate=10)
+    out = tmp_path / "out"
+    cli = CLI + [str(videos), "--out", str(out), "--workers", "1"]
+    run = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    temp = out / "shards" / "shard-000000.tar.tmp"
+    deadline = time.time() + 240
+    written = 0
+    while written < total - 3 and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+        written = len(complete_samples(temp)[0]) if temp.exists() else 0
+    os.killpg(run.pid, signal.SIGKILL)  # the CLI and its Dask worker: its own session, started above
+    run.wait()
+    assert total - 3 <= written < total and not (out / "shards" / "shard-000000.tar").exists()
+
+    rerun = subprocess.run(cli + ["--json"], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    # Every sample flushed before the kill is kept; only the videos still in flight are encoded again.
+    assert summary["skipped_done"] >= written and summary["attempted"] == total - summary["skipped_done"]
+    print(f"killed after {written} of {total} samples were written; the rerun encoded {summary['attempted']}")
+    assert summary["attempted"] <= 3, summary
+    assert any("kept the" in repair for repair in summary["repairs"])
+    assert sorted(read_shards(out)) == [f"v{i}" for i in range(total)]
+    assert {r["status"] for r in manifest(out)} == {"ok"} and len(manifest(out)) == total
+    assert_manifest_lists_each_shard_in_tar_order(out)
 
 
 def test_existing_scheduler_workers_load_the_model_once_each(corpus, tmp_path):
