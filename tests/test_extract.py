@@ -352,6 +352,20 @@ def test_a_killed_run_re_extracts_only_the_videos_in_flight(tmp_path):
     assert_manifest_lists_each_shard_in_tar_order(out)
 
 
+def test_a_cluster_without_workers_stops_the_run_with_one_clear_line(corpus, tmp_path):
+    """Never wait silently: a scheduler whose workers are gone (or never came) ends the run after
+    --worker-timeout, quoting the cluster manager's status; the same command resumes later."""
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as cluster:
+        done = subprocess.run(CLI + [str(corpus), "--out", str(tmp_path / "out"), "--scheduler",
+                                     cluster.scheduler_address, "--worker-timeout", "6"],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    (error,) = [line for line in done.stderr.splitlines() if "error" in line]
+    assert re.fullmatch(rf"lamflow extract: error: no Dask worker connected to {cluster.scheduler_address} for "
+                        r"(6|7|8|9|10|11) s \(worker timeout 6 s\)\. Finished videos are saved: run the same "
+                        r"command again to continue\.", error), error
+
+
 def test_existing_scheduler_workers_load_the_model_once_each(corpus, tmp_path):
     videos = tmp_path / "videos"
     clip = (corpus / "short.mkv").read_bytes()
