@@ -166,7 +166,8 @@ def sbatch_training(slurm: LocalSlurm, toy, run_dir: Path, rdzv_port: int) -> st
                  "run.progress=false", "run.threads=1", f"run.out_dir={run_dir}"]
     # The script's own #SBATCH lines, except what this 1-node test cluster needs smaller.
     done = slurm.run("sbatch", "--parsable", "--cpus-per-task=1", "--time=5", "--signal=B:USR1@10",
-                     f"--output={run_dir.parent}/train-%j.out", f"--export=ALL,RDZV_PORT={rdzv_port}",
+                     f"--chdir={run_dir.parent}", f"--output={run_dir.parent}/train-%j.out",
+                     f"--export=ALL,RDZV_PORT={rdzv_port}",
                      str(REPO / "cluster" / "train_sbatch.sh"), str(REPO / "train" / "configs" / "qvhighlights_lam.yaml"),
                      *overrides)
     return done.stdout.strip()
