@@ -158,6 +158,7 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
         else:  # another world size: the loss curve continues, but not bit for bit
             log.warning("resuming %d-rank RNG states on %d ranks: reseeding", len(state["rng"]), ctx.world_size)
             _seed_everything(run.seed + 1000 * step + ctx.rank)
+        state.clear()  # the loaded copies of the weights and optimizer state are not needed twice
         if ctx.is_main:
             log.info("resumed from %s at step %d", path, step)
     else:
