@@ -27,6 +27,20 @@ import sys
 from slurm_jobs import WorkerJobs, parse_walltime, preflight
 
 
+def _seconds_or(*words: str):
+    """An argparse type: a whole number of seconds, or one of ``words``."""
+
+    def parse_value(text: str) -> str | int:
+        if text in words:
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds or one of {', '.join(words)}, got {text!r}") from None
+
+    return parse_value
+
+
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     job_options = parser.add_argument_group("jobs")
@@ -52,11 +66,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     job_options.add_argument("--log-directory", help="folder for the worker jobs' output files (default: SLURM's, the "
                       "directory this script runs in)")
     workers = parser.add_argument_group("workers")
-    workers.add_argument("--lifetime", default="auto",
+    workers.add_argument("--lifetime", default="auto", type=_seconds_or("auto", "none"),
                          help="seconds a worker runs before it retires gracefully (its unfinished video moves to another "
                               "worker) so it never meets the walltime; 'auto' = walltime minus 10%% (at most 10 min), "
                               "'none' = until the walltime")
-    workers.add_argument("--lifetime-stagger", default="auto",
+    workers.add_argument("--lifetime-stagger", default="auto", type=_seconds_or("auto"),
                          help="seconds of random spread around --lifetime, so workers do not all retire at once "
                               "(auto = half the walltime margin)")
     workers.add_argument("--lifetime-restart", action="store_true",
@@ -64,10 +78,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                               "ending the job (for leaky native libraries; the walltime still ends the job)")
     workers.add_argument("--local-directory", default="${TMPDIR:-/tmp}", help="worker scratch space (default $TMPDIR or /tmp)")
     workers.add_argument("--interface", help="network interface the scheduler and workers use, e.g. ib0 (default: dask's choice)")
-    if "--" not in argv:
-        parser.error("put the `lamflow extract` arguments after `--`, e.g. -- /data/videos --out /data/feats")
-    split = argv.index("--")
+    split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
+    if split == len(argv):
+        parser.error("put the `lamflow extract` arguments after `--`, e.g. -- /data/videos --out /data/feats")
     if not 0 <= args.min_jobs <= args.max_jobs or args.max_jobs < 1:
         parser.error(f"need 0 <= --min-jobs <= --max-jobs and --max-jobs >= 1, got {args.min_jobs} and {args.max_jobs}")
     return args, argv[split + 1:]
@@ -79,8 +93,8 @@ def lifetime_args(args: argparse.Namespace) -> list[str]:
         return []
     walltime = parse_walltime(args.walltime)
     margin = min(600, walltime // 10)
-    lifetime = walltime - margin if args.lifetime == "auto" else int(args.lifetime)
-    stagger = margin // 2 if args.lifetime_stagger == "auto" else int(args.lifetime_stagger)
+    lifetime = walltime - margin if args.lifetime == "auto" else args.lifetime
+    stagger = margin // 2 if args.lifetime_stagger == "auto" else args.lifetime_stagger
     options = ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"]
     return options + ["--lifetime-restart"] if args.lifetime_restart else options
 
