@@ -112,6 +112,11 @@ class LocalSlurm:
         _wait_for(lambda: self.node_state() == "idle", "the SLURM node to be idle")
         return self
 
+    def job_cleaned_up(self, job_id: str) -> bool:
+        """True once slurmd holds nothing of the job's last run (its spool folder is gone): a requeued job
+        released before that can have its new batch script deleted by the old run's cleanup."""
+        return not (self.root / "spool" / f"job{int(job_id):05d}").exists()
+
     def node_state(self) -> str:
         """The node's state as sinfo says it: idle, mixed, allocated, completing ..."""
         return self.run("sinfo", "--noheader", "--format=%T", check=False).stdout.strip()

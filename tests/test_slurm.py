@@ -198,8 +198,8 @@ def test_train_sbatch_trains_on_cpu_and_every_requeued_attempt_continues_from_it
         wait_for(lambda: logged() >= before + 5, f"attempt {attempt} to train 5 steps")
         slurm.run(*interruption)
         # A requeued job waits two minutes before it may start again; an administrator's StartTime=now skips that,
-        # once the node has finished cleaning up after the previous attempt.
-        wait_for(lambda: slurm.job(job)["JobState"] == "PENDING" and slurm.node_state() == "idle",
+        # once the node has cleaned up after the previous attempt.
+        wait_for(lambda: slurm.job(job)["JobState"] == "PENDING" and slurm.job_cleaned_up(job),
                  f"the job to be requeued after attempt {attempt}")
         before = logged()
         slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
