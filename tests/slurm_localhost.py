@@ -123,8 +123,9 @@ class LocalSlurm:
 
     def _spawn(self, command: list[str], name: str, **kwargs) -> None:
         log = open(self.root / "log" / f"{name}.out", "wb")
+        # cwd: whatever a daemon leaves in its working folder (a core dump) goes with the temporary root
         self._daemons.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                              start_new_session=True, **kwargs))
+                                              cwd=self.root, start_new_session=True, **kwargs))
         log.close()
 
     def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
