@@ -9,18 +9,20 @@ export HF_HUB_OFFLINE ?= 1
 
 setup: $(STAMP)
 
-$(STAMP): requirements/cpu.txt setup.py
-	@command -v ffmpeg >/dev/null 2>&1 || { \
-	  echo "== installing Debian ffmpeg"; \
+# Debian packages: ffmpeg (decoding), a Java runtime (pycocoevalcap's PTB tokenizer and METEOR: lamflow eval
+# captioning), slurm-wlm + munge (the test suite runs a one-node SLURM, tests/test_slurm.py).
+$(STAMP): requirements/cpu.txt requirements/cluster.txt setup.py
+	@missing=""; \
+	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
+	command -v java >/dev/null 2>&1 || missing="$$missing default-jre-headless"; \
+	command -v slurmctld >/dev/null 2>&1 || missing="$$missing slurm-wlm"; \
+	command -v munged >/dev/null 2>&1 || missing="$$missing munge"; \
+	if [ -n "$$missing" ]; then \
+	  echo "== installing Debian$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends ffmpeg; }
-# Java runs pycocoevalcap's PTB tokenizer and METEOR (lamflow eval captioning).
-	@command -v java >/dev/null 2>&1 || { \
-	  echo "== installing Debian default-jre-headless"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends default-jre-headless; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing; fi
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -r requirements/cpu.txt
+	$(VENV)/bin/pip install -q -r requirements/cluster.txt
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 

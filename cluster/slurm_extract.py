@@ -3,44 +3,100 @@
 client (it writes the shards, so run it where --out is writable, e.g. a login or head node).
 
     pip install -r requirements/cluster.txt          # dask-jobqueue (optional dependency)
-    python cluster/slurm_extract.py --jobs 16 --queue cpu --cores 8 --memory 32GB -- \
+    python cluster/slurm_extract.py --max-jobs 16 --queue cpu --cores 8 --memory 32GB -- \\
         /data/videos --out /data/feats --pretrained openai
-    python cluster/slurm_extract.py --jobs 8 --queue gpu --gpus --cores 8 --memory 64GB -- \
+    python cluster/slurm_extract.py --max-jobs 8 --queue gpu --gpus --cores 8 --memory 64GB -- \\
         /data/videos --out /data/feats --pretrained openai
 
 Everything after ``--`` is passed to `lamflow extract` unchanged; this script adds ``--scheduler`` (and
-for GPU jobs ``--task-resources GPU=1 --device cuda``). Re-running resumes, so a walltime that ends
-the run early is harmless: submit again.
+for GPU jobs ``--task-resources GPU=1 --device cuda``).
+
+Surviving the cluster: the number of jobs adapts between --min-jobs and --max-jobs to the work left;
+workers retire gracefully before their walltime (--lifetime, --lifetime-stagger) and jobs that end
+(walltime, preemption, node failure) are replaced; a job cancelled with scancel is not. The worker job is
+checked with ``sbatch --test-only`` first, so a request the cluster refuses (e.g. --gpus where there is
+no gpu gres) is one clear error. If no worker has been connected for --worker-timeout seconds (a
+`lamflow extract` option, default 600), the run stops with SLURM's account of its jobs. Every finished
+video is kept: running the same command again continues.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from slurm_jobs import WorkerJobs, parse_walltime, preflight
+
+
+def _seconds_or(*words: str):
+    """An argparse type: a whole number of seconds, or one of ``words``."""
+
+    def parse_value(text: str) -> str | int:
+        if text in words:
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds or one of {', '.join(words)}, got {text!r}") from None
+
+    return parse_value
+
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=4, help="SLURM jobs to start (one Dask worker per GPU job, "
-                        "--cores single-threaded workers per CPU job)")
-    parser.add_argument("--queue", help="SLURM partition (#SBATCH -p)")
-    parser.add_argument("--account", help="SLURM account (#SBATCH -A)")
-    parser.add_argument("--walltime", default="04:00:00", help="walltime per job (default 04:00:00)")
-    parser.add_argument("--cores", type=int, default=8, help="CPU cores per job (default 8)")
-    parser.add_argument("--memory", default="32GB", help="memory per job (default 32GB)")
-    parser.add_argument("--gpus", action="store_true",
-                        help="one GPU per job (--gres=gpu:1): its worker advertises Dask resource GPU=--tasks-per-gpu "
-                             "and every video task asks for GPU=1")
-    parser.add_argument("--tasks-per-gpu", type=int, default=2,
-                        help="videos a GPU worker handles at once (default 2: one decodes on the CPU while the "
-                             "other encodes on the GPU)")
-    parser.add_argument("--prologue", action="append", default=[],
-                        help="shell line run before each worker starts, e.g. 'source /opt/lamflow/.venv/bin/activate' "
-                             "(repeatable)")
-    parser.add_argument("--local-directory", default="$TMPDIR", help="worker scratch space (default $TMPDIR)")
-    if "--" not in argv:
+    job_options = parser.add_argument_group("jobs")
+    job_options.add_argument("--min-jobs", type=int, default=0,
+                      help="jobs kept running even when there is little work (default 0)")
+    job_options.add_argument("--max-jobs", "--jobs", type=int, default=4,
+                      help="jobs at most; the cluster scales between --min-jobs and this with the work left (default 4)")
+    job_options.add_argument("--queue", help="SLURM partition (#SBATCH -p)")
+    job_options.add_argument("--account", help="SLURM account (#SBATCH -A)")
+    job_options.add_argument("--walltime", default="04:00:00", help="walltime per job (default 04:00:00)")
+    job_options.add_argument("--cores", type=int, default=8, help="CPU cores per job (default 8)")
+    job_options.add_argument("--memory", default="32GB", help="memory per job (default 32GB)")
+    job_options.add_argument("--gpus", action="store_true",
+                      help="one GPU per job (--gres=gpu:1): its worker advertises Dask resource GPU=--tasks-per-gpu "
+                           "and every video task asks for GPU=1")
+    job_options.add_argument("--tasks-per-gpu", type=int, default=2,
+                      help="videos a GPU worker handles at once (default 2: one decodes on the CPU while the "
+                           "other encodes on the GPU)")
+    job_options.add_argument("--job-name", default="lamflow-extract", help="SLURM job name of the workers (default lamflow-extract)")
+    job_options.add_argument("--prologue", action="append", default=[],
+                      help="shell line run before each worker starts, e.g. 'module load cuda' (repeatable); "
+                           "workers run this Python (the project's venv) without activation")
+    job_options.add_argument("--log-directory", help="folder for the worker jobs' output files (default: SLURM's, the "
+                      "directory this script runs in)")
+    workers = parser.add_argument_group("workers")
+    workers.add_argument("--lifetime", default="auto", type=_seconds_or("auto", "none"),
+                         help="seconds a worker runs before it retires gracefully (its unfinished video moves to another "
+                              "worker) so it never meets the walltime; 'auto' = walltime minus 10%% (at most 10 min), "
+                              "'none' = until the walltime")
+    workers.add_argument("--lifetime-stagger", default="auto", type=_seconds_or("auto"),
+                         help="seconds of random spread around --lifetime, so workers do not all retire at once "
+                              "(auto = half the walltime margin)")
+    workers.add_argument("--lifetime-restart", action="store_true",
+                         help="restart the worker process inside its job at the end of its lifetime instead of "
+                              "ending the job (for leaky native libraries; the walltime still ends the job)")
+    workers.add_argument("--local-directory", default="${TMPDIR:-/tmp}", help="worker scratch space (default $TMPDIR or /tmp)")
+    workers.add_argument("--interface", help="network interface the scheduler and workers use, e.g. ib0 (default: dask's choice)")
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    if split == len(argv):
         parser.error("put the `lamflow extract` arguments after `--`, e.g. -- /data/videos --out /data/feats")
-    split = argv.index("--")
-    return parser.parse_args(argv[:split]), argv[split + 1:]
+    if not 0 <= args.min_jobs <= args.max_jobs or args.max_jobs < 1:
+        parser.error(f"need 0 <= --min-jobs <= --max-jobs and --max-jobs >= 1, got {args.min_jobs} and {args.max_jobs}")
+    return args, argv[split + 1:]
+
+
+def lifetime_args(args: argparse.Namespace) -> list[str]:
+    """``dask worker`` options retiring each worker before the job's walltime (see --lifetime)."""
+    if args.lifetime == "none":
+        return []
+    walltime = parse_walltime(args.walltime)
+    margin = min(600, walltime // 10)
+    lifetime = walltime - margin if args.lifetime == "auto" else args.lifetime
+    stagger = margin // 2 if args.lifetime_stagger == "auto" else args.lifetime_stagger
+    options = ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"]
+    return options + ["--lifetime-restart"] if args.lifetime_restart else options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,26 +104,43 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
-        print("dask-jobqueue is not installed: pip install -r requirements/cluster.txt", file=sys.stderr)
+        print("slurm_extract: error: dask-jobqueue is not installed: pip install -r requirements/cluster.txt", file=sys.stderr)
         return 2
-    from lamflow.cli import main as lamflow_main
+    from lamflow.cli import build_parser
+    from lamflow.commands import extract as extract_command
+    from lamflow.errors import LamflowError
 
+    extract = build_parser().parse_args(["extract", *extract_args])  # usage errors before any job is submitted
+    jobs = WorkerJobs(args.min_jobs, args.max_jobs)
     job = dict(queue=args.queue, account=args.account, walltime=args.walltime, cores=args.cores, memory=args.memory,
-               job_script_prologue=args.prologue, local_directory=args.local_directory)
-    if args.gpus:
-        # One worker process per GPU job: every process of a multi-process job would see the same GPUs.
-        cluster = SLURMCluster(
-            **job, processes=1, job_extra_directives=["--gres=gpu:1"],
-            worker_extra_args=["--resources", f"GPU={args.tasks_per_gpu}", "--nthreads", str(args.tasks_per_gpu)],
-        )
-        extract_args += ["--task-resources", "GPU=1", "--device", "cuda"]
-    else:
-        # Single-threaded worker processes, as the embedded LocalCluster uses: decode and torch never share a GIL.
-        cluster = SLURMCluster(**job, processes=args.cores)
-    with cluster:
-        cluster.scale(jobs=args.jobs)
-        print(f"Dask scheduler {cluster.scheduler_address}; dashboard {cluster.dashboard_link}", file=sys.stderr)
-        return lamflow_main(["extract", *extract_args, "--scheduler", cluster.scheduler_address])
+               job_name=args.job_name, job_script_prologue=args.prologue, local_directory=args.local_directory,
+               log_directory=args.log_directory, interface=args.interface, python=sys.executable,
+               job_cls=jobs.job_class(), scheduler_options={"dashboard_address": ":0"})
+    try:
+        lifetime = lifetime_args(args)
+        if args.gpus:
+            # One worker process per GPU job: every process of a multi-process job would see the same GPUs.
+            cluster = SLURMCluster(
+                **job, processes=1, job_extra_directives=["--gres=gpu:1"],
+                worker_extra_args=["--resources", f"GPU={args.tasks_per_gpu}", "--nthreads", str(args.tasks_per_gpu),
+                                   *lifetime],
+            )
+            extract.task_resources, extract.device = {"GPU": 1.0}, "cuda"
+        else:
+            # Single-threaded worker processes, as the embedded LocalCluster uses: decode and torch never share a GIL.
+            cluster = SLURMCluster(**job, processes=args.cores, worker_extra_args=lifetime)
+        with cluster:
+            print(f"slurm_extract: {preflight(cluster.job_script())}", file=sys.stderr)
+            jobs.cluster = cluster
+            jobs.scale()
+            print(f"slurm_extract: Dask scheduler {cluster.scheduler_address}; dashboard {cluster.dashboard_link}; "
+                  f"{args.min_jobs}-{args.max_jobs} job(s) of {args.cores} core(s), walltime {args.walltime}",
+                  file=sys.stderr)
+            extract.scheduler = cluster.scheduler_address
+            return extract_command.handle(extract, cluster_status=jobs.status)
+    except LamflowError as error:
+        print(f"slurm_extract: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

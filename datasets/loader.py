@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Protocol, Sequence
@@ -188,6 +189,14 @@ def _round_robin_position(worker_batches: Sequence[int], batches_done: int) -> t
 
 def _as_is(message: Any) -> Any:
     return message
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Loader workers ignore the signals that ask a training job to stop (scancel and a SLURM requeue send
+    SIGTERM to every process of the job; a walltime warning SIGUSR1): the trainer saves a checkpoint
+    before it exits, which needs its workers alive until then. They end with the trainer's process."""
+    for stop in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(stop, signal.SIG_IGN)
 
 
 @dataclass(frozen=True)
@@ -388,7 +397,7 @@ class StreamingLoader:
             # torch's global RNG, which would shift the training run's dropout stream by where epochs start
             # (and break bit-exact resume). Shuffling never uses it: the stream seeds from (seed, epoch).
             self._dataloader = DataLoader(self._stream, batch_size=None, num_workers=self.config.num_workers,
-                                          collate_fn=_as_is, persistent_workers=True,
+                                          collate_fn=_as_is, persistent_workers=True, worker_init_fn=_ignore_stop_signals,
                                           generator=torch.Generator().manual_seed(self.seed))
         # With persistent workers this restarts the running workers' iterators (an unfinished previous
         # iteration of this loader stops: iterate one epoch at a time).

@@ -202,17 +202,21 @@ def iter_members(url: str | Path) -> Iterator[tuple[str, str, tarfile.TarFile, t
     """(key, field, tar, member) of every regular member of a shard, reading headers only: callers read
     a member's bytes with ``tar.extractfile(member)`` when they need them. A local file is seeked past
     the data it is not asked for; a url (``pipe:``, ``http(s):``, ...) is streamed through webdataset."""
-    if Path(url).exists():
-        archive = tarfile.open(url, mode="r:")
-    else:
-        archive = tarfile.open(fileobj=gopen(str(url)), mode="r|*")
+    local = Path(url).exists()
+    size = Path(url).stat().st_size if local else None
+    archive = tarfile.open(url, mode="r:") if local else tarfile.open(fileobj=gopen(str(url)), mode="r|*")
     with archive as tar:
         for member in tar:
+            if size is not None and member.offset_data + member.size > size:
+                # tarfile seeks past data it is not asked for, so a cut-off file would end silently here
+                raise tarfile.ReadError(f"{url}: member {member.name} is cut off at byte {size} (a truncated shard)")
             if not member.isreg():
                 continue
             key, name = split_member(member.name)
             if key is not None:
                 yield key, name, tar, member
+        if size is not None and tar.offset + 2 * tarfile.BLOCKSIZE > size:
+            raise tarfile.ReadError(f"{url}: no end-of-archive marker after byte {tar.offset} (a truncated shard)")
 
 
 # ---- the manifest record ------------------------------------------------------------------------------------
@@ -230,6 +234,14 @@ class Record:
     duration: float | None = None  # seconds of media
     original_name: str | None = None  # the name the key was made from (annotations join on it)
     seconds: float | None = None  # wall time spent extracting it
+
+    @classmethod
+    def from_meta(cls, key: str, meta: Mapping[str, Any], dims: Mapping[str, int], shard: str | None = None,
+                  seconds: float | None = None) -> "Record":
+        """The ``ok`` record of a written sample, rebuilt from its ``meta.json`` (which the extractor and the
+        importers fill with source, counts per stream, duration and original name) and its arrays' widths."""
+        return cls(key, meta["source"], "ok", shard=shard, counts=dict(meta.get("counts") or {}), dims=dict(dims),
+                   duration=meta.get("duration"), original_name=meta.get("original_name"), seconds=seconds)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Record":

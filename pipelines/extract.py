@@ -5,7 +5,10 @@ The client is the only writer of the output directory (shards, manifest, stats),
 shared filesystem with it and no locking; workers only decode and encode. Tasks are submitted through a
 bounded window (a few per worker thread), so neither the scheduler nor worker memory grows with corpus
 size. Results are written in input order (a finished video waits in a bounded reorder buffer for the
-slower ones before it), so the same inputs give the same shards whatever order workers finish in.
+slower ones before it, see REORDER_WINDOWS), so the same inputs give the same shards whatever order workers
+finish in. Each written sample survives a killed client (see shards.py). A cluster that loses all its
+workers stops the run with a clear error after ``worker_timeout`` seconds instead of leaving it waiting
+(see watchdog.py).
 """
 from __future__ import annotations
 
@@ -16,16 +19,18 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from lamflow import __version__
 from lamflow.contract import Record, join_names, sample_dims
+from lamflow.errors import ConfigError
 from lamflow.pipelines.keys import assign_keys
 from lamflow.pipelines.manifest import OutputDir
 from lamflow.pipelines.settings import ClipSettings
 from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, ShardSink
 from lamflow.pipelines.sources import MEDIA_EXTENSIONS, Source, SourceError, expand_sources
 from lamflow.pipelines.texts import load_texts, texts_fingerprint
+from lamflow.pipelines.watchdog import CHECK_EVERY, DEFAULT_WORKER_TIMEOUT, WorkerWatchdog
 from lamflow.pipelines.worker import VideoOutcome, extract_video
 
 # Settings that change how fast features are computed, not what they are: a resume may change them.
@@ -83,7 +88,7 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
             yield client
         return
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
     with LocalCluster(
         n_workers=workers,
         threads_per_worker=1,
@@ -98,9 +103,9 @@ def _record_of(outcome: VideoOutcome, names: dict[str, str]) -> Record:
     if outcome.sample is None:
         return Record(outcome.key, outcome.source, "error", error=outcome.error,
                       original_name=names[outcome.source], seconds=round(outcome.seconds, 3))
-    meta = outcome.sample["meta.json"]  # featurize_video already counted the tokens per stream
-    return Record(outcome.key, outcome.source, "ok", counts=dict(meta["counts"]), dims=sample_dims(outcome.sample),
-                  duration=meta.get("duration"), original_name=names[outcome.source], seconds=round(outcome.seconds, 3))
+    # featurize_video already counted the tokens per stream; the worker added source and original name
+    return Record.from_meta(outcome.key, outcome.sample["meta.json"], sample_dims(outcome.sample),
+                            seconds=round(outcome.seconds, 3))
 
 
 def _write(outcome: VideoOutcome, names: dict[str, str], sink: ShardSink, output: OutputDir,
@@ -141,12 +146,17 @@ def run_extraction(
     extensions: Sequence[str] | None = None,
     task_resources: dict[str, float] | None = None,
     progress: bool = True,
+    worker_timeout: float | None = DEFAULT_WORKER_TIMEOUT,
+    cluster_status: Callable[[], str] | None = None,
 ) -> ExtractionSummary:
     """Extract every input of ``sources`` into ``out_dir`` (resuming), return what this run did.
 
     Inputs already in a shard are skipped; inputs that failed before are skipped unless
     ``retry_failed``. ``task_resources`` (e.g. ``{"GPU": 1}``) restricts tasks to workers started with
-    matching ``--resources``. Raises SettingsMismatchError if ``out_dir`` holds other settings' output.
+    matching ``--resources``. Raises SettingsMismatchError if ``out_dir`` holds other settings' output,
+    and NoWorkersError (after committing what was written) once the cluster has had no worker for
+    ``worker_timeout`` seconds (None: wait forever); ``cluster_status`` describes the cluster's jobs in
+    that message and in the "waiting" lines (see watchdog.py).
     """
     settings.validate()
     if texts and settings.kind != "video":
@@ -175,8 +185,8 @@ def run_extraction(
         )
         if todo:
             with output.shard_sink(shard_samples, shard_bytes) as sink:
-                _run_tasks(todo, keys, names, settings, texts_by_key, sink, output, summary,
-                           workers, scheduler, task_resources, progress)
+                _run_tasks(todo, keys, names, settings, texts_by_key, sink, output, summary, workers, scheduler,
+                           task_resources, progress, worker_timeout, cluster_status)
             summary.shards_written = list(sink.committed)
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.videos_per_second = round(summary.attempted / summary.seconds, 3) if summary.seconds else 0.0
@@ -185,6 +195,11 @@ def run_extraction(
         return summary
     finally:
         output.close()
+
+
+def _window(threads: int) -> int:
+    """Tasks to keep submitted for a cluster of ``threads`` worker threads."""
+    return TASKS_PER_THREAD * threads if threads else WINDOW_WITHOUT_WORKERS
 
 
 def _run_tasks(
@@ -200,16 +215,17 @@ def _run_tasks(
     scheduler: str | None,
     task_resources: dict[str, float] | None,
     progress: bool,
+    worker_timeout: float | None,
+    cluster_status: Callable[[], str] | None,
 ) -> None:
-    from distributed import as_completed
+    from distributed import wait
     from tqdm import tqdm
 
     with dask_client(workers, scheduler) as client:
-        threads = sum(client.nthreads().values())
-        window = TASKS_PER_THREAD * threads if threads else WINDOW_WITHOUT_WORKERS
+        watchdog = WorkerWatchdog(client, worker_timeout, cluster_status)
+        window = _window(sum(client.nthreads().values()))
         queue = iter(enumerate(todo))
-        running = as_completed()
-        index_of: dict[str, int] = {}
+        index_of: dict[Any, int] = {}  # running future -> input index
         finished: dict[int, VideoOutcome] = {}  # done, waiting for every earlier input to be written
         written = 0
 
@@ -225,19 +241,27 @@ def _run_tasks(
                 extract_video, source.path, key, settings, texts_by_key.get(key), extra,
                 key=f"lamflow-extract-{key}-{uuid.uuid4().hex[:8]}", pure=False, resources=task_resources,
             )
-            index_of[future.key] = index
-            running.add(future)
+            index_of[future] = index
             return True
 
         for _ in range(window):
             submit_next()
         bar = tqdm(total=len(todo), unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         try:
-            for future in running:
-                index = index_of.pop(future.key)
-                source = todo[index]
-                finished[index] = _outcome_of(future, source.path, keys[source.path])
-                future.release()
+            while index_of:
+                # Wake up at least every CHECK_EVERY seconds: a cluster without workers completes nothing.
+                try:
+                    done = wait(list(index_of), timeout=CHECK_EVERY, return_when="FIRST_COMPLETED").done
+                except TimeoutError:
+                    done = set()
+                if watchdog.due():
+                    window = _window(watchdog.check())  # clusters grow and shrink (adaptive SLURM jobs)
+                for future in sorted(done, key=index_of.get):
+                    index = index_of.pop(future)
+                    source = todo[index]
+                    finished[index] = _outcome_of(future, source.path, keys[source.path])
+                    future.release()
+                    bar.update(1)
                 while written in finished:
                     _write(finished.pop(written), names, sink, output, summary)
                     written += 1
@@ -245,7 +269,6 @@ def _run_tasks(
                 while len(index_of) < window and len(index_of) + len(finished) < REORDER_WINDOWS * window:
                     if not submit_next():
                         break
-                bar.update(1)
                 bar.set_postfix(ok=summary.ok, failed=summary.failed, refresh=False)
         finally:
             bar.close()

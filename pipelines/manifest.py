@@ -5,9 +5,11 @@ failure) and compacted to one record per input (the latest) at the start and end
 output directory repairs what a killed run can leave behind:
 
 - a torn last manifest line (killed mid-append) is dropped;
-- ``shards/*.tar.tmp`` (killed mid-shard) are deleted;
 - ``ok`` records naming a shard that never got its final name (killed between commit and rename) are
-  dropped, so those inputs are extracted again.
+  dropped;
+- ``shards/*.tar.tmp`` (killed mid-shard) are salvaged: their complete samples become a committed shard
+  whose records are rebuilt from each sample's ``meta.json`` (key, source, counts, duration, original
+  name); a ``.tmp`` without a complete sample is deleted. So a kill loses only the inputs in flight.
 
 After this, every final shard's samples are recorded exactly once and every ``ok`` record's shard
 exists — which is what makes kill-and-resume produce the same samples as an uninterrupted run.
@@ -37,8 +39,8 @@ from lamflow.contract import (
     shard_index,
 )
 from lamflow.errors import LamflowError
-from lamflow.fileio import read_json, write_json_atomic, write_jsonl_atomic
-from lamflow.pipelines.shards import ShardSink, remove_temp_shards
+from lamflow.fileio import fsync_dir, read_json, write_json_atomic, write_jsonl_atomic
+from lamflow.pipelines.shards import TEMP_SUFFIX, ShardSink, salvage_temp_shard, temp_shards
 
 LOCK = ".lamflow.lock"
 MAX_LISTED_FAILURES = 100  # stats.json stays small on huge corpora; manifest.jsonl has every failure
@@ -130,12 +132,10 @@ class OutputDir:
         records, torn = parse_manifest(path) if path.exists() else ([], False)
         if torn:
             self.repairs.append("dropped a manifest line cut off by a killed run")
-        for temp in remove_temp_shards(self.shards_dir):
-            self.repairs.append(f"deleted unfinished shard {temp.name}")
         existing = {p.name for p in final_shards(self.shards_dir)}
         for record in records:
             if record.status == "ok" and record.shard not in existing:
-                self.repairs.append(f"{record.source}: its shard {record.shard} was never completed; will extract again")
+                self.repairs.append(f"{record.source}: its shard {record.shard} was never completed")
                 continue
             self._set_latest(record)
         recorded = {r.shard for r in self.latest.values() if r.status == "ok"}
@@ -147,6 +147,30 @@ class OutputDir:
             )
         if torn or self.repairs or len(self.latest) != len(records):
             self.compact()
+        for temp in temp_shards(self.shards_dir):
+            self._salvage(temp)
+
+    def _salvage(self, temp: Path) -> None:
+        """Commit the complete samples of an unfinished shard (see the module docstring), in the order
+        ShardSink commits: records durable first, then the final name."""
+        final = temp.with_name(temp.name[: -len(TEMP_SUFFIX)])
+        if shard_index(final.name) is None or final.exists():
+            raise OutputDirError(f"{temp} is not an unfinished shard of this directory (or {final.name} exists "
+                                 "too); move it away or rerun with --overwrite")
+        kept = salvage_temp_shard(temp)
+        if not kept:
+            temp.unlink()
+            self.repairs.append(f"deleted unfinished shard {temp.name}: no complete sample in it")
+            return
+        for key, meta, dims in kept:
+            if "source" not in meta:
+                raise OutputDirError(f"{temp}: sample {key!r} has no source in its meta.json; move the file away "
+                                     "or rerun with --overwrite")
+            self._set_latest(Record.from_meta(key, meta, dims, shard=final.name))
+        self.compact()
+        os.replace(temp, final)
+        fsync_dir(self.shards_dir)
+        self.repairs.append(f"kept the {len(kept)} finished sample(s) of unfinished shard {temp.name} as {final.name}")
 
     # -- queries -------------------------------------------------------------------------------------
     def done_sources(self) -> set[str]:

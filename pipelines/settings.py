@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from lamflow.errors import ConfigError
+
 FRAME_RULES = ("start", "middle")
 DTYPES = ("float16", "float32")
 LOG_MEL = "log-mel"  # the default audio encoder (pipelines/audio_tokens.py); others: pipelines/audio_models.py
@@ -33,13 +35,13 @@ class ClipSettings:
     def validate(self) -> None:
         """Raise ValueError naming the offending field and how to fix it."""
         if not self.clip_model:
-            raise ValueError("clip_model must name an open_clip model, e.g. 'ViT-B-32-quickgelu' or 'lamflow-tiny'")
+            raise ConfigError("clip_model must name an open_clip model, e.g. 'ViT-B-32-quickgelu' or 'lamflow-tiny'")
         if not self.pretrained:
-            raise ValueError("pretrained must be 'none', an open_clip tag such as 'openai', or a checkpoint path")
+            raise ConfigError("pretrained must be 'none', an open_clip tag such as 'openai', or a checkpoint path")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
-            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+            raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -50,7 +52,7 @@ class ClipSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown extraction setting(s) {unknown}; known fields: {sorted(known)}")
+            raise ConfigError(f"unknown extraction setting(s) {unknown}; known fields: {sorted(known)}")
         settings = cls(**data)
         settings.validate()
         return settings
@@ -82,24 +84,24 @@ class ExtractSettings(ClipSettings):
         """Raise ValueError naming the offending field and how to fix it."""
         super().validate()
         if not self.fps > 0:
-            raise ValueError(f"fps must be > 0 (video tokens per second), got {self.fps!r}")
+            raise ConfigError(f"fps must be > 0 (video tokens per second), got {self.fps!r}")
         if self.frame_rule not in FRAME_RULES:
-            raise ValueError(f"frame_rule must be one of {FRAME_RULES}, got {self.frame_rule!r}")
+            raise ConfigError(f"frame_rule must be one of {FRAME_RULES}, got {self.frame_rule!r}")
         if not (isinstance(self.sample_rate, int) and 1000 <= self.sample_rate <= 192000):
-            raise ValueError(f"sample_rate must be an integer in [1000, 192000] Hz, got {self.sample_rate!r}")
+            raise ConfigError(f"sample_rate must be an integer in [1000, 192000] Hz, got {self.sample_rate!r}")
         hop_samples = self.audio_hop * self.sample_rate
         if not (self.audio_hop > 0 and hop_samples >= 1 and abs(hop_samples - round(hop_samples)) < 1e-6):
-            raise ValueError(
+            raise ConfigError(
                 f"audio_hop must be > 0 and a whole number of samples at sample_rate={self.sample_rate} "
                 f"(audio_hop * sample_rate = {hop_samples:g}); e.g. use 0.1 or 0.02"
             )
         if not (isinstance(self.n_mels, int) and 1 <= self.n_mels <= 256):
-            raise ValueError(f"n_mels must be an integer in [1, 256], got {self.n_mels!r}")
+            raise ConfigError(f"n_mels must be an integer in [1, 256], got {self.n_mels!r}")
         if not (isinstance(self.audio_model, str) and self.audio_model):
-            raise ValueError(f"audio_model must be {LOG_MEL!r}, a torchaudio bundle name such as 'WAV2VEC2_BASE' or "
+            raise ConfigError(f"audio_model must be {LOG_MEL!r}, a torchaudio bundle name such as 'WAV2VEC2_BASE' or "
                              f"a checkpoint path, got {self.audio_model!r}")
         if not (isinstance(self.frame_batch, int) and self.frame_batch >= 1):
-            raise ValueError(f"frame_batch must be an integer >= 1, got {self.frame_batch!r}")
+            raise ConfigError(f"frame_batch must be an integer >= 1, got {self.frame_batch!r}")
 
     @property
     def audio_hop_samples(self) -> int:

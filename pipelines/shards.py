@@ -1,36 +1,70 @@
-"""Atomic WebDataset shard writing.
+"""Atomic WebDataset shard writing that never loses a finished sample.
 
-Shards are written by webdataset's ``ShardWriter`` under a temporary name (``shard-000007.tar.tmp``)
-and only renamed to ``shard-000007.tar`` once closed, flushed to disk and committed (the caller's
-``on_commit`` appends the manifest records). So a final ``.tar`` name always means "complete and
-recorded"; a killed run leaves at most one ``.tmp`` file, which the next run deletes.
+A shard is written under a temporary name (``shard-000007.tar.tmp``) and only renamed to
+``shard-000007.tar`` once closed, fsynced and committed (the caller's ``on_commit`` appends the manifest
+records). So a final ``.tar`` name always means "complete and recorded".
+
+Inside the open shard, the unit of durability is the sample: each sample's tar members are written with
+its ``meta.json`` last and handed to the operating system (flushed) before the next sample starts. A
+process killed at any moment (kill -9, walltime, Ctrl-C, a lost node) therefore leaves a ``.tmp`` that
+holds every sample it finished, followed by at most one cut-off sample; :func:`salvage_temp_shard` keeps
+the complete ones, so a restart re-extracts only the videos that were in flight. (Flushing is not
+fsyncing: if the machine itself crashes, what its page cache held is lost and only committed shards are
+guaranteed. A fsync per sample would cost more than the sample on network file systems.)
 """
 from __future__ import annotations
 
+import json
 import os
+import tarfile
+import time
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import IO, Any, Callable, Generic, TypeVar
 
-import webdataset as wds
-
-from lamflow.contract import SHARD_PATTERN, encode_sample
+from lamflow.contract import META, SHARD_PATTERN, array_width, encode_sample, is_token_field, npy_header, split_member
+from lamflow.errors import ConfigError
 from lamflow.fileio import fsync_dir
 
 TEMP_SUFFIX = ".tmp"
 DEFAULT_SHARD_SAMPLES = 1000
 DEFAULT_SHARD_BYTES = 1_000_000_000
+_BLOCK = tarfile.BLOCKSIZE
+_END_OF_ARCHIVE = tarfile.NUL * (2 * _BLOCK)
 
 Record = TypeVar("Record")
 
 
-def remove_temp_shards(shards_dir: Path) -> list[Path]:
-    """Delete shards left half-written by a killed run; returns what was deleted."""
+def temp_shards(shards_dir: Path) -> list[Path]:
+    """Shards left unfinished by an interrupted run (see :func:`salvage_temp_shard`), oldest first."""
     if not shards_dir.is_dir():
         return []
-    leftovers = [p for p in shards_dir.iterdir() if p.name.endswith(TEMP_SUFFIX)]
-    for path in leftovers:
-        path.unlink()
-    return leftovers
+    return sorted(p for p in shards_dir.iterdir() if p.name.endswith(TEMP_SUFFIX))
+
+
+def _tar_member(name: str, data: bytes, mtime: int) -> bytes:
+    """One ustar member: header, data, zero padding to the next 512-byte block (what tarfile writes)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), mtime, 0o444
+    info.uname = info.gname = "bigdata"  # webdataset's TarWriter defaults, so shards look the same as before
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape") + data + tarfile.NUL * (-len(data) % _BLOCK)
+
+
+def _sample_bytes(encoded: dict[str, Any]) -> bytes:
+    """A sample's tar members in field order, ``meta.json`` last (the completeness mark, see the module doc)."""
+    key, mtime = encoded["__key__"], int(time.time())
+    fields = sorted((f for f in encoded if f != "__key__"), key=lambda f: (f == META, f))
+    return b"".join(_tar_member(f"{key}.{field}", encoded[field], mtime) for field in fields)
+
+
+def _end_tar(handle: IO[bytes], end: int) -> None:
+    """Make ``handle`` a complete tar ending after byte ``end`` (a sample boundary): cut what follows,
+    write the end-of-archive blocks and pad to tar's record size, as ``tarfile`` does on close; fsync."""
+    handle.seek(end)
+    handle.truncate()
+    handle.write(_END_OF_ARCHIVE)
+    handle.write(tarfile.NUL * (-(end + len(_END_OF_ARCHIVE)) % tarfile.RECORDSIZE))
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 class ShardSink(Generic[Record]):
@@ -38,12 +72,12 @@ class ShardSink(Generic[Record]):
 
     ``on_commit(shard_name, records)`` runs after a shard is closed and fsynced but before it is renamed
     to its final name: if the process dies between the two, the next run sees records pointing at a
-    missing shard and drops them (see manifest.py), so "a final shard exists" implies "all its samples
-    are recorded". Rolls over after ``max_samples`` samples or once ``max_bytes`` is reached (a shard may
-    exceed ``max_bytes`` by its last sample).
+    missing shard and replaces them by the salvaged shard's (see manifest.py), so "a final shard exists"
+    implies "all its samples are recorded". Rolls over after ``max_samples`` samples or once
+    ``max_bytes`` is reached (a shard may exceed ``max_bytes`` by its last sample).
 
-    Used as a context manager: a normal exit commits the open shard, an exception (Ctrl-C included)
-    goes through :meth:`close_after_error`, so finished samples survive an interrupted run.
+    Used as a context manager: any exit, an exception or Ctrl-C included, commits the complete samples
+    of the open shard (a sample cut off by the exception is left out).
     """
 
     def __init__(
@@ -55,32 +89,40 @@ class ShardSink(Generic[Record]):
         on_commit: Callable[[str, list[Record]], None],
     ) -> None:
         if max_samples < 1:
-            raise ValueError(f"shard_samples must be >= 1, got {max_samples}")
+            raise ConfigError(f"--shard-samples must be >= 1, got {max_samples}")
         if max_bytes < 1:
-            raise ValueError(f"shard_bytes must be >= 1, got {max_bytes}")
+            raise ConfigError(f"--shard-bytes must be >= 1, got {max_bytes}")
         self.shards_dir = Path(shards_dir)
         self.shards_dir.mkdir(parents=True, exist_ok=True)
-        self.start_index = start_index
+        self.next_index = start_index
         self.max_samples = max_samples
         self.max_bytes = max_bytes
         self.on_commit = on_commit
         self.committed: list[str] = []
-        self._writer: wds.ShardWriter | None = None  # opened on the first sample: no empty shard files
-        self._file: Any = None
+        self._file: IO[bytes] | None = None  # opened on the first sample: no empty shard files
         self._pending: list[Record] = []
-        self._torn = False  # True while a sample is half-written into the open shard
+        self._end = 0  # bytes of complete samples in the open shard
 
-    def _open(self, temp_name: str) -> Any:
-        self._file = open(temp_name, "wb")
-        return self._file
-
-    def _commit(self, temp_name: str) -> None:
-        """ShardWriter's ``post`` hook: called after the TarWriter of ``temp_name`` is closed."""
+    def write(self, sample: dict[str, Any], record: Record) -> None:
+        """Add one sample (durable against a killed process once this returns); ``record`` is handed to
+        ``on_commit`` with its shard."""
+        data = _sample_bytes(encode_sample(sample))
+        if self._file is not None and (len(self._pending) >= self.max_samples or self._end >= self.max_bytes):
+            self._commit()
+        if self._file is None:
+            self._file = open(self.shards_dir / (SHARD_PATTERN % self.next_index + TEMP_SUFFIX), "wb")
+            self.next_index += 1
+        self._file.write(data)
         self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        temp = Path(temp_name)
-        records, self._pending = self._pending, []
+        self._end += len(data)
+        self._pending.append(record)
+
+    def _commit(self) -> None:
+        handle, records = self._file, self._pending
+        self._file, self._pending, end, self._end = None, [], self._end, 0
+        with handle:
+            _end_tar(handle, end)
+        temp = Path(handle.name)
         if not records:
             temp.unlink()
             return
@@ -90,52 +132,73 @@ class ShardSink(Generic[Record]):
         fsync_dir(self.shards_dir)
         self.committed.append(final.name)
 
-    def write(self, sample: dict[str, Any], record: Record) -> None:
-        """Add one sample; ``record`` is handed to ``on_commit`` with its shard."""
-        encoded = encode_sample(sample)
-        if self._writer is None:
-            self._writer = wds.ShardWriter(
-                str(self.shards_dir / (SHARD_PATTERN + TEMP_SUFFIX)),
-                maxcount=self.max_samples,
-                maxsize=self.max_bytes,
-                post=self._commit,
-                start_shard=self.start_index,
-                verbose=0,
-                opener=self._open,
-                encoder=False,
-            )
-        self._torn = True
-        self._writer.write(encoded)  # may first roll over, committing the previous shard
-        self._pending.append(record)
-        self._torn = False
-
     def __enter__(self) -> "ShardSink[Record]":
         return self
 
-    def __exit__(self, error_type: type[BaseException] | None, *_: Any) -> None:
-        if error_type is None:
-            self.close()
-        else:
-            self.close_after_error()
+    def __exit__(self, *_: Any) -> None:
+        self.close()
 
     def close(self) -> None:
-        """Commit the open shard (every sample in it is complete)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        """Commit the open shard's complete samples."""
+        if self._file is not None:
+            self._commit()
 
-    def close_after_error(self) -> None:
-        """On an interrupted run: keep the complete samples of the open shard (commit it) unless the
-        interruption hit in the middle of writing a sample, in which case drop the shard."""
-        if self._torn:
-            self.abort()
-        else:
-            self.close()
 
-    def abort(self) -> None:
-        """Drop the open shard without committing it."""
-        if self._file is not None and not self._file.closed:
-            self._file.close()
-            Path(self._file.name).unlink(missing_ok=True)
-        self._writer = None
-        self._pending = []
+Kept = tuple[str, dict[str, Any], dict[str, int]]  # (key, meta.json, feature width per stream)
+
+
+def complete_samples(path: Path) -> tuple[list[Kept], int]:
+    """The complete samples at the start of a shard written by :class:`ShardSink`, finished or not.
+
+    Reads the tar members in order and stops at the first one that is cut off, malformed or out of
+    place; a sample counts as complete once its ``meta.json`` (always its last member) is whole and
+    parses. Returns ``(key, meta, widths)`` of those samples in tar order (widths from the ``.npy``
+    headers, as the manifest records them) and the byte offset where they end.
+    """
+    samples: list[Kept] = []
+    end = 0
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        offset, key, widths = 0, None, {}  # key: the sample being read (None between samples)
+        while offset + _BLOCK <= size:
+            try:
+                info = tarfile.TarInfo.frombuf(handle.read(_BLOCK), "utf-8", "surrogateescape")
+            except tarfile.HeaderError:  # zero block (end of archive), or a header cut off or garbled
+                break
+            data_start = offset + _BLOCK
+            if not info.isfile() or data_start + info.size > size:
+                break
+            member_key, field = split_member(info.name)
+            if key is not None and member_key != key:
+                break  # a sample whose members stop before its meta.json: not written by ShardSink
+            key = member_key
+            offset = data_start + info.size + (-info.size % _BLOCK)
+            if field == META:
+                try:
+                    meta = json.loads(handle.read(info.size))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    break
+                if not isinstance(meta, dict):
+                    break
+                samples.append((key, meta, widths))
+                key, end, widths = None, offset, {}
+            elif field and is_token_field(field):
+                try:
+                    width = array_width(npy_header(handle.read(min(info.size, 4096)))[0])
+                except ValueError:
+                    break
+                if width is not None:
+                    widths[field[: -len(".npy")]] = width
+            handle.seek(offset)
+    return samples, end
+
+
+def salvage_temp_shard(path: Path) -> list[Kept]:
+    """Turn an unfinished shard into a complete one holding its :func:`complete_samples`: truncate
+    after the last complete sample, end the tar, fsync. Returns ``(key, meta, widths)`` of the kept
+    samples; ``[]`` (nothing complete) leaves the file untouched."""
+    samples, end = complete_samples(path)
+    if samples:
+        with open(path, "r+b") as handle:
+            _end_tar(handle, end)
+    return samples

@@ -1,6 +1,6 @@
 """`lamflow extract` end to end on real media, real open_clip (tiny config), real Dask clusters and real
-webdataset tars: shard contents, corrupt inputs, resume/retry, kill-and-resume, settings mismatch,
-safe keys, existing schedulers and one model load per worker."""
+webdataset tars: shard contents, corrupt inputs, resume/retry, kill-and-resume (a killed run loses only the
+videos in flight), settings mismatch, safe keys, existing schedulers and one model load per worker."""
 import json
 import os
 import re
@@ -15,14 +15,16 @@ import pytest
 import webdataset as wds
 from distributed import Client, LocalCluster
 
-from lamflow.contract import read_samples
+from lamflow.contract import read_samples, sample_dims
 from lamflow.errors import LamflowError
 from lamflow.pipelines.clip_encoder import ClipWeightsError
 from lamflow.pipelines.extract import run_extraction
-from lamflow.pipelines.manifest import MANIFEST, OutputDir, OutputDirError, SettingsMismatchError
+from lamflow.pipelines.manifest import MANIFEST, OutputDir, OutputDirError, Record, SettingsMismatchError
 from lamflow.pipelines.settings import ExtractSettings
+from lamflow.pipelines.shards import complete_samples
 from lamflow.pipelines.sources import SourceError
 from lamflow.pipelines.worker import worker_counters
+from contract_shards import Video, contract_sample
 from media import make_media
 
 TINY = ExtractSettings(clip_model="lamflow-tiny", frame_batch=4)
@@ -270,36 +272,107 @@ def test_open_repairs_everything_a_killed_run_can_leave(tmp_path):
         OutputDir(out, record)
 
 
+@pytest.mark.parametrize("cut", ["before it", "half way", "in its meta.json"])
+def test_an_unfinished_shard_keeps_every_complete_sample(tmp_path, cut):
+    """A process killed while writing its 4th sample: the next open commits the 3 complete ones as a normal
+    shard with records rebuilt from their meta.json, and drops the cut-off one."""
+    record = {"kind": "video", "settings": {"fps": 1.0}, "texts": None}
+    out = tmp_path / "out"
+    output = OutputDir(out, record)
+    videos = [Video(f"clip{i}.v1", duration=2.0 + i) for i in range(4)]
+    sink = output.shard_sink(max_samples=1000, max_bytes=10**9)
+    temp = out / "shards" / "shard-000000.tar.tmp"
+    ends = []
+    for video in videos:  # each write is flushed: what a SIGKILL right after it leaves on disk
+        sample = contract_sample(video)
+        sink.write(sample, Record.from_meta(video.key, sample["meta.json"], sample_dims(sample)))
+        ends.append(temp.stat().st_size)
+    output.close()  # releases the lock only; the sink is abandoned like a killed process's
+    meta_bytes = len(json.dumps(sample["meta.json"], sort_keys=True).encode())
+    last_meta_byte = ends[3] - (-meta_bytes % 512) - 1  # meta.json is the sample's last member, then padding
+    keep = {"before it": ends[2], "half way": (ends[2] + ends[3]) // 2, "in its meta.json": last_meta_byte}[cut]
+    with open(temp, "r+b") as handle:
+        handle.truncate(keep)
+
+    reopened = OutputDir(out, record)
+    assert reopened.repairs == ["kept the 3 finished sample(s) of unfinished shard shard-000000.tar.tmp as shard-000000.tar"]
+    assert reopened.done_sources() == {f"/videos/{v.name}.mp4" for v in videos[:3]}
+    assert reopened.next_shard_index() == 1
+    reopened.close()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-000000.tar"]
+    samples = read_shards(out)  # plain webdataset reads the salvaged shard
+    assert list(samples) == [v.key for v in videos[:3]]
+    for video in videos[:3]:
+        assert np.array_equal(samples[video.key]["video.npy"], contract_sample(video)["video.npy"])
+    by_key = {r["key"]: r for r in manifest(out)}
+    assert by_key["clip1_v1"]["original_name"] == "clip1.v1" and by_key["clip1_v1"]["duration"] == 3.0
+    assert by_key["clip1_v1"]["dims"] == sample_dims(contract_sample(videos[1]))  # widths from the .npy headers
+    assert_manifest_lists_each_shard_in_tar_order(out)
+
+
 def _cli_extract(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(CLI + [str(videos), "--out", str(out), "--shard-samples", "2", *extra],
+    return subprocess.Popen(CLI + [str(videos), "--out", str(out), "--shard-samples", "3", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
-def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
+def _written(out: Path) -> tuple[int, int]:
+    """(samples in committed shards, complete samples in the unfinished one) of a running extraction."""
+    shards = out / "shards"
+    try:
+        committed = sum(1 for shard in shards.glob("shard-*.tar") for _ in read_samples(shard, {"meta.json"}))
+        unfinished = sum(len(complete_samples(temp)[0]) for temp in shards.glob("*.tar.tmp"))
+    except FileNotFoundError:  # a shard committed (renamed) while we looked: look again
+        return 0, 0
+    return committed, unfinished
+
+
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result_re_extracting_only_the_videos_in_flight(tmp_path):
     videos = tmp_path / "videos"
-    for i in range(8):
+    total = 8
+    for i in range(total):
         make_media(videos / f"v{i}.mp4", duration=2.0 + 0.5 * (i % 3), size="96x72", rate=10, audio=i % 4 != 3)
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     assert _cli_extract(videos, reference, "--workers", "2").wait(timeout=300) == 0
 
     run = _cli_extract(videos, resumed, "--workers", "2")
     deadline = time.time() + 240
-    while not list((resumed / "shards").glob("shard-*.tar")) and run.poll() is None and time.time() < deadline:
+    committed = unfinished = 0
+    # Kill once a shard is committed and the next, unfinished one already holds finished samples.
+    while not (committed and unfinished) and run.poll() is None and time.time() < deadline:
         time.sleep(0.02)
+        committed, unfinished = _written(resumed)
     os.killpg(run.pid, signal.SIGKILL)  # the CLI and its Dask workers: its own session, started above
     run.wait()
-    killed_ok = [r for r in manifest(resumed) if r["status"] == "ok"]
-    assert 2 <= len(killed_ok) < 8, "the kill should land mid-run"
+    assert committed and unfinished and committed + unfinished < total, "the kill should land mid-shard"
 
-    finish = _cli_extract(videos, resumed, "--workers", "2")
-    assert finish.wait(timeout=300) == 0, finish.stderr.read().decode()
+    finish = subprocess.run(CLI + [str(videos), "--out", str(resumed), "--shard-samples", "3", "--workers", "2", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr
+    summary = json.loads(finish.stdout)
+    # Every sample written before the kill is kept, the unfinished shard's too: only videos in flight run again.
+    assert summary["skipped_done"] >= committed + unfinished and summary["attempted"] == total - summary["skipped_done"]
+    assert any(repair.startswith("kept the") for repair in summary["repairs"]), summary["repairs"]
     assert_same_samples(read_shards(reference), read_shards(resumed))
     records = manifest(resumed)
-    assert sorted(r["key"] for r in records) == [f"v{i}" for i in range(8)]
+    assert sorted(r["key"] for r in records) == [f"v{i}" for i in range(total)]
     assert {r["status"] for r in records} == {"ok"}
     assert_manifest_lists_each_shard_in_tar_order(resumed)
     sizes = json.loads((resumed / "sizes.json").read_text())
-    assert sum(sizes.values()) == 8 and set(sizes) == {p.name for p in (resumed / "shards").iterdir()}
+    assert sum(sizes.values()) == total and set(sizes) == {p.name for p in (resumed / "shards").iterdir()}
+
+
+def test_a_cluster_without_workers_stops_the_run_with_one_clear_line(corpus, tmp_path):
+    """Never wait silently: a scheduler whose workers are gone (or never came) ends the run after
+    --worker-timeout, quoting the cluster manager's status; the same command resumes later."""
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as cluster:
+        done = subprocess.run(CLI + [str(corpus), "--out", str(tmp_path / "out"), "--scheduler",
+                                     cluster.scheduler_address, "--worker-timeout", "6"],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    (error,) = [line for line in done.stderr.splitlines() if "error" in line]
+    assert re.fullmatch(rf"lamflow extract: error: no Dask worker connected to {cluster.scheduler_address} for "
+                        r"(6|7|8|9|10|11) s \(worker timeout 6 s\)\. Finished videos are saved: run the same "
+                        r"command again to continue\.", error), error
 
 
 def test_existing_scheduler_workers_load_the_model_once_each(corpus, tmp_path):

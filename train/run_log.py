@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lamflow.fileio import parse_jsonl, read_jsonl, write_jsonl_atomic
+
 
 class RunLog:
     """Appends ``{"step": ..., "split": "train"|"val", ...numbers}`` records; only rank 0 should own one."""
@@ -19,9 +21,11 @@ class RunLog:
         run continues one loss curve instead of repeating steps."""
         if not self.path.exists():
             return
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        text = self.path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):  # a run killed while appending a line: that line is cut off
+            text = text[: text.rfind("\n") + 1]
+        kept = [record for _, record in parse_jsonl(text, str(self.path)) if record["step"] <= step]
+        write_jsonl_atomic(self.path, kept)
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
@@ -39,7 +43,7 @@ class RunLog:
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All records of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path, "metrics.jsonl of a training run")
 
 
 def _open_tensorboard(folder: Path) -> Any:

@@ -5,6 +5,11 @@ The same code runs as one process (``lamflow train cfg.yaml``) and under ``torch
 (DDP: gloo on CPU, NCCL on GPU). Resuming restores the model, optimizer, scheduler, loader position and
 every rank's RNG states, so a resumed run reproduces the loss values the uninterrupted run would have
 logged (exactly, on CPU).
+
+One command serves the first submission of a cluster job and every requeue: a run directory with
+checkpoints of the same config is resumed, one without starts at step 0 (see checkpoint.py for what
+"same config" allows). SIGTERM and SIGUSR1 (scancel, requeue, preemption, a walltime warning) stop every
+rank after its current step with a checkpoint, so the next attempt loses no finished step.
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import contextlib
 import logging
 import os
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,11 +33,13 @@ from lamflow.errors import LamflowError
 from lamflow.fileio import write_jsonl_atomic
 from lamflow.train.build import build_loader, build_model, build_task, resolve_input_dims, resolve_num_classes
 from lamflow.train.checkpoint import (
+    ResumeError,
     capture_rng_state,
-    latest_checkpoint,
-    load_checkpoint,
+    checkpoint_path,
+    find_resume_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    set_aside,
 )
 from lamflow.train.config import TrainConfig, config_to_dict
 from lamflow.train.distributed import (
@@ -46,10 +55,11 @@ from lamflow.train.distributed import (
 )
 from lamflow.train.losses import TASK_LOSSES
 from lamflow.train.predict import gather_predictions, predict, score
-from lamflow.train.run_log import RunLog
+from lamflow.train.run_log import RunLog, read_metrics
 from lamflow.train.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 # Loader counters written to metrics.jsonl (summed over ranks): data that was read but never trained on.
 SKIP_COUNTERS = ("skipped_corrupt", "skipped_width", "skipped_empty", "read_errors", "missing_samples")
@@ -59,17 +69,52 @@ class TrainingDiverged(LamflowError, RuntimeError):
     """The gradients stayed NaN/inf for run.max_nonfinite_steps steps in a row."""
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Run ``config`` to ``optim.max_steps``; with ``resume`` continue from the newest checkpoint of
-    ``run.out_dir``. Returns the last logged training and validation records (rank 0; {} elsewhere)."""
+def train(config: TrainConfig, require_checkpoint: bool = False) -> dict[str, Any]:
+    """Run ``config`` to ``optim.max_steps``, continuing from the newest checkpoint of ``run.out_dir`` when
+    it has one (``require_checkpoint``: when it has none, raise instead of starting at step 0).
+
+    Returns the last logged training and validation records (rank 0; {} elsewhere); a run stopped by
+    SIGTERM/SIGUSR1 (after saving a checkpoint) also returns ``{"stopped_by": "SIGTERM"}`` on every rank.
+    """
     ctx = init_distributed(config.run.device)
     try:
-        return _train(config, resume, ctx)
+        with _StopRequest() as stop:
+            return _train(config, require_checkpoint, ctx, stop)
     finally:
         shutdown()
 
 
-def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any]:
+class _StopRequest:
+    """Turns the STOP_SIGNALS into a flag the loop checks between steps (a signal must not interrupt a
+    step or a checkpoint write half way). Installed for the duration of one ``train`` call."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():  # the only thread allowed to install handlers
+            for number in STOP_SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, _frame: Any) -> None:
+        self.signal = self.signal or signal.Signals(number)
+
+    def agreed(self, ctx: DistContext) -> bool:
+        """True on every rank once any rank got a stop signal (ranks must stop at the same step: saving
+        is a collective)."""
+        if not ctx.distributed:
+            return self.signal is not None
+        asked = torch.tensor([0.0 if self.signal is None else 1.0], device=ctx.device)
+        return bool(mean_over_ranks(asked).item() > 0)
+
+
+def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop: _StopRequest) -> dict[str, Any]:
     run, optim = config.run, config.optim
     out_dir = Path(run.out_dir)
     checkpoints = out_dir / "checkpoints"
@@ -97,14 +142,20 @@ def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any
     )
     scheduler = build_scheduler(optimizer, optim.warmup_steps, optim.max_steps, optim.min_lr_ratio)
 
-    # ---- resume
+    # ---- resume: the run in out_dir continues if it has a checkpoint; every rank reads the same one
     step = 0
+    point = find_resume_checkpoint(checkpoints, config_to_dict(config), map_location=ctx.device)
+    if point.path is None and require_checkpoint:
+        raise ResumeError(f"--resume: no checkpoint in {checkpoints} to continue from; run without --resume to "
+                          "start at step 0 (a run directory with checkpoints is continued either way)")
+    barrier()  # every rank has read the checkpoints before rank 0 renames the unreadable ones
+    if ctx.is_main:
+        for path, reason in point.unreadable:
+            log.warning("%s; resuming from %s instead (the bad file is kept as %s)", reason, point.path.name,
+                        set_aside(path).name)
     run_log = RunLog(out_dir) if ctx.is_main else None
-    if resume:
-        path = latest_checkpoint(checkpoints)
-        if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints}; run without --resume to start")
-        state = load_checkpoint(path, map_location=ctx.device)
+    if point.path is not None:
+        path, state = point.path, point.state
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -115,11 +166,16 @@ def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any
         else:  # another world size: the loss curve continues, but not bit for bit
             log.warning("resuming %d-rank RNG states on %d ranks: reseeding", len(state["rng"]), ctx.world_size)
             _seed_everything(run.seed + 1000 * step + ctx.rank)
-        if run_log:
-            run_log.truncate_after(step)
-        log.info("resumed from %s at step %d", path, step)
+        state.clear()  # the loaded copies of the weights and optimizer state are not needed twice
+        if ctx.is_main:
+            log.info("resumed from %s at step %d", path, step)
     else:
         _seed_everything(run.seed + ctx.rank)  # distinct dropout per rank, reproducible per run
+        if run_log and run_log.path.exists() and run_log.path.stat().st_size:
+            log.warning("%s holds metrics of an attempt that stopped before its first checkpoint: starting again "
+                        "at step 0 replaces them", run_log.path)
+    if run_log:
+        run_log.truncate_after(step)  # lines logged after the checkpoint would repeat: one curve per run
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
@@ -131,8 +187,10 @@ def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any
     batches = _endless(train_loader)
     progress = tqdm(total=optim.max_steps, initial=step, disable=not (ctx.is_main and run.progress), unit="step", dynamic_ncols=True)
     last: dict[str, Any] = {}
+    saved_step = step if point.path is not None else None
 
     def save() -> None:
+        nonlocal saved_step
         # Every rank's RNG is gathered (a collective: all ranks call save at the same step).
         rng_states = all_gather_objects(capture_rng_state())
         if ctx.is_main:
@@ -150,6 +208,7 @@ def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any
                 "num_classes": num_classes,
                 "class_names": class_names,
             }, keep_last=run.keep_checkpoints)
+        saved_step = step
         barrier()
 
     def evaluate() -> None:
@@ -158,7 +217,7 @@ def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any
             config.data.task,
         )
         if ctx.is_main:
-            write_jsonl_atomic(out_dir / "predictions" / f"val-step-{step:08d}.jsonl", rows)
+            write_jsonl_atomic(_predictions_file(out_dir, step), rows)
             record = {"step": step, "split": "val", "items": len(rows), **score(rows, config.data)}
             run_log.write(record)
             last["val"] = record
@@ -224,10 +283,28 @@ def _train(config: TrainConfig, resume: bool, ctx: DistContext) -> dict[str, Any
             save()
         if val_loader is not None and (step == optim.max_steps or (run.eval_every and step % run.eval_every == 0)):
             evaluate()
+        if stop.agreed(ctx):
+            if saved_step != step:
+                save()
+            last["stopped_by"] = stop.signal.name if stop.signal else "a signal to another rank"
+            if ctx.is_main:
+                log.warning("stopped by %s at step %d: %s saved; run the same command to continue",
+                            last["stopped_by"], step, checkpoint_path(checkpoints, step).name)
+            break
     progress.close()
+    if "stopped_by" not in last and step == optim.max_steps and val_loader is not None \
+            and not _predictions_file(out_dir, step).exists():
+        evaluate()  # resumed after the final checkpoint but before the final evaluation finished
     if run_log:
+        if "train" not in last and run_log.path.exists():  # nothing left to train: the run's last records
+            for record in read_metrics(run_log.path):
+                last[record["split"]] = record
         run_log.close()
     return last
+
+
+def _predictions_file(out_dir: Path, step: int) -> Path:
+    return out_dir / "predictions" / f"val-step-{step:08d}.jsonl"
 
 
 def _endless(loader: Any) -> Iterator[dict]:

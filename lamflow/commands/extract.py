@@ -7,8 +7,11 @@ import dataclasses
 import json
 import sys
 
+from typing import Callable
+
 from lamflow.errors import LamflowError
 from lamflow.pipelines.settings import DTYPES, FRAME_RULES, ClipSettings, ExtractSettings, ImageSettings
+from lamflow.pipelines.watchdog import DEFAULT_WORKER_TIMEOUT
 
 _DEFAULTS = ExtractSettings()
 SETTINGS_BY_MEDIA = {"video": ExtractSettings, "image": ImageSettings}
@@ -119,6 +122,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="worker processes of the embedded local Dask cluster (default 1; ignored with --scheduler)")
     compute.add_argument("--scheduler", metavar="ADDRESS",
                          help="address of an existing Dask scheduler (e.g. tcp://head:8786) instead of a local cluster")
+    compute.add_argument("--worker-timeout", type=float, default=DEFAULT_WORKER_TIMEOUT, metavar="SECONDS",
+                         help="stop with an error (finished videos kept: rerun to continue) once the cluster has had "
+                              "no worker for this long, e.g. all SLURM jobs ended or never started; 0 = wait forever "
+                              f"(default {DEFAULT_WORKER_TIMEOUT:g})")
     compute.add_argument("--task-resources", type=_resources, metavar="NAME=AMOUNT",
                          help="Dask resources each video task needs, e.g. GPU=1: tasks then run only on workers "
                               "started with matching --resources (see cluster/README.md)")
@@ -155,7 +162,9 @@ def _settings(args: argparse.Namespace) -> ClipSettings:
     return kind(**{f.name: getattr(args, f.name) for f in dataclasses.fields(kind)})
 
 
-def handle(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace, cluster_status: Callable[[], str] | None = None) -> int:
+    """Run the parsed command; ``cluster_status`` (from cluster/slurm_extract.py) describes the workers'
+    jobs in the messages of a run that waits for or loses its workers."""
     from lamflow.devices import require_device
 
     settings = _settings(args)
@@ -166,26 +175,20 @@ def handle(args: argparse.Namespace) -> int:
 
             check_audio_model(settings)
 
-    from lamflow.pipelines.clip_encoder import ClipWeightsError
     from lamflow.pipelines.extract import run_extraction
-    from lamflow.pipelines.manifest import OutputDirError, SettingsMismatchError
-    from lamflow.pipelines.sources import SourceError
 
     if settings.pretrained == "none":
         print("WARNING: --pretrained none: CLIP weights are RANDOM; image/video/text features carry no learned "
               "meaning (fine for tests and benchmarks, not for training). Pass --pretrained openai or a "
               "checkpoint path for real features.", file=sys.stderr)
     extensions = tuple(f".{e.strip().lstrip('.')}" for e in args.extensions.split(",")) if args.extensions else None
-    try:
-        summary = run_extraction(
-            args.sources, args.out, settings, workers=args.workers, scheduler=args.scheduler,
-            shard_samples=args.shard_samples, shard_bytes=int(args.shard_bytes), retry_failed=args.retry_failed,
-            texts=args.texts, overwrite=args.overwrite, extensions=extensions,
-            task_resources=args.task_resources, progress=not args.no_progress,
-        )
-    except (SettingsMismatchError, OutputDirError, SourceError, ClipWeightsError, ValueError, FileNotFoundError) as error:
-        print(f"lamflow extract: error: {error}", file=sys.stderr)
-        return 2
+    summary = run_extraction(
+        args.sources, args.out, settings, workers=args.workers, scheduler=args.scheduler,
+        shard_samples=args.shard_samples, shard_bytes=int(args.shard_bytes), retry_failed=args.retry_failed,
+        texts=args.texts, overwrite=args.overwrite, extensions=extensions,
+        task_resources=args.task_resources, progress=not args.no_progress,
+        worker_timeout=args.worker_timeout or None, cluster_status=cluster_status,
+    )
     for repair in summary.repairs:
         print(f"resumed after an interrupted run: {repair}", file=sys.stderr)
     if summary.unmatched_text_keys:

@@ -1,0 +1,217 @@
+"""cluster/ on a real single-node SLURM (Debian slurm-wlm + munge, started and stopped by the fixture):
+extraction that survives a walltime cut and a scancel, a gres the cluster lacks, and training under sbatch
+that survives a requeue. Real daemons, real dask-jobqueue jobs, real torchrun; nothing is mocked."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+from distributed import Client
+
+from lamflow.pipelines.shards import complete_samples
+from lamflow.train.run_log import read_metrics
+from contract_shards import write_toy_qvhighlights
+from media import make_media
+from slurm_localhost import LocalSlurm
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+VIDEOS = 8
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a local SLURM runs its daemons as root")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    cluster = LocalSlurm()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    for i in range(VIDEOS):
+        make_media(root / f"v{i:02d}.mp4", duration=6.0, size="96x72", rate=8)
+    return root
+
+
+def start_extraction(slurm: LocalSlurm, videos: Path, out: Path, encodes: Path, *options: str,
+                     env: dict[str, str] | None = None) -> subprocess.Popen:
+    """cluster/slurm_extract.py with 1-core jobs; every finished video task is logged by tests/encode_log.py."""
+    env = {**slurm.env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "LAMFLOW_TEST_ENCODE_LOG": str(encodes),
+           "DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([str(TESTS / "encode_log.py")]), **(env or {})}
+    command = [sys.executable, str(REPO / "cluster" / "slurm_extract.py"), "--cores", "1", "--memory", "2GB",
+               "--log-directory", str(out.parent / "jobs"), *options, "--",
+               str(videos), "--out", str(out), "--clip-model", "lamflow-tiny", "--fps", "2", "--no-progress"]
+    stderr = open(out.parent / "client.err", "w")
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=out.parent)
+
+
+def wait_for_written(out: Path, count: int, run: subprocess.Popen, timeout: float = 120) -> int:
+    temp = out / "shards" / "shard-000000.tar.tmp"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and run.poll() is None:
+        written = len(complete_samples(temp)[0]) if temp.exists() else 0
+        if written >= count:
+            return written
+        time.sleep(0.05)
+    raise AssertionError(f"the run wrote fewer than {count} samples in {timeout} s: {(out.parent / 'client.err').read_text()}")
+
+
+def encodes_by_job(log: Path) -> dict[str, list[str]]:
+    """SLURM job id -> video keys its worker finished encoding, in order."""
+    jobs: dict[str, list[str]] = {}
+    for line in log.read_text().splitlines():
+        job, task = line.split()
+        jobs.setdefault(job, []).append(re.match(r"lamflow-extract-(.+)-[0-9a-f]{8}$", task).group(1))
+    return jobs
+
+
+def shard_keys(out: Path) -> list[str]:
+    keys = [s["__key__"] for s in wds.WebDataset(sorted(map(str, (out / "shards").glob("*.tar"))), shardshuffle=False)]
+    assert len(keys) == len(set(keys)), "a sample is in the shards twice"
+    return sorted(keys)
+
+
+def test_a_walltime_cut_is_taken_over_by_a_replacement_job_and_no_finished_video_is_encoded_twice(
+        slurm, videos, tmp_path):
+    out, encodes = tmp_path / "out", tmp_path / "encodes.log"
+    started = time.monotonic()
+    run = start_extraction(slurm, videos, out, encodes, "--walltime", "1", "--lifetime", "none", "--max-jobs", "1",
+                           env={"DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "2s"})  # replace it after 2 s, not 15
+    written = wait_for_written(out, 3, run)
+    # Stall the first job's worker (SIGSTOP): however fast this machine is, its 1-minute walltime now ends it
+    # mid-run, as it would end a job whose share of the corpus takes longer than its walltime.
+    address = re.search(r"Dask scheduler (tcp://\S+);", (tmp_path / "client.err").read_text()).group(1)
+    with Client(address, timeout=30) as client:
+        for pid in client.run(os.getpid).values():
+            os.kill(pid, signal.SIGSTOP)  # the worker runs on this machine: the test's own single-node cluster
+    stalled = time.monotonic()
+    assert run.wait(timeout=300) == 0, (tmp_path / "client.err").read_text()
+    finished = time.monotonic()
+
+    jobs = [j for j in slurm.jobs() if j["name"] == "lamflow-extract"]
+    first = slurm.job(jobs[0]["id"])
+    assert (first["JobState"], first["Reason"]) == ("TIMEOUT", "TimeLimit")
+    assert len(jobs) >= 2  # a replacement job took over; nobody resubmitted anything
+    assert shard_keys(out) == [f"v{i:02d}" for i in range(VIDEOS)]
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in manifest) == shard_keys(out) and {r["status"] for r in manifest} == {"ok"}
+
+    by_job = encodes_by_job(encodes)
+    encoded = Counter(key for keys in by_job.values() for key in keys)
+    assert set(encoded) == set(shard_keys(out))
+    assert len(by_job[jobs[0]["id"]]) >= written  # what the first job finished was kept ...
+    assert sum(count - 1 for count in encoded.values()) <= 1  # ... and encoded once; at most the video in flight twice
+    print(f"walltime run: {written} samples written before the stall at {stalled - started:.0f} s; first job "
+          f"{first['JobState']} after {first['RunTime']}; {len(jobs)} jobs; finished at {finished - started:.0f} s; "
+          f"encodes per job {({job: len(keys) for job, keys in by_job.items()})}")
+
+
+def test_a_cancelled_job_stops_the_client_with_slurms_word_and_the_same_command_finishes(slurm, videos, tmp_path):
+    out, encodes = tmp_path / "out", tmp_path / "encodes.log"
+    started = time.monotonic()
+    run = start_extraction(slurm, videos, out, encodes, "--max-jobs", "1")
+    wait_for_written(out, 2, run)
+    (job,) = [j["id"] for j in slurm.jobs() if j["name"] == "lamflow-extract" and j["state"] == "RUNNING"]
+    slurm.run("scancel", job)
+    assert run.wait(timeout=60) == 2
+    stopped = time.monotonic()
+    lines = [line for line in (tmp_path / "client.err").read_text().splitlines() if "error" in line.lower()]
+    assert lines == [f"slurm_extract: error: every worker job was cancelled and none will replace them "
+                     f"(SLURM jobs: {job} CANCELLED). Finished videos are saved: run the same command again to continue."]
+    assert "Traceback" not in (tmp_path / "client.err").read_text()
+    kept = shard_keys(out)  # the interrupted run committed what it had written
+    assert 2 <= len(kept) < VIDEOS
+
+    rerun = start_extraction(slurm, videos, out, encodes, "--max-jobs", "1")
+    assert rerun.wait(timeout=300) == 0, (tmp_path / "client.err").read_text()
+    assert shard_keys(out) == [f"v{i:02d}" for i in range(VIDEOS)]
+    rerun_encodes = [key for j, keys in encodes_by_job(encodes).items() if j != job for key in keys]
+    assert sorted(rerun_encodes) == sorted(set(shard_keys(out)) - set(kept))  # only what the first run had not kept
+    print(f"scancel: client exited {stopped - started:.0f} s after start with {len(kept)} samples kept; "
+          f"the rerun encoded {len(rerun_encodes)} videos")
+
+
+def test_a_gres_the_cluster_lacks_is_one_clear_error_before_any_job(slurm, videos, tmp_path):
+    out = tmp_path / "out"
+    before = slurm.jobs()
+    run = start_extraction(slurm, videos, out, tmp_path / "encodes.log", "--gpus", "--max-jobs", "1")
+    assert run.wait(timeout=60) == 2
+    err = (tmp_path / "client.err").read_text()
+    assert err.strip().splitlines() == ["slurm_extract: error: SLURM refuses the worker job (sbatch: error: Invalid "
+                                        "generic resource (gres) specification); check --queue, --account, --gpus, "
+                                        "--cores, --memory and --walltime against the cluster (sinfo, scontrol show "
+                                        "partition)"]
+    assert slurm.jobs() == before
+
+
+def sbatch_training(slurm: LocalSlurm, toy, run_dir: Path, rdzv_port: int) -> str:
+    """cluster/train_sbatch.sh under sbatch: 100 steps of a tiny model on the toy shards, CPU only."""
+    overrides = [f"data.train_shards={toy.shards}", f"data.train_annotations={toy.train_annotations}",
+                 "data.val_shards=", "model.encoder.dim=16", "model.encoder.depth=1", "model.encoder.heads=2", "model.encoder.generator_hidden=16",
+                 "model.encoder.generator_rank=2", "data.loader.num_workers=0", "data.loader.batch_size=2", "optim.warmup_steps=1",
+                 "optim.max_steps=100", "run.log_every=1", "run.checkpoint_every=0", "run.eval_every=0",
+                 "run.progress=false", "run.threads=1", f"run.out_dir={run_dir}"]
+    # The script's own #SBATCH lines, except what this 1-node test cluster needs smaller.
+    done = slurm.run("sbatch", "--parsable", "--cpus-per-task=1", "--time=5", "--signal=B:USR1@10",
+                     f"--chdir={run_dir.parent}", f"--output={run_dir.parent}/train-%j.out",
+                     f"--export=ALL,RDZV_PORT={rdzv_port}",
+                     str(REPO / "cluster" / "train_sbatch.sh"), str(REPO / "train" / "configs" / "qvhighlights_lam.yaml"),
+                     *overrides)
+    return done.stdout.strip()
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_train_sbatch_trains_on_cpu_and_every_requeued_attempt_continues_from_its_checkpoint(slurm, tmp_path):
+    toy = write_toy_qvhighlights(tmp_path / "toy", videos=6, val_videos=0, duration=12.0)
+    run_dir = tmp_path / "run"
+    job = sbatch_training(slurm, toy, run_dir, rdzv_port=29500 + os.getpid() % 1000)
+    metrics = run_dir / "metrics.jsonl"
+    interruptions = [
+        # what --signal=B:USR1@N sends N seconds before the walltime: the script stops the trainer and requeues
+        ["scancel", "--batch", "--signal=USR1", job],
+        ["scontrol", "requeue", job],  # an operator's requeue (as preemption): SIGTERM to the steps, back to the queue
+    ]
+    def logged() -> int:
+        return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+    before = 0
+    for attempt, interruption in enumerate(interruptions, start=1):
+        wait_for(lambda: logged() >= before + 5, f"attempt {attempt} to train 5 steps")
+        slurm.run(*interruption)
+        # A requeued job waits two minutes before it may start again; an administrator's StartTime=now skips that,
+        # once the node has cleaned up after the previous attempt.
+        wait_for(lambda: slurm.job(job)["JobState"] == "PENDING" and slurm.job_cleaned_up(job),
+                 f"the job to be requeued after attempt {attempt}")
+        before = logged()
+        slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    wait_for(lambda: slurm.job(job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED"), "the job to finish")
+
+    log = (tmp_path / f"train-{job}.out").read_text()
+    assert slurm.job(job)["JobState"] == "COMPLETED", log
+    assert "training on CPU with 1 process(es)" in log and "attempt 3" in log
+    assert f"walltime close: checkpoint saved, requeueing job {job}" in log
+    stops = [int(step) for step in re.findall(r"stopped by SIGTERM at step (\d+)", log)]
+    assert len(stops) == 2 and 5 <= stops[0] < stops[1] < 100
+    for step in stops:
+        assert f"resumed from {run_dir}/checkpoints/step-{step:08d}.pt at step {step}" in log
+    steps = [r["step"] for r in read_metrics(metrics) if r["split"] == "train"]
+    assert steps == list(range(1, 101))  # one curve: no step lost, none repeated
