@@ -68,8 +68,10 @@ def featurize_all(paths: list[Path], settings, threads: int | None) -> tuple[flo
 def mean_task_seconds(out: Path) -> float:
     """Mean decode+encode seconds per video inside the workers (the manifest's ``seconds``): compared with
     the time alone it shows how much the workers were slowed by sharing the cores."""
-    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    return sum(r["seconds"] for r in records) / len(records)
+    from lamflow.contract import MANIFEST, parse_manifest
+
+    records, _ = parse_manifest(out / MANIFEST)
+    return sum(r.seconds for r in records) / len(records)
 
 
 def end_to_end(paths: list[Path], settings, workers: int, out: Path, warm: bool) -> float:
