@@ -139,7 +139,8 @@ def _add_records(root: Path, per_shard: dict[str, int], report: dict[str, Any]) 
         report["problems"].append(f"{SIZES} disagrees with the shards on disk (an interrupted run? re-run extract to fix)")
     leftovers = sorted(p.name for p in (root / SHARDS_DIR).glob(f"*{TEMP_SUFFIX}"))
     if leftovers:
-        report["problems"].append(f"unfinished shards from an interrupted run: {leftovers} (re-run extract to clean up)")
+        report["problems"].append(f"unfinished shards from an interrupted run: {leftovers} (re-running the extraction "
+                                  "keeps their finished samples)")
 
 
 def format_report(report: dict[str, Any]) -> str:
