@@ -27,10 +27,22 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+TEMP_SUFFIX = ".tmp"
+
+
 def temp_path(path: str | Path) -> Path:
-    """Where :func:`atomic_open` writes ``path`` before renaming it into place."""
+    """Where :func:`atomic_open` (and every other writer that renames into place) writes ``path`` first."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp")
+    return path.with_name(f".{path.name}{TEMP_SUFFIX}")
+
+
+def final_path(temp: str | Path) -> Path | None:
+    """The file a :func:`temp_path` stands for (``.x.json.tmp`` -> ``x.json``), or None for another name."""
+    temp = Path(temp)
+    name = temp.name
+    if not (name.startswith(".") and name.endswith(TEMP_SUFFIX) and len(name) > 1 + len(TEMP_SUFFIX)):
+        return None
+    return temp.with_name(name[1: -len(TEMP_SUFFIX)])
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -30,7 +30,7 @@ from lamflow.contract import (
 from lamflow.errors import DataFileError
 from lamflow.fileio import read_json
 from lamflow.pipelines.manifest import MAX_LISTED_FAILURES
-from lamflow.pipelines.shards import TEMP_SUFFIX
+from lamflow.pipelines.shards import temp_shards
 
 
 @dataclass
@@ -137,7 +137,7 @@ def _add_records(root: Path, per_shard: dict[str, int], report: dict[str, Any]) 
         report["failures"] = {r.source: r.error for r in failures[:MAX_LISTED_FAILURES]}
     if (root / SIZES).is_file() and read_json(root / SIZES) != per_shard:
         report["problems"].append(f"{SIZES} disagrees with the shards on disk (an interrupted run? re-run extract to fix)")
-    leftovers = sorted(p.name for p in (root / SHARDS_DIR).glob(f"*{TEMP_SUFFIX}"))
+    leftovers = [p.name for p in temp_shards(root / SHARDS_DIR)]
     if leftovers:
         report["problems"].append(f"unfinished shards from an interrupted run: {leftovers} (re-running the extraction "
                                   "keeps their finished samples)")

@@ -7,7 +7,7 @@ output directory repairs what a killed run can leave behind:
 - a torn last manifest line (killed mid-append) is dropped;
 - ``ok`` records naming a shard that never got its final name (killed between commit and rename) are
   dropped;
-- ``shards/*.tar.tmp`` (killed mid-shard) are salvaged: their complete samples become a committed shard
+- unfinished shards (``shards/.shard-*.tar.tmp``, killed mid-shard) are salvaged: their complete samples become a committed shard
   whose records are rebuilt from each sample's ``meta.json`` (key, source, counts, duration, original
   name); a ``.tmp`` without a complete sample is deleted. So a kill loses only the inputs in flight.
 
@@ -39,8 +39,8 @@ from lamflow.contract import (
     shard_index,
 )
 from lamflow.errors import LamflowError
-from lamflow.fileio import fsync_dir, read_json, write_json_atomic, write_jsonl_atomic
-from lamflow.pipelines.shards import TEMP_SUFFIX, ShardSink, salvage_temp_shard, temp_shards
+from lamflow.fileio import commit_temp, final_path, read_json, write_json_atomic, write_jsonl_atomic
+from lamflow.pipelines.shards import ShardSink, salvage_temp_shard, temp_shards
 
 LOCK = ".lamflow.lock"
 MAX_LISTED_FAILURES = 100  # stats.json stays small on huge corpora; manifest.jsonl has every failure
@@ -153,7 +153,7 @@ class OutputDir:
     def _salvage(self, temp: Path) -> None:
         """Commit the complete samples of an unfinished shard (see the module docstring), in the order
         ShardSink commits: records durable first, then the final name."""
-        final = temp.with_name(temp.name[: -len(TEMP_SUFFIX)])
+        final = final_path(temp)
         if shard_index(final.name) is None or final.exists():
             raise OutputDirError(f"{temp} is not an unfinished shard of this directory (or {final.name} exists "
                                  "too); move it away or rerun with --overwrite")
@@ -168,8 +168,7 @@ class OutputDir:
                                      "or rerun with --overwrite")
             self._set_latest(Record.from_meta(key, meta, dims, shard=final.name))
         self.compact()
-        os.replace(temp, final)
-        fsync_dir(self.shards_dir)
+        commit_temp(final)
         self.repairs.append(f"kept the {len(kept)} finished sample(s) of unfinished shard {temp.name} as {final.name}")
 
     # -- queries -------------------------------------------------------------------------------------

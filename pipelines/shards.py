@@ -1,12 +1,12 @@
 """Atomic WebDataset shard writing that never loses a finished sample.
 
-A shard is written under a temporary name (``shard-000007.tar.tmp``) and only renamed to
+A shard is written under a temporary name (``.shard-000007.tar.tmp``, lamflow.fileio's scheme) and only renamed to
 ``shard-000007.tar`` once closed, fsynced and committed (the caller's ``on_commit`` appends the manifest
 records). So a final ``.tar`` name always means "complete and recorded".
 
 Inside the open shard, the unit of durability is the sample: each sample's tar members are written with
 its ``meta.json`` last and handed to the operating system (flushed) before the next sample starts. A
-process killed at any moment (kill -9, walltime, Ctrl-C, a lost node) therefore leaves a ``.tmp`` that
+process killed at any moment (kill -9, walltime, Ctrl-C, a lost node) therefore leaves a temporary shard that
 holds every sample it finished, followed by at most one cut-off sample; :func:`salvage_temp_shard` keeps
 the complete ones, so a restart re-extracts only the videos that were in flight. (Flushing is not
 fsyncing: if the machine itself crashes, what its page cache held is lost and only committed shards are
@@ -21,11 +21,19 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Generic, TypeVar
 
-from lamflow.contract import META, SHARD_PATTERN, array_width, encode_sample, is_token_field, npy_header, split_member
+from lamflow.contract import (
+    META,
+    SHARD_PATTERN,
+    array_width,
+    encode_sample,
+    is_token_field,
+    npy_header,
+    shard_index,
+    split_member,
+)
 from lamflow.errors import ConfigError
-from lamflow.fileio import fsync_dir
+from lamflow.fileio import commit_temp, final_path, temp_path
 
-TEMP_SUFFIX = ".tmp"
 DEFAULT_SHARD_SAMPLES = 1000
 DEFAULT_SHARD_BYTES = 1_000_000_000
 _BLOCK = tarfile.BLOCKSIZE
@@ -35,10 +43,12 @@ Record = TypeVar("Record")
 
 
 def temp_shards(shards_dir: Path) -> list[Path]:
-    """Shards left unfinished by an interrupted run (see :func:`salvage_temp_shard`), oldest first."""
+    """Shards left unfinished by an interrupted run (see :func:`salvage_temp_shard`), oldest first: the
+    :func:`lamflow.fileio.temp_path` of a shard name (``.shard-000007.tar.tmp``)."""
     if not shards_dir.is_dir():
         return []
-    return sorted(p for p in shards_dir.iterdir() if p.name.endswith(TEMP_SUFFIX))
+    found = [p for p in shards_dir.iterdir() if (final := final_path(p)) is not None and shard_index(final.name) is not None]
+    return sorted(found, key=lambda p: shard_index(final_path(p).name))
 
 
 def _tar_member(name: str, data: bytes, mtime: int) -> bytes:
@@ -110,7 +120,7 @@ class ShardSink(Generic[Record]):
         if self._file is not None and (len(self._pending) >= self.max_samples or self._end >= self.max_bytes):
             self._commit()
         if self._file is None:
-            self._file = open(self.shards_dir / (SHARD_PATTERN % self.next_index + TEMP_SUFFIX), "wb")
+            self._file = open(temp_path(self.shards_dir / (SHARD_PATTERN % self.next_index)), "wb")
             self.next_index += 1
         self._file.write(data)
         self._file.flush()
@@ -126,10 +136,9 @@ class ShardSink(Generic[Record]):
         if not records:
             temp.unlink()
             return
-        final = temp.with_name(temp.name[: -len(TEMP_SUFFIX)])
+        final = final_path(temp)
         self.on_commit(final.name, records)
-        os.replace(temp, final)
-        fsync_dir(self.shards_dir)
+        commit_temp(final)
         self.committed.append(final.name)
 
     def __enter__(self) -> "ShardSink[Record]":

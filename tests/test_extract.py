@@ -252,7 +252,7 @@ def test_open_repairs_everything_a_killed_run_can_leave(tmp_path):
     OutputDir(out, record).close()
     shards = out / "shards"
     (shards / "shard-000000.tar").write_bytes(b"complete")
-    (shards / "shard-000001.tar.tmp").write_bytes(b"half written")
+    (shards / ".shard-000001.tar.tmp").write_bytes(b"half written")
     lines = [
         {"key": "a", "source": "/a.mp4", "status": "ok", "shard": "shard-000000.tar"},
         {"key": "b", "source": "/b.mp4", "status": "error", "error": "DecodeError: bad"},
@@ -263,7 +263,7 @@ def test_open_repairs_everything_a_killed_run_can_leave(tmp_path):
     output = OutputDir(out, record)
     assert output.done_sources() == {"/a.mp4"} and output.failed_sources() == {"/b.mp4"}
     assert output.next_shard_index() == 1
-    assert not (shards / "shard-000001.tar.tmp").exists()
+    assert not (shards / ".shard-000001.tar.tmp").exists()
     assert [json.loads(line)["key"] for line in (out / MANIFEST).read_text().splitlines()] == ["a", "b"]
     output.close()
 
@@ -281,7 +281,7 @@ def test_an_unfinished_shard_keeps_every_complete_sample(tmp_path, cut):
     output = OutputDir(out, record)
     videos = [Video(f"clip{i}.v1", duration=2.0 + i) for i in range(4)]
     sink = output.shard_sink(max_samples=1000, max_bytes=10**9)
-    temp = out / "shards" / "shard-000000.tar.tmp"
+    temp = out / "shards" / ".shard-000000.tar.tmp"
     ends = []
     for video in videos:  # each write is flushed: what a SIGKILL right after it leaves on disk
         sample = contract_sample(video)
@@ -295,7 +295,7 @@ def test_an_unfinished_shard_keeps_every_complete_sample(tmp_path, cut):
         handle.truncate(keep)
 
     reopened = OutputDir(out, record)
-    assert reopened.repairs == ["kept the 3 finished sample(s) of unfinished shard shard-000000.tar.tmp as shard-000000.tar"]
+    assert reopened.repairs == ["kept the 3 finished sample(s) of unfinished shard .shard-000000.tar.tmp as shard-000000.tar"]
     assert reopened.done_sources() == {f"/videos/{v.name}.mp4" for v in videos[:3]}
     assert reopened.next_shard_index() == 1
     reopened.close()
@@ -320,7 +320,7 @@ def _written(out: Path) -> tuple[int, int]:
     shards = out / "shards"
     try:
         committed = sum(1 for shard in shards.glob("shard-*.tar") for _ in read_samples(shard, {"meta.json"}))
-        unfinished = sum(len(complete_samples(temp)[0]) for temp in shards.glob("*.tar.tmp"))
+        unfinished = sum(len(complete_samples(temp)[0]) for temp in shards.glob(".shard-*.tar.tmp"))
     except FileNotFoundError:  # a shard committed (renamed) while we looked: look again
         return 0, 0
     return committed, unfinished

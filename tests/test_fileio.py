@@ -1,10 +1,20 @@
 """lamflow.fileio: JSONL reading names file:line; atomic writes leave the old file or the new one."""
 import json
+from pathlib import Path
 
 import pytest
 
 from lamflow.errors import DataFileError, LamflowError
-from lamflow.fileio import atomic_open, iter_jsonl, read_json, read_jsonl, temp_path, write_json_atomic, write_jsonl_atomic
+from lamflow.fileio import (
+    atomic_open,
+    final_path,
+    iter_jsonl,
+    read_json,
+    read_jsonl,
+    temp_path,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 
 def test_read_jsonl_skips_blank_lines_and_numbers_lines_from_one(tmp_path):
@@ -56,3 +66,9 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
     with pytest.raises(ValueError):  # NaN is not JSON: other tools would reject the file
         write_json_atomic(target, {"loss": float("nan")})
     assert json.loads(target.read_text()) == {"version": 1}
+
+
+def test_every_writer_that_renames_into_place_uses_one_temp_name():
+    assert temp_path("/x/shard-000003.tar").name == ".shard-000003.tar.tmp"
+    assert final_path(temp_path("/x/stats.json")) == Path("/x/stats.json")
+    assert final_path("/x/stats.json") is None and final_path("/x/.tmp") is None

@@ -53,12 +53,12 @@ def test_inspect_flags_duplicates_stale_sizes_and_unfinished_shards(tmp_path, ca
     assert inspect_output(out)["problems"] == []
 
     shutil.copy(out / "shards" / "shard-000000.tar", out / "shards" / "shard-000001.tar")
-    (out / "shards" / "shard-000002.tar.tmp").write_bytes(b"")
+    (out / "shards" / ".shard-000002.tar.tmp").write_bytes(b"")
     report = inspect_output(out)
     assert report["samples"] == 6
     assert any("key 'm0' appears 2 times" in p for p in report["problems"])
     assert any("sizes.json disagrees" in p for p in report["problems"])
-    assert any("shard-000002.tar.tmp" in p for p in report["problems"])
+    assert any(".shard-000002.tar.tmp" in p for p in report["problems"])
     assert "PROBLEM:" in format_report(report)
     assert main(["inspect", str(out)]) == 1
     capsys.readouterr()

@@ -59,7 +59,7 @@ def start_extraction(slurm: LocalSlurm, videos: Path, out: Path, encodes: Path, 
 
 
 def wait_for_written(out: Path, count: int, run: subprocess.Popen, timeout: float = 120) -> int:
-    temp = out / "shards" / "shard-000000.tar.tmp"
+    temp = out / "shards" / ".shard-000000.tar.tmp"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and run.poll() is None:
         written = len(complete_samples(temp)[0]) if temp.exists() else 0
