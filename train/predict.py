@@ -4,6 +4,8 @@ QVHighlights lines follow the official submission format: ``qid``, ``query``, ``
 ``pred_relevant_windows`` ([[start, end, score], ...] best first) and ``pred_saliency_scores`` (one per
 2-second clip). Classification lines hold the item's key and its top-5 labels best first
 (``{"key", "top_labels", "scores"}``, the format ``lamflow.train.eval_classification`` scores).
+Captioning lines are ``{"vid", "caption"}`` (``lamflow eval captioning``), audio description lines
+``{"ad_id", "caption"}`` (``lamflow eval ad``); the caption is the decoder's beam search / greedy output.
 Each rank predicts its share of an "eval" loader; :func:`gather_predictions` merges them on every rank.
 """
 from __future__ import annotations
@@ -13,12 +15,15 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from lamflow.datasets.caption_text import decode_caption
 from lamflow.fileio import write_jsonl_atomic
-from lamflow.train.config import DataConfig, ModelConfig, config_from_dict
+from lamflow.train.config import GENERATION_TASKS, DataConfig, ModelConfig, config_from_dict
 from lamflow.train.distributed import all_gather_objects, autocast, to_device
 from lamflow.train.heads import decode_moments
 
 TOP_K_CLASSES = 5
+# The field that identifies a prediction line, per task (lines are merged and sorted by it).
+ROW_KEYS = {"qvhighlights": "qid", "classification": "key", "captioning": "vid", "audio_description": "ad_id"}
 
 
 def moment_rows(
@@ -46,6 +51,11 @@ def classification_rows(batch: dict[str, Any], outputs: dict[str, torch.Tensor],
     ]
 
 
+def caption_rows(batch: dict[str, Any], captions: list[list[int]], field: str) -> list[dict[str, Any]]:
+    """``{field: the item's caption key, "caption": text}`` per item, from generated BPE ids."""
+    return [{field: key, "caption": decode_caption(ids)} for key, ids in zip(batch["caption_keys"], captions)]
+
+
 @torch.no_grad()
 def predict(
     model: torch.nn.Module, loader: Iterable[dict], task_adapter: Any, data: DataConfig, model_config: ModelConfig,
@@ -62,9 +72,11 @@ def predict(
     for batch in loader:
         batch = to_device(batch, device)
         with autocast(device, amp):
-            outputs = model(batch)
+            outputs = model.generate(batch) if data.task in GENERATION_TASKS else model(batch)
         if data.task == "qvhighlights":
             rows += moment_rows(batch, outputs, model_config, queries)
+        elif data.task in GENERATION_TASKS:
+            rows += caption_rows(batch, outputs, task_adapter.prediction_field)
         else:
             rows += classification_rows(batch, outputs, class_names or [])
     model.train(was_training)
@@ -72,11 +84,11 @@ def predict(
 
 
 def gather_predictions(rows: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
-    """Every rank's rows, one per query/item, in a stable order (qid, or key)."""
+    """Every rank's rows, one per query/item, in a stable order (qid, or the task's key: ``ROW_KEYS``)."""
     merged: dict[Any, dict[str, Any]] = {}
     for rank_rows in all_gather_objects(rows):
         for row in rank_rows:
-            merged[row["qid"] if task == "qvhighlights" else row["key"]] = row
+            merged[row[ROW_KEYS[task]]] = row
     return [merged[k] for k in sorted(merged, key=str if task != "qvhighlights" else int)]
 
 
@@ -84,8 +96,12 @@ def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
     """The official numbers of ``rows`` on the validation split, against the part of the ground truth the
     validation shards cover (the evaluators require a prediction for every ground-truth record).
 
-    QVHighlights: the 14 ``brief`` metrics; classification: top-1 and top-5 accuracy.
+    QVHighlights: the 14 ``brief`` metrics; classification: top-1 and top-5 accuracy; captioning and audio
+    description: pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L and CIDEr (SPICE when its models are present),
+    with the references of the predicted videos (or ADs) only: CIDEr's IDF comes from them.
     """
+    if data.task in GENERATION_TASKS:
+        return _caption_metrics(rows, data)
     if data.task == "qvhighlights":
         from lamflow.fileio import read_jsonl
         from lamflow.train.eval_qvhighlights import evaluate
@@ -98,6 +114,23 @@ def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
     predicted = {row["key"] for row in rows}
     labels = {key: label for key, label in load_labels(data.labels).items() if key in predicted}
     return ranked_accuracy(labels, rows)
+
+
+def _caption_metrics(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
+    from lamflow.train.eval_captioning import caption_scores
+
+    field = ROW_KEYS[data.task]
+    predicted = {row[field]: row["caption"] for row in rows}
+    if data.task == "audio_description":
+        from lamflow.datasets.audio_description import load_ads
+
+        references = {ad.ad_id: [ad.text] for ads in load_ads(data.val_captions).values() for ad in ads}
+    else:
+        from lamflow.train.eval_captioning import load_references
+
+        references, _ = load_references(data.val_captions, data.val_caption_split)
+    scores = caption_scores({key: references[key] for key in predicted}, predicted)
+    return {name: value for name, value in scores.items() if value is not None}  # SPICE is None without its models
 
 
 def predict_checkpoint(checkpoint: str | Path, split: str, out: str | Path, overrides: Iterable[str] = ()) -> Path:
@@ -117,8 +150,8 @@ def predict_checkpoint(checkpoint: str | Path, split: str, out: str | Path, over
     config.validate()
     ctx = init_distributed(config.run.device)
     try:
-        task = build_task(config.data, split)
-        model = build_model(config, state["input_dims"], state["num_classes"]).to(ctx.device)
+        task = build_task(config.data, split, mode="eval")
+        model = build_model(config, state["input_dims"], state["num_classes"], state.get("vocabulary")).to(ctx.device)
         model.load_state_dict(state["model"])
         loader = build_loader(config, split, task, ctx.rank, ctx.world_size, mode="eval")
         rows = predict(model, loader, task, config.data, config.model, ctx.device, config.run.amp, state["class_names"])
