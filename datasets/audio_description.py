@@ -9,7 +9,7 @@ An item is the AD's context: the tokens of every stream whose timestamps fall in
 ``[start - context_before, end + context_after]`` (clipped to the movie), with times relative to the
 window's start, so a two-hour movie never becomes one sequence and the time embedding sees the same
 range for every AD. A window that catches no token of a non-empty stream (an AD shorter than the frame
-spacing) takes the stream's token nearest to the AD's middle. An AD that starts after the movie ends, or
+spacing) takes the stream's token nearest to the AD's middle, widening the window. An AD that starts after the movie ends, or
 ends more than ``END_SLACK_SECONDS`` after it, is an error naming the AD: its annotation and features
 do not belong together.
 """
@@ -85,19 +85,21 @@ def load_ads(path: str | Path) -> dict[str, list[AudioDescription]]:
     return movies
 
 
-def cut_window(sample: Mapping[str, Any], start: float, end: float, anchor: float) -> tuple[dict, dict]:
-    """(streams, timestamps) of ``sample`` inside ``[start, end]`` seconds, times relative to ``start``; a
-    non-empty stream with no token inside keeps the one nearest to ``anchor``."""
-    streams, timestamps = {}, {}
-    for name, tokens in sample["streams"].items():
-        times = sample["timestamps"][name]
+def cut_window(sample: Mapping[str, Any], start: float, end: float, anchor: float) -> tuple[dict, dict, float, float]:
+    """(streams, timestamps, start, end) of ``sample`` inside ``[start, end]`` seconds. A non-empty stream with
+    no token inside keeps the one nearest to ``anchor``, and the window widens to hold it; times are relative
+    to the window's start."""
+    chosen = {}
+    for name, times in sample["timestamps"].items():
         inside = np.flatnonzero((times >= start) & (times <= end))
-        if not len(inside) and len(times):
-            inside = np.array([np.abs(times - anchor).argmin()])
-        # A copy, not a view: an item in the shuffle buffer must not keep its whole movie alive.
-        streams[name] = tokens[inside].copy()
-        timestamps[name] = (times[inside] - start).astype(np.float32)
-    return streams, timestamps
+        chosen[name] = inside if len(inside) or not len(times) else np.array([np.abs(times - anchor).argmin()])
+    kept = [sample["timestamps"][name][indices] for name, indices in chosen.items() if len(indices)]
+    start = min([start, *(float(times.min()) for times in kept)])
+    end = max([end, *(float(times.max()) for times in kept)])
+    # Copies, not views: an item in the shuffle buffer must not keep its whole movie alive.
+    streams = {name: sample["streams"][name][indices].copy() for name, indices in chosen.items()}
+    timestamps = {name: (sample["timestamps"][name][indices] - start).astype(np.float32) for name, indices in chosen.items()}
+    return streams, timestamps, start, end
 
 
 class AudioDescriptionTask:
@@ -132,7 +134,7 @@ class AudioDescriptionTask:
                 )
             start = max(0.0, ad.start - self.context_before)
             end = min(duration, ad.end + self.context_after)
-            streams, timestamps = cut_window(sample, start, end, anchor=(ad.start + min(ad.end, duration)) / 2)
+            streams, timestamps, start, end = cut_window(sample, start, end, anchor=(ad.start + min(ad.end, duration)) / 2)
             yield {**sample, "sample_id": ad.ad_id, "caption_key": ad.ad_id, "caption": ad.tokens,
                    "streams": streams, "timestamps": timestamps, "duration": end - start}
 

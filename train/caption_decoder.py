@@ -24,8 +24,9 @@ words.
 Generation stops at END, at ``max_tokens`` (START and END included), and never writes PAD, UNKNOWN or
 START; END is allowed only after a token that holds a letter or digit, so no caption comes out empty or
 punctuation-only (the caption metrics reject those). Beam search keeps ``beam_size`` live hypotheses and
-ranks finished ones by log-probability / length ** length_penalty; it stops once ``beam_size`` hypotheses
-have finished. ``beam_size`` 1 is greedy decoding.
+ranks finished ones by log-probability / length ** length_penalty (length counts END); an item stops once
+``beam_size`` hypotheses have finished (early stopping, as fairseq and Hugging Face's ``early_stopping=True``
+do), so ``beam_size`` 1 is exactly greedy decoding.
 """
 from __future__ import annotations
 
@@ -64,7 +65,6 @@ class CaptionDecoder(nn.Module):
         self.embed = nn.Embedding(SPECIAL + len(vocabulary), dim)
         nn.init.normal_(self.embed.weight, std=dim ** -0.5)
         self.position = nn.Embedding(max_tokens, dim)
-        self.context = nn.Linear(dim, dim)
         layer = nn.TransformerDecoderLayer(dim, heads, 4 * dim, dropout, activation="gelu", batch_first=True, norm_first=True)
         self.layers = nn.TransformerDecoder(layer, layers)
         self.norm = nn.LayerNorm(dim)
@@ -78,10 +78,7 @@ class CaptionDecoder(nn.Module):
                padding: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits (B, L, outputs) after every prefix of ``indices`` (B, L) decoder indices."""
         length = indices.shape[1]
-        keep = (~memory_padding).unsqueeze(-1).to(memory.dtype)
-        pooled = (memory * keep).sum(1) / keep.sum(1).clamp(min=1.0)
-        x = (self.embed(indices) * math.sqrt(self.embed.embedding_dim) + self.position.weight[:length]
-             + self.context(pooled).unsqueeze(1))
+        x = self.embed(indices) * math.sqrt(self.embed.embedding_dim) + self.position.weight[:length]
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=indices.device), diagonal=1)
         hidden = self.layers(x, memory, tgt_mask=causal, tgt_is_causal=True, tgt_key_padding_mask=padding,
                              memory_key_padding_mask=memory_padding)
@@ -144,9 +141,9 @@ class CaptionDecoder(nn.Module):
                     rows[item * beams + live], next_tokens[item * beams + live] = row, token
                     next_scores[item, live] = score
                     live += 1
-                if len(finished[item]) >= beams:
-                    next_scores[item] = float("-inf")  # done: its remaining beams are not expanded
-            if all(len(done) >= beams for done in finished):
+                if len(finished[item]) == beams:
+                    next_scores[item] = float("-inf")  # done: its live hypotheses are not expanded
+            if all(len(done) == beams for done in finished):
                 break
             sequences = torch.cat([sequences[rows], next_tokens[:, None]], dim=1)
             worded = worded[rows] | self.is_word[next_tokens]

@@ -15,7 +15,9 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from lamflow.datasets.audio_description import AudioDescriptionTask
 from lamflow.datasets.caption_text import decode_caption
+from lamflow.datasets.captioning import CaptioningTask
 from lamflow.fileio import write_jsonl_atomic
 from lamflow.train.config import GENERATION_TASKS, DataConfig, ModelConfig, config_from_dict
 from lamflow.train.distributed import all_gather_objects, autocast, to_device
@@ -23,7 +25,8 @@ from lamflow.train.heads import decode_moments
 
 TOP_K_CLASSES = 5
 # The field that identifies a prediction line, per task (lines are merged and sorted by it).
-ROW_KEYS = {"qvhighlights": "qid", "classification": "key", "captioning": "vid", "audio_description": "ad_id"}
+ROW_KEYS = {"qvhighlights": "qid", "classification": "key", "captioning": CaptioningTask.prediction_field,
+            "audio_description": AudioDescriptionTask.prediction_field}
 
 
 def moment_rows(
@@ -76,7 +79,7 @@ def predict(
         if data.task == "qvhighlights":
             rows += moment_rows(batch, outputs, model_config, queries)
         elif data.task in GENERATION_TASKS:
-            rows += caption_rows(batch, outputs, task_adapter.prediction_field)
+            rows += caption_rows(batch, outputs, ROW_KEYS[data.task])
         else:
             rows += classification_rows(batch, outputs, class_names or [])
     model.train(was_training)
