@@ -135,3 +135,10 @@ def test_one_shard_set_trains_moment_retrieval_classification_and_captioning_unt
 def test_generation_configs_that_cannot_run_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("captioning", overrides)
+
+
+@pytest.mark.parametrize("name, task", [("captioning", "captioning"), ("demo_captioning", "captioning"),
+                                        ("audio_description", "audio_description")])
+def test_the_generation_configs_ship_and_load_by_name(name, task):
+    config = load_config(name)
+    assert config.data.task == task and config.data.train_captions and "text" not in config.data.loader.streams
