@@ -80,6 +80,9 @@ class Task(Protocol):
     def collate(self, items: list[dict]) -> dict: ...
 
     # Optional: ``start_epoch(seed, epoch)``, called in the worker before it makes an epoch's items.
+    # Optionally ``every_name_in_shards = True``: an annotated name that names no sample of the shards is an
+    # error (a caption of a video that was never extracted); without it such names are skipped, because e.g.
+    # a QVHighlights file covers videos that other shard sets hold.
 
 
 class LoaderStateError(LamflowError, ValueError):
@@ -353,6 +356,15 @@ class StreamingLoader:
         self.shards = resolve_shards(shards)
         samples = [(key, name) for shard in self.shards for key, name in zip(shard.keys, shard.names)]
         joined = join_names(task.names(), samples, what=f"{task.source}")
+        if getattr(task, "every_name_in_shards", False):
+            unknown = sorted(set(task.names()) - set(joined.values()))
+            if unknown:
+                more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+                raise DataFileError(
+                    f"{task.source}: {len(unknown)} annotated video(s) are not in the shards {shards!r}: "
+                    f"{', '.join(unknown[:5])}{more}; extract them (a failed video: lamflow extract --retry-failed) "
+                    "or remove their annotations"
+                )
         shard_streams = [s for s in config.streams if s not in TASK_STREAMS]
         widths = recorded_dims(self.shards, [*shard_streams, TEXT_STREAM])
         recorded = {stream for shard in self.shards for dims in shard.dims for stream in dims}

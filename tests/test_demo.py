@@ -66,3 +66,32 @@ def test_rerunning_the_demo_reuses_every_finished_stage(demo):
     assert log.count("reusing") == len(MODELS)
     assert brief(out, "lam") == before
     assert seconds < 120  # no retraining: imports, evaluation and the mask dump only
+
+
+def shard_files(out):
+    """The shards' bytes and mtimes (a resumed extraction rewrites only its summaries, with the same content)."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns if p.suffix == ".tar" else None)
+            for p in sorted((out / "features").rglob("*")) if p.is_file() and p.name != ".lamflow.lock"}
+
+
+def test_captioning_demo_reuses_the_shards_and_reports_beside_the_moment_retrieval_rows(demo):
+    # Last in this module: it adds captioning rows to the report the tests above read.
+    out, _ = demo
+    before = shard_files(out)
+    result = subprocess.run([sys.executable, "-m", "lamflow", "demo", "--quick", "--task", "captioning", "--out", str(out),
+                             "--steps", "5", "--nproc", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "0 videos extracted, 16 already done" in log and shard_files(out) == before
+    for stage in ("3/6 train (1/2): lam caption model", "3/6 train (2/2): vanilla caption model", "4/6 predict",
+                  "5/6 evaluate", "6/6 report"):
+        assert stage in log
+    val_vids = {json.loads(line)["vid"] for line in (out / "corpus" / "val_captions.jsonl").read_text().splitlines()}
+    for name in (*MODELS, "most-frequent-caption"):
+        metrics = json.loads((out / "report" / "captioning" / f"metrics_{name}.json").read_text())
+        assert metrics["num_videos"] == len(val_vids) == 4 and metrics["CIDEr"] >= 0
+    predictions = out / "runs" / "captioning_lam" / "predictions" / "val-step-00000005.jsonl"
+    assert {json.loads(line)["vid"] for line in predictions.read_text().splitlines()} == val_vids
+    summary = (out / "report" / "summary.md").read_text()
+    assert "| MR-full-mAP |" in summary and "| CIDEr |" in summary and "captioning_curves.png" in summary
+    assert set(json.loads((out / "report" / "report.json").read_text())["tasks"]) == {"qvhighlights", "captioning"}

@@ -103,7 +103,7 @@ def test_texts_file_lists_every_query_for_extraction(corpus):
 def test_same_seed_reproduces_byte_identical_files_and_another_seed_differs(corpus, tmp_path):
     result, _ = corpus
     again = build_corpus(CorpusConfig.quick(seed=SEED), tmp_path, jobs=2)
-    for name in ("train.jsonl", "val.jsonl", "texts.jsonl", "corpus.json"):
+    for name in ("train.jsonl", "val.jsonl", "texts.jsonl", "train_captions.jsonl", "val_captions.jsonl", "corpus.json"):
         assert (again.out_dir / name).read_bytes() == (result.out_dir / name).read_bytes(), name
 
     other = plan_corpus(CorpusConfig.quick(seed=SEED + 1))
@@ -137,6 +137,20 @@ def test_every_query_has_visual_only_and_audio_only_distractors(corpus):
             assert audio_only == query["audio_only_distractors"] and audio_only
         for start_end in zip(segments, segments[1:]):
             assert start_end[0]["end"] <= start_end[1]["start"], "segments never overlap"
+
+
+def test_every_caption_names_a_colour_on_screen_while_its_pitch_beeps(corpus):
+    result, document = corpus
+    lines = {split: read_jsonl(path) for split, path in (("train", result.train_captions), ("val", result.val_captions))}
+    for video in document["videos"]:
+        captions = [line["caption"] for line in lines[video["split"]] if line["vid"] == video["vid"]]
+        crossed = [s for s in video["segments"] if s["shape"] and s["tone"]]
+        # One caption per crossed segment in time order (a colour shown twice with one pitch is said once).
+        expected = [f"a {s['shape']['colour']} shape appears while a {s['tone']} tone beeps" for s in crossed]
+        assert captions == list(dict.fromkeys(expected)) and len(crossed) == 4
+        # Neither modality alone tells the captions apart: each colour comes with two pitches and vice versa.
+        colours, tones = {s["shape"]["colour"] for s in crossed}, {s["tone"] for s in crossed}
+        assert len(tones) == 2 and all(sum(c in caption for caption in captions) >= 2 for c in colours)
 
 
 def decode_audio(path: Path, sample_rate: int) -> np.ndarray:

@@ -9,20 +9,33 @@ from lamflow.contract import TEXT_STREAM
 from lamflow.datasets.loader import StreamingLoader
 from lamflow.datasets.texts import TextStore
 from lamflow.errors import ConfigError
-from lamflow.train.config import DataConfig, TrainConfig
+from lamflow.train.config import GENERATION_TASKS, DataConfig, TrainConfig
 from lamflow.train.model import MultimodalLAMModel
 
 SPLITS = ("train", "val")
 
 
-def build_task(data: DataConfig, split: str) -> Any:
-    """The task adapter joining ``split``'s annotations (or the label file) to the shards by key."""
+def build_task(data: DataConfig, split: str, mode: str = "train") -> Any:
+    """The task adapter joining ``split``'s annotations (or the label file) to the shards by key; ``mode``
+    is the loader's ("eval": one captioning item per video instead of one per caption)."""
     if data.task == "classification":
         from lamflow.datasets.classification import FOLDER_LABELS, ClassificationTask
 
         if data.labels == FOLDER_LABELS:
             return ClassificationTask.from_folders(split_shards(data, split), classes_from=split_shards(data, "train"))
         return ClassificationTask(data.labels)
+    if data.task in GENERATION_TASKS:
+        captions = data.train_captions if split == "train" else data.val_captions
+        if not captions:
+            raise ConfigError(f"data.{split}_captions is required to read the {split} split of task {data.task}")
+        if data.task == "audio_description":
+            from lamflow.datasets.audio_description import AudioDescriptionTask
+
+            return AudioDescriptionTask(captions, data.ad_context_before, data.ad_context_after)
+        from lamflow.datasets.captioning import CaptioningTask
+
+        caption_split = data.train_caption_split if split == "train" else data.val_caption_split
+        return CaptioningTask(captions, caption_split, per_caption=mode == "train")
     from lamflow.datasets.qvhighlights import QVHighlightsTask
 
     annotations = data.train_annotations if split == "train" else data.val_annotations
@@ -90,5 +103,19 @@ def resolve_num_classes(config: TrainConfig, task: Any) -> int | None:
     return len(task.class_names)
 
 
-def build_model(config: TrainConfig, input_dims: dict[str, int], num_classes: int | None) -> MultimodalLAMModel:
-    return MultimodalLAMModel(config.model, input_dims, config.data.loader.streams, config.data.task, num_classes)
+def resolve_vocabulary(config: TrainConfig, task: Any) -> list[int] | None:
+    """The caption decoder's BPE ids (generation tasks): those of the training captions with
+    model.caption_vocabulary "train", every id with "full"; None for the other tasks."""
+    if config.data.task not in GENERATION_TASKS:
+        return None
+    from lamflow.datasets.caption_text import end_id, start_id, vocabulary_size
+
+    if config.model.caption_vocabulary == "full":
+        return list(range(vocabulary_size()))
+    return sorted(task.token_ids() | {start_id(), end_id()})
+
+
+def build_model(config: TrainConfig, input_dims: dict[str, int], num_classes: int | None,
+                vocabulary: list[int] | None = None) -> MultimodalLAMModel:
+    return MultimodalLAMModel(config.model, input_dims, config.data.loader.streams, config.data.task, num_classes,
+                              vocabulary)

@@ -27,11 +27,14 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import yaml
 
+from lamflow.contract import TEXT_STREAM
 from lamflow.datasets.loader import LoaderConfig
 from lamflow.errors import ConfigError, FieldError
 from lamflow.lam import LAMConfig
 
 BASE_KEY = "base"
+# Tasks whose model writes text (a caption decoder over the encoder; predictions are captions).
+GENERATION_TASKS = ("captioning", "audio_description")
 
 
 def _at_least(name: str, value: Any, minimum: int) -> None:
@@ -48,8 +51,9 @@ def _positive(name: str, value: float) -> None:
 class DataConfig:
     """Which shards feed training and validation, the task's annotations, and how shards are streamed."""
 
-    # Task the shards are trained for: moment retrieval + highlight detection, or one label per video.
-    task: Literal["qvhighlights", "classification"] = "qvhighlights"
+    # Task the shards are trained for: moment retrieval + highlight detection, one label per video, a caption
+    # per video (MSRVTT-style), or an audio description per movie moment (MAD-v2 / AutoAD-style).
+    task: Literal["qvhighlights", "classification", "captioning", "audio_description"] = "qvhighlights"
     # Training shards: an extraction output DIR (holding shards/ and sizes.json) or a .tar url pattern.
     train_shards: str = ""
     # Validation shards, same forms; "" = no validation (periodic eval is skipped).
@@ -72,6 +76,20 @@ class DataConfig:
     # (training: a random position per epoch; validation: a fixed one per query); 0 = whole videos. For
     # hours-long videos (MAD) the encoder cannot take whole (datasets/qvhighlights.py).
     window_seconds: float = 0.0
+    # Captions of the training videos (task captioning): MSRVTT's videodatainfo .json or a jsonl of
+    # {"vid", "caption"} lines; task audio_description: a jsonl of ADs {"ad_id", "movie", "start", "end", "text"}.
+    train_captions: str = ""
+    # The same for the validation split; also the references its caption metrics (CIDEr, BLEU, ...) use.
+    val_captions: str = ""
+    # MSRVTT split of train_captions to train on (train, validate or test); null = the file's only split.
+    # Leave it null for jsonl caption files, which have no splits.
+    train_caption_split: str | None = None
+    # MSRVTT split of val_captions to validate on (e.g. validate); null = the file's only split.
+    val_caption_split: str | None = None
+    # Seconds of features before an AD's start that form its context (task audio_description).
+    ad_context_before: float = 3.0
+    # Seconds of features after an AD's end that form its context (task audio_description).
+    ad_context_after: float = 3.0
     # Items per batch during evaluation and prediction (no gradients, so it can exceed loader.batch_size).
     eval_batch_size: int = 16
     # How shards are streamed: streams, batch size, workers, shuffling, bucketing (datasets/loader.py).
@@ -92,6 +110,18 @@ class DataConfig:
         moment_only = [name for name in ("train_texts", "val_texts", "window_seconds") if getattr(self, name)]
         if self.task != "qvhighlights" and moment_only:
             raise ConfigError(f"data.{moment_only[0]} applies to task qvhighlights only (task is {self.task}); remove it")
+        if self.task in GENERATION_TASKS:
+            if not self.train_captions:
+                raise ConfigError(f"data.train_captions is required for task {self.task} (the training captions)")
+            if self.val_shards and not self.val_captions:
+                raise ConfigError(f"data.val_captions is required when data.val_shards is set (task {self.task})")
+            if TEXT_STREAM in self.loader.streams:
+                raise ConfigError(f"data.loader.streams must not list {TEXT_STREAM!r} for task {self.task}: its text is "
+                                  f"the output, not an input; e.g. [video, audio]")
+            for name in ("ad_context_before", "ad_context_after"):
+                value = getattr(self, name)
+                if not (value >= 0 and math.isfinite(value)):
+                    raise ConfigError(f"data.{name} must be a finite number of seconds >= 0, got {value!r}")
         _at_least("data.eval_batch_size", self.eval_batch_size, 1)
         with _nested("data.loader"):
             self.loader.validate()
@@ -123,6 +153,20 @@ class ModelConfig:
     offset_weight: float = 1.0
     giou_weight: float = 1.0
     saliency_weight: float = 1.0
+    # Layers of the caption decoder (generation tasks): causal self-attention + cross-attention to the encoder,
+    # at the encoder's width and head count (train/caption_decoder.py says why a decoder and not SwinBERT's MLM).
+    decoder_layers: int = 2
+    # Words the decoder reads and writes: "train" = the BPE tokens of the training captions (the mapping is
+    # stored in the checkpoint), "full" = all 49,408 tokens of open_clip's BPE vocabulary.
+    caption_vocabulary: Literal["train", "full"] = "train"
+    # Longest caption in BPE tokens, start and end tokens included: longer training captions are cut, and
+    # generation stops here.
+    max_caption_tokens: int = 32
+    # Hypotheses kept by the caption beam search; 1 = greedy decoding.
+    beam_size: int = 1
+    # Finished beam hypotheses are ranked by log-probability / length ** length_penalty (0 = the plain sum,
+    # which favours short captions).
+    length_penalty: float = 1.0
 
     def validate(self) -> None:
         with _nested("model.encoder"):
@@ -143,6 +187,11 @@ class ModelConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"model.{name} must be a finite number >= 0, got {value}")
+        _at_least("model.decoder_layers", self.decoder_layers, 1)
+        _at_least("model.max_caption_tokens", self.max_caption_tokens, 3)  # start, a word, end
+        _at_least("model.beam_size", self.beam_size, 1)
+        if not (self.length_penalty >= 0 and math.isfinite(self.length_penalty)):
+            raise ConfigError(f"model.length_penalty must be a finite number >= 0, got {self.length_penalty}")
 
 
 @dataclass

@@ -30,14 +30,11 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from lamflow.datasets.audio_description import MOVIE_FIELDS, TEXT_FIELDS  # the AD record's field names
 from lamflow.errors import LamflowError
 from lamflow.fileio import iter_jsonl
 from lamflow.train.eval_qvhighlights import EvaluationInputError, as_percent, listed
 
-# Field names in the GT file: the first one present is used (the second spelling is the one third-party
-# MAD-v2 loaders write, see docs/FORMATS.md).
-MOVIE_FIELDS = ("movie", "movie_id")
-TEXT_FIELDS = ("text", "ad")
 BERTSCORE_DEFAULT_MODEL = "roberta-large"
 
 

@@ -1,4 +1,4 @@
-"""Training losses: moment retrieval + saliency (QVHighlights) and classification.
+"""Training losses: moment retrieval + saliency (QVHighlights), classification, and captions (the generation tasks).
 
 Moment targets are built per video token, FCOS-style: a token whose time lies inside a ground-truth
 window is foreground and regresses that window (the shortest one if several contain it); each window also
@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from lamflow.datasets.qvhighlights_format import MAX_SALIENCY
+from lamflow.train.caption_decoder import PAD
 from lamflow.train.config import ModelConfig
 from lamflow.train.heads import token_windows
 
@@ -90,4 +91,11 @@ def classification_loss(outputs: dict[str, torch.Tensor], batch: dict[str, Any],
     return {"loss": F.cross_entropy(outputs["logits"], batch["labels"])}
 
 
-TASK_LOSSES = {"qvhighlights": moment_loss, "classification": classification_loss}
+def caption_loss(outputs: dict[str, torch.Tensor], batch: dict[str, Any], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Cross-entropy of every next caption token under teacher forcing, padding excluded (config is unused)."""
+    logits = outputs["logits"].float()
+    return {"loss": F.cross_entropy(logits.reshape(-1, logits.shape[-1]), outputs["targets"].reshape(-1), ignore_index=PAD)}
+
+
+TASK_LOSSES = {"qvhighlights": moment_loss, "classification": classification_loss, "captioning": caption_loss,
+               "audio_description": caption_loss}

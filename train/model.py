@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from lamflow.lam import LAMEncoder
-from lamflow.train.config import ModelConfig
+from lamflow.train.caption_decoder import CaptionDecoder
+from lamflow.train.config import GENERATION_TASKS, ModelConfig
 from lamflow.train.heads import ClassificationHead, MomentHead
 
 MOMENT_STREAM = "video"  # moment windows and saliency are anchored on the video tokens
@@ -89,11 +90,13 @@ def downsample_stream(
 
 
 class MultimodalLAMModel(nn.Module):
-    """LAM encoder over the concatenated streams with a moment-retrieval or classification head.
+    """LAM encoder over the concatenated streams with a moment-retrieval, classification or caption head.
 
     ``forward(batch)`` takes a collated batch (the batch contract) already on the model's device and
     returns the head's outputs: for task "qvhighlights" a dict with foreground/offsets/saliency/... (see
-    ``MomentHead``), for task "classification" ``{"logits": (B, num_classes)}``.
+    ``MomentHead``), for task "classification" ``{"logits": (B, num_classes)}``, for the generation tasks
+    (captioning, audio_description) the teacher-forced ``{"logits", "targets"}`` of ``CaptionDecoder``;
+    ``generate(batch)`` writes their captions.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class MultimodalLAMModel(nn.Module):
         streams: Sequence[str],
         task: str,
         num_classes: int | None = None,
+        vocabulary: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         missing = [name for name in streams if name not in input_dims]
@@ -112,6 +116,8 @@ class MultimodalLAMModel(nn.Module):
             raise ValueError(f"task qvhighlights anchors moments on the {MOMENT_STREAM!r} stream; add it to data.loader.streams")
         if task == "classification" and not num_classes:
             raise ValueError("task classification needs model.num_classes (or auto with a label file)")
+        if task in GENERATION_TASKS and not vocabulary:
+            raise ValueError(f"task {task} needs the caption vocabulary (BPE ids the decoder reads and writes)")
         self.config = config
         self.streams = tuple(streams)
         self.task = task
@@ -125,6 +131,9 @@ class MultimodalLAMModel(nn.Module):
         self.encoder = LAMEncoder(config.encoder)
         if task == "qvhighlights":
             self.head: nn.Module = MomentHead(config.encoder.dim)
+        elif task in GENERATION_TASKS:
+            self.head = CaptionDecoder(config.encoder.dim, config.encoder.heads, config.decoder_layers,
+                                       config.encoder.dropout, vocabulary, config.max_caption_tokens)
         else:
             self.head = ClassificationHead(config.encoder.dim, int(num_classes))
 
@@ -155,12 +164,24 @@ class MultimodalLAMModel(nn.Module):
         masks = self.encoder(x, key_padding_mask=padding, return_masks=True).masks
         return masks, [(name, span.start, span.stop) for name, span in spans.items()], padding
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, slice]]:
+        """The LAM encoder's hidden states (B, L, dim), with the padding, times and stream spans of ``embed``."""
         x, padding, times, spans = self.embed(batch)
-        hidden = self.encoder(x, key_padding_mask=padding).hidden
+        return self.encoder(x, key_padding_mask=padding).hidden, padding, times, spans
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        hidden, padding, times, spans = self.encode(batch)
         if self.task == "classification":
             return {"logits": self.head(hidden, padding)}
+        if self.task in GENERATION_TASKS:
+            return self.head(hidden, padding, batch["caption_tokens"], batch["caption_padding"])
         video = spans[MOMENT_STREAM]
         # Saliency is predicted for the clips the batch's targets cover (QVHighlightsTask.collate).
         num_clips = batch["saliency"].shape[1]
         return self.head(hidden[:, video], times[:, video], padding[:, video], batch["duration"].float(), num_clips)
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any]) -> list[list[int]]:
+        """One caption per item (generation tasks) as BPE ids, with model.beam_size and model.length_penalty."""
+        hidden, padding, _, _ = self.encode(batch)
+        return self.head.generate(hidden, padding, self.config.beam_size, self.config.length_penalty)

@@ -4,6 +4,8 @@ QVHighlights lines follow the official submission format: ``qid``, ``query``, ``
 ``pred_relevant_windows`` ([[start, end, score], ...] best first) and ``pred_saliency_scores`` (one per
 2-second clip). Classification lines hold the item's key and its top-5 labels best first
 (``{"key", "top_labels", "scores"}``, the format ``lamflow.train.eval_classification`` scores).
+Captioning lines are ``{"vid", "caption"}`` (``lamflow eval captioning``), audio description lines
+``{"ad_id", "caption"}`` (``lamflow eval ad``); the caption is the decoder's beam search / greedy output.
 Each rank predicts its share of an "eval" loader; :func:`gather_predictions` merges them on every rank.
 """
 from __future__ import annotations
@@ -14,13 +16,19 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from lamflow.datasets.qvhighlights import CLIP_SECONDS
+from lamflow.datasets.audio_description import AudioDescriptionTask
+from lamflow.datasets.caption_text import decode_caption
+from lamflow.datasets.captioning import CaptioningTask
+from lamflow.datasets.qvhighlights_format import CLIP_SECONDS
 from lamflow.fileio import write_jsonl_atomic
-from lamflow.train.config import DataConfig, ModelConfig, config_from_dict
+from lamflow.train.config import GENERATION_TASKS, DataConfig, ModelConfig, config_from_dict
 from lamflow.train.distributed import all_gather_objects, autocast, to_device
 from lamflow.train.heads import decode_moments
 
 TOP_K_CLASSES = 5
+# The field that identifies a prediction line, per task (lines are merged and sorted by it).
+ROW_KEYS = {"qvhighlights": "qid", "classification": "key", "captioning": CaptioningTask.prediction_field,
+            "audio_description": AudioDescriptionTask.prediction_field}
 
 
 def moment_rows(
@@ -59,6 +67,11 @@ def classification_rows(batch: dict[str, Any], outputs: dict[str, torch.Tensor],
     ]
 
 
+def caption_rows(batch: dict[str, Any], captions: list[list[int]], field: str) -> list[dict[str, Any]]:
+    """``{field: the item's caption key, "caption": text}`` per item, from generated BPE ids."""
+    return [{field: key, "caption": decode_caption(ids)} for key, ids in zip(batch["caption_keys"], captions)]
+
+
 @torch.no_grad()
 def predict(
     model: torch.nn.Module, loader: Iterable[dict], task_adapter: Any, data: DataConfig, model_config: ModelConfig,
@@ -75,9 +88,11 @@ def predict(
     for batch in loader:
         batch = to_device(batch, device)
         with autocast(device, amp):
-            outputs = model(batch)
+            outputs = model.generate(batch) if data.task in GENERATION_TASKS else model(batch)
         if data.task == "qvhighlights":
             rows += moment_rows(batch, outputs, model_config, queries)
+        elif data.task in GENERATION_TASKS:
+            rows += caption_rows(batch, outputs, ROW_KEYS[data.task])
         else:
             rows += classification_rows(batch, outputs, class_names or [])
     model.train(was_training)
@@ -85,11 +100,11 @@ def predict(
 
 
 def gather_predictions(rows: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
-    """Every rank's rows, one per query/item, in a stable order (qid, or key)."""
+    """Every rank's rows, one per query/item, in a stable order (qid, or the task's key: ``ROW_KEYS``)."""
     merged: dict[Any, dict[str, Any]] = {}
     for rank_rows in all_gather_objects(rows):
         for row in rank_rows:
-            merged[row["qid"] if task == "qvhighlights" else row["key"]] = row
+            merged[row[ROW_KEYS[task]]] = row
     return [merged[k] for k in sorted(merged, key=str if task != "qvhighlights" else int)]
 
 
@@ -98,8 +113,12 @@ def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
     validation shards cover (the evaluators require a prediction for every ground-truth record).
 
     QVHighlights: the 14 ``brief`` metrics; MAD annotations: recall at IoU (``lamflow.train.eval_mad``, not
-    MAD's full-movie protocol); classification: top-1 and top-5 accuracy.
+    MAD's full-movie protocol); classification: top-1 and top-5 accuracy; captioning and audio description:
+    pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L and CIDEr (SPICE when its models are present), with the
+    references of the predicted videos (or ADs) only: CIDEr's IDF comes from them.
     """
+    if data.task in GENERATION_TASKS:
+        return _caption_metrics(rows, data)
     if data.task == "qvhighlights":
         from lamflow.datasets.qvhighlights import is_mad_file, load_queries
         from lamflow.fileio import read_jsonl
@@ -122,6 +141,23 @@ def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
     return ranked_accuracy(labels, rows)
 
 
+def _caption_metrics(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
+    from lamflow.train.eval_captioning import caption_scores
+
+    field = ROW_KEYS[data.task]
+    predicted = {row[field]: row["caption"] for row in rows}
+    if data.task == "audio_description":
+        from lamflow.datasets.audio_description import load_ads
+
+        references = {ad.ad_id: [ad.text] for ads in load_ads(data.val_captions).values() for ad in ads}
+    else:
+        from lamflow.train.eval_captioning import load_references
+
+        references, _ = load_references(data.val_captions, data.val_caption_split)
+    scores = caption_scores({key: references[key] for key in predicted}, predicted)
+    return {name: value for name, value in scores.items() if value is not None}  # SPICE is None without its models
+
+
 def predict_checkpoint(checkpoint: str | Path, split: str, out: str | Path, overrides: Iterable[str] = ()) -> Path:
     """Rebuild the model of ``checkpoint``, predict every item of ``split`` and write ``out`` (jsonl).
 
@@ -139,8 +175,8 @@ def predict_checkpoint(checkpoint: str | Path, split: str, out: str | Path, over
     config.validate()
     ctx = init_distributed(config.run.device)
     try:
-        task = build_task(config.data, split)
-        model = build_model(config, state["input_dims"], state["num_classes"]).to(ctx.device)
+        task = build_task(config.data, split, mode="eval")
+        model = build_model(config, state["input_dims"], state["num_classes"], state.get("vocabulary")).to(ctx.device)
         model.load_state_dict(state["model"])
         loader = build_loader(config, split, task, ctx.rank, ctx.world_size, mode="eval")
         rows = predict(model, loader, task, config.data, config.model, ctx.device, config.run.amp, state["class_names"])

@@ -31,7 +31,14 @@ from tqdm import tqdm
 
 from lamflow.errors import LamflowError
 from lamflow.fileio import write_jsonl_atomic
-from lamflow.train.build import build_loader, build_model, build_task, resolve_input_dims, resolve_num_classes
+from lamflow.train.build import (
+    build_loader,
+    build_model,
+    build_task,
+    resolve_input_dims,
+    resolve_num_classes,
+    resolve_vocabulary,
+)
 from lamflow.train.checkpoint import (
     ResumeError,
     capture_rng_state,
@@ -128,8 +135,9 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
     input_dims = resolve_input_dims(config, train_loader)
     num_classes = resolve_num_classes(config, train_task)
     class_names = list(getattr(train_task, "class_names", []) or [])
-    model = build_model(config, input_dims, num_classes).to(ctx.device)
-    val_task = build_task(config.data, "val") if config.data.val_shards else None
+    vocabulary = resolve_vocabulary(config, train_task)
+    model = build_model(config, input_dims, num_classes, vocabulary).to(ctx.device)
+    val_task = build_task(config.data, "val", mode="eval") if config.data.val_shards else None
     val_loader = build_loader(config, "val", val_task, ctx.rank, ctx.world_size, mode="eval") if val_task else None
     compute_loss = TASK_LOSSES[config.data.task]
 
@@ -207,6 +215,7 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
                 "input_dims": input_dims,
                 "num_classes": num_classes,
                 "class_names": class_names,
+                "vocabulary": vocabulary,
             }, keep_last=run.keep_checkpoints)
         saved_step = step
         barrier()

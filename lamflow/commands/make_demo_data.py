@@ -1,4 +1,4 @@
-"""`lamflow make-demo-data`: generate the audio-visual demo corpus (videos + QVHighlights annotations)."""
+"""`lamflow make-demo-data`: generate the audio-visual demo corpus (videos + QVHighlights annotations + captions)."""
 from __future__ import annotations
 
 import argparse
@@ -16,13 +16,16 @@ names a shape and a pitch; its moment is the one segment where both co-occur. Ev
 shapes with two pitches, so each query also has a segment with only its shape (other pitch) and one
 with only its pitch (other shape). The beeps are shorter than the 1 s between video tokens: only the
 0.1 s audio tokens resolve them. Segments sit on the 2-second clip grid, so clip ids and saliency
-scores are exact.
+scores are exact. Each crossed segment is also a caption of its video ("a red shape appears while a
+high tone beeps"): a colour seen and a pitch heard, so captions also need both the picture and the sound.
 
 Writes into --out:
   videos/<vid>.mp4   H.264 320x240 25 fps + mono AAC 16 kHz, about --duration seconds each
   train.jsonl        QVHighlights annotation lines (qid, query, duration, vid, relevant_windows,
   val.jsonl          relevant_clip_ids, saliency_scores with three annotators 0-4)
   texts.jsonl        {"vid", "id", "text"} per query: the input of `lamflow extract --texts`
+  train_captions.jsonl  {"vid", "caption"} per crossed segment: the captioning task's captions
+  val_captions.jsonl    and references (`lamflow train ... data.task=captioning`, `lamflow eval captioning`)
   corpus.json        every drawn shape (box, colour, times) and every beep (start, end, pitch)
 
 The same --seed gives byte-identical annotations and schedules. Re-running into the same --out with
@@ -40,7 +43,7 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "make-demo-data",
-        help="generate the audio-visual demo corpus: ffmpeg videos + QVHighlights annotations",
+        help="generate the audio-visual demo corpus: ffmpeg videos + QVHighlights annotations + captions",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -91,5 +94,6 @@ def handle(args: argparse.Namespace) -> int:
         return 2
     result = build_corpus(config, args.out, jobs=args.jobs, progress=lambda line: print(line, flush=True))
     print(f"train annotations: {result.train_annotations}\nval annotations:   {result.val_annotations}\n"
-          f"texts:             {result.texts}\nschedule:          {result.corpus_json}")
+          f"texts:             {result.texts}\ncaptions:          {result.train_captions}, {result.val_captions}\n"
+          f"schedule:          {result.corpus_json}")
     return 0

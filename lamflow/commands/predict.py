@@ -7,13 +7,15 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="write predictions of a checkpoint in the official format (QVHighlights jsonl or classification)",
+        help="write predictions of a checkpoint in the official format (QVHighlights, classification, captions)",
         description=(
             "Rebuild the model stored in CHECKPOINT (a checkpoints/step-*.pt file of `lamflow train`), run it over "
             "every item of the chosen split of the stored config, and write one JSON line per query: qid, query, "
             "vid, pred_relevant_windows [[start, end, score], ...] best first and pred_saliency_scores (one per "
             "2-second clip), which `lamflow eval qvhighlights` scores. For classification: key, top_labels (the "
-            "top 5 class names, best first) and their scores. "
+            "top 5 class names, best first) and their scores. For captioning: one {\"vid\", \"caption\"} line per "
+            "video (`lamflow eval captioning`); for audio description one {\"ad_id\", \"caption\"} line per AD "
+            "(`lamflow eval ad`), written by the model's beam search (model.beam_size; 1 = greedy). "
             "Works under torchrun too (each rank predicts a share; rank 0 writes the file)."
         ),
     )

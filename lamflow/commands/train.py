@@ -10,7 +10,7 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train a LAM model on extracted shards (QVHighlights moments or classification)",
+        help="train a LAM model on extracted shards (QVHighlights moments, classification, captioning, audio description)",
         description=(
             "Train the multimodal LAM model described by CONFIG (a YAML file, or the name of a shipped config: "
             "`lamflow configs list`; sections data, model, optim, run, every field documented in train/config.py). "

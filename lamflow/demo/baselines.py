@@ -1,9 +1,11 @@
-"""Trivial QVHighlights predictions that any trained model must beat (the demo's sanity floor)."""
+"""Trivial predictions that any trained model must beat (the demo's sanity floor): QVHighlights windows and
+captions."""
 from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from collections import Counter
+from typing import Any, Iterable
 
 from lamflow.datasets.qvhighlights_format import CLIP_SECONDS
 
@@ -45,3 +47,13 @@ def random_windows(annotations: list[dict[str, Any]], seed: int = 0, windows: in
 
 
 BASELINES = {"whole-video": whole_video, "random": random_windows}
+
+
+def most_frequent_caption(train_captions: list[dict[str, Any]], vids: Iterable[str]) -> list[dict[str, Any]]:
+    """The most frequent caption of the training ``{"vid", "caption"}`` lines for every video of ``vids``
+    (ties: the caption seen first)."""
+    caption = Counter(line["caption"] for line in train_captions).most_common(1)[0][0]
+    return [{"vid": vid, "caption": caption} for vid in dict.fromkeys(vids)]
+
+
+CAPTION_BASELINES = {"most-frequent-caption": most_frequent_caption}

@@ -8,6 +8,15 @@ pitches X, Y -- segments (A, X), (A, Y), (B, X), (B, Y) -- so for every query on
 its shape and another only its pitch. A model that looks at frames alone, or listens alone, cannot
 tell the moment from its distractors; the beeps are too short to survive pooling at video-token rate.
 
+Every video also has captions, one per crossed segment in time order ("a red shape appears while a
+high tone beeps"): a caption names the colour on screen *and* the pitch heard, so it also needs both
+modalities. A video's distinct captions are its references, as MSRVTT gives 20 per clip; any one of them
+is a right answer. What is kept out is chosen for learnability at demo size: one sentence narrating all
+segments in order ("..., then a blue bar ...") has more orderings than a dozen videos can teach, and the
+shape (square, bar or frame) does not survive randomly initialised CLIP features (a nearest-centroid
+probe of the quick corpus's frames finds the shape at chance, the colour ~3 times in 4 and the pitch of
+the audio tokens always).
+
 Segments start and end on the 2-second clip grid of QVHighlights, so ``relevant_clip_ids`` and
 ``saliency_scores`` are exact. Everything is drawn from ``random.Random`` seeded per video with a
 string (stable across Python versions and processes), so one seed gives byte-identical annotations,
@@ -36,6 +45,7 @@ from lamflow.fileio import atomic_open, commit_temp, temp_path
 
 CORPUS_FORMAT = "lamflow-demo-corpus/1"
 QUERY_TEMPLATE = "the {colour} {shape} while the {tone} tone beeps"
+CAPTION_TEMPLATE = "a {colour} shape appears while a {tone} tone beeps"
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 30, 30),
@@ -158,6 +168,8 @@ class CorpusResult:
     train_annotations: Path
     val_annotations: Path
     texts: Path
+    train_captions: Path
+    val_captions: Path
     corpus_json: Path
     videos_generated: int
     videos_reused: int
@@ -334,6 +346,18 @@ def texts_jsonl(plans: list[VideoPlan]) -> str:
     return "".join(json.dumps({"vid": p.vid, "id": str(q.qid), "text": q.text}) + "\n" for p, q in iter_queries(plans))
 
 
+def captions(plan: VideoPlan) -> list[str]:
+    """The video's distinct captions: one per segment with both a shape and a tone (the crossed ones), in
+    time order (two shapes of one colour give one caption per pitch)."""
+    return list(dict.fromkeys(CAPTION_TEMPLATE.format(colour=s.shape.colour, tone=s.tone)
+                              for s in plan.segments if s.shape and s.tone))
+
+
+def captions_jsonl(plans: list[VideoPlan], split: str) -> str:
+    """``{"vid", "caption"}`` lines of ``split``'s videos: the input of the captioning task and its references."""
+    return "".join(json.dumps({"vid": p.vid, "caption": c}) + "\n" for p in plans if p.split == split for c in captions(p))
+
+
 def corpus_document(config: CorpusConfig, plans: list[VideoPlan]) -> dict:
     """The full event schedule (``corpus.json``): what was drawn and played, and when."""
     return {
@@ -341,6 +365,7 @@ def corpus_document(config: CorpusConfig, plans: list[VideoPlan]) -> dict:
         "config": asdict(config),
         "clip_seconds": CLIP_SECONDS,
         "query_template": QUERY_TEMPLATE,
+        "caption_template": CAPTION_TEMPLATE,
         "colours": {name: list(rgb) for name, rgb in COLOURS.items()},
         "shapes": SHAPES,
         "tones_hz": TONES,
@@ -447,7 +472,7 @@ def build_corpus(
     jobs: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CorpusResult:
-    """Write videos/, train.jsonl, val.jsonl, texts.jsonl and corpus.json under ``out_dir``.
+    """Write videos/, train.jsonl, val.jsonl, texts.jsonl, {train,val}_captions.jsonl and corpus.json under ``out_dir``.
 
     Re-running with the same settings reuses every finished video. ``corpus.json`` is written before
     any video and records each video's render hash, so a video from other settings (or a run that was
@@ -482,15 +507,19 @@ def build_corpus(
             future.result()
             report(f"  rendered {futures[future]} ({done}/{len(todo)})")
 
-    paths = {"train": out_dir / "train.jsonl", "val": out_dir / "val.jsonl", "texts": out_dir / "texts.jsonl"}
+    paths = {"train": out_dir / "train.jsonl", "val": out_dir / "val.jsonl", "texts": out_dir / "texts.jsonl",
+             "train_captions": out_dir / "train_captions.jsonl", "val_captions": out_dir / "val_captions.jsonl"}
     _write_if_changed(paths["train"], annotation_jsonl(plans, "train"))
     _write_if_changed(paths["val"], annotation_jsonl(plans, "val"))
     _write_if_changed(paths["texts"], texts_jsonl(plans))
+    for split in ("train", "val"):
+        _write_if_changed(paths[f"{split}_captions"], captions_jsonl(plans, split))
     seconds = time.monotonic() - started
     queries = sum(len(p.queries) for p in plans)
     report(f"demo corpus: {len(plans)} videos, {queries} queries written to {out_dir} in {seconds:.1f} s")
-    return CorpusResult(out_dir, videos_dir, paths["train"], paths["val"], paths["texts"], corpus_json,
-                        videos_generated=len(todo), videos_reused=reused, seconds=seconds)
+    return CorpusResult(out_dir, videos_dir, paths["train"], paths["val"], paths["texts"], paths["train_captions"],
+                        paths["val_captions"], corpus_json, videos_generated=len(todo), videos_reused=reused,
+                        seconds=seconds)
 
 
 def _read_previous_render_hashes(corpus_json: Path) -> dict[str, str]:

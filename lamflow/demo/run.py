@@ -1,10 +1,14 @@
 """`lamflow demo`: the main job end to end, stage by stage, reusing every stage that is already done.
 
-    corpus   ffmpeg renders short audio-visual videos + QVHighlights annotations (lamflow.demo.corpus)
+    corpus   ffmpeg renders short audio-visual videos + QVHighlights annotations + captions (lamflow.demo.corpus)
     extract  Dask LocalCluster: ffmpeg decode -> CLIP frame/text tokens + log-mel audio tokens -> shards
     train    torchrun, N processes: the multi-layer LAM model, then the vanilla model (same data, seed, budget)
     evaluate `lamflow eval qvhighlights` on both models and on two trivial baselines
     report   metrics JSON, summary.md/.html, training curves, LAM mask heatmaps of a validation item
+
+``--task captioning`` runs the same corpus and extraction stages (so it reuses the shards of a moment
+retrieval demo in the same folder), then trains, predicts and evaluates caption models instead
+(``lamflow.demo.captioning``); its rows join the same report.
 
 Training and evaluation run as real subprocesses (`torchrun ... -m lamflow train`, `lamflow eval`), exactly
 the commands a user would type, so the demo exercises the same paths as a cluster job.
@@ -42,8 +46,9 @@ class DemoConfig:
     pretrained: str = "none"  # "none" (random CLIP weights), "openai" or a local checkpoint path
     workers: int = 2  # Dask workers for extraction
     nproc: int = 2  # torchrun processes per model
-    steps: int | None = None  # optimizer steps per model; None: demo.yaml's (or the quick size)
+    steps: int | None = None  # optimizer steps per model; None: the task's demo config's (or the quick size)
     seed: int = 0
+    task: str = "qvhighlights"  # or "captioning": caption models on the same corpus and shards
 
     @property
     def corpus(self) -> CorpusConfig:
@@ -75,16 +80,38 @@ def run_demo(config: DemoConfig) -> Path:
               "untrained network. The task is still learnable; pass --pretrained openai or a checkpoint path "
               "for real CLIP features.", flush=True)
 
-    stage("1/5 corpus: rendering videos and annotations with ffmpeg")
+    stages = 6 if config.task == "captioning" else 5
+    stage(f"1/{stages} corpus: rendering videos and annotations with ffmpeg")
     t0 = time.perf_counter()
     corpus = build_corpus(config.corpus, out / "corpus", progress=lambda line: print(line, flush=True))
     print(f"{corpus.videos_generated} videos rendered, {corpus.videos_reused} reused", flush=True)
     timings["corpus"] = time.perf_counter() - t0
 
-    stage(f"2/5 extract: {config.model_name} frame/text tokens + audio tokens, {config.workers} Dask workers")
+    stage(f"2/{stages} extract: {config.model_name} frame/text tokens + audio tokens, {config.workers} Dask workers")
     t0 = time.perf_counter()
     features = extract_features(config, corpus, out / "features")
     timings["extract"] = time.perf_counter() - t0
+    report_dir = out / "report"
+    info = {
+        "corpus": dataclasses.asdict(config.corpus),
+        "clip_model": config.model_name,
+        "pretrained": config.pretrained,
+        "random_clip_weights": random_weights,
+        "train_processes": config.nproc,
+        "extraction_workers": config.workers,
+    }
+    if config.task == "captioning":
+        from lamflow.demo.captioning import run_captioning
+        from lamflow.demo.report import write_report
+
+        metrics, runs = run_captioning(config, corpus, features, out, timings)
+        stage("6/6 report: the captioning rows beside the moment retrieval rows of this folder")
+        seconds = {**{k: round(v, 1) for k, v in timings.items()}, "total": round(time.perf_counter() - started, 1)}
+        summary = write_report(report_dir, metrics, runs, sorted((report_dir / "masks").glob("layer_*.png")),
+                               {**info, "seconds": seconds}, task="captioning")
+        print(summary.read_text(encoding="utf-8"), flush=True)
+        print(f"report: {report_dir}", flush=True)
+        return report_dir
 
     runs: dict[str, Path] = {}
     predictions: dict[str, Path] = {}
@@ -99,7 +126,6 @@ def run_demo(config: DemoConfig) -> Path:
     t0 = time.perf_counter()
     from lamflow.fileio import read_jsonl, write_jsonl_atomic
 
-    report_dir = out / "report"
     annotations = read_jsonl(corpus.val_annotations)
     for name, make in BASELINES.items():
         predictions[name] = write_jsonl_atomic(report_dir / "baselines" / f"{name}.jsonl", make(annotations))
@@ -111,12 +137,7 @@ def run_demo(config: DemoConfig) -> Path:
     from lamflow.demo.report import write_report
 
     summary = write_report(report_dir, metrics, runs, lam_masks(runs["lam"], report_dir / "masks"), {
-        "corpus": dataclasses.asdict(config.corpus),
-        "clip_model": config.model_name,
-        "pretrained": config.pretrained,
-        "random_clip_weights": random_weights,
-        "train_processes": config.nproc,
-        "extraction_workers": config.workers,
+        **info,
         "seconds": {**{k: round(v, 1) for k, v in timings.items()}, "total": round(time.perf_counter() - started, 1)},
     })
     print(summary.read_text(encoding="utf-8"), flush=True)
