@@ -8,11 +8,12 @@ import pytest
 
 MODELS = ("lam", "vanilla")
 BASELINES = ("whole-video", "random")
+SEEDS = (0, 1)  # two seeds keep the test short and still exercise means, sds and paired intervals
 
 
 def run_demo(out):
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "lamflow", "demo", "--quick", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "lamflow", "demo", "--quick", "--seeds", "0,1", "--out", str(out)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr, time.perf_counter() - started
@@ -25,33 +26,47 @@ def demo(tmp_path_factory):
     return out, log
 
 
-def brief(out, name):
-    return json.loads((out / "report" / f"metrics_{name}.json").read_text())["brief"]
+def brief(out, name, seed=None):
+    file = f"metrics_{name}.json" if seed is None else f"metrics_{name}_seed{seed}.json"
+    return json.loads((out / "report" / file).read_text())["brief"]
 
 
-def test_demo_writes_the_report_with_metrics_curves_and_mask_heatmaps(demo):
+def test_demo_writes_the_report_with_metrics_over_seeds_curves_and_mask_heatmaps(demo):
     out, _ = demo
     report = out / "report"
-    for name in (*MODELS, *BASELINES):
+    for name in MODELS:
+        for seed in SEEDS:
+            assert len(brief(out, name, seed)) == 14
+    for name in BASELINES:
         assert len(brief(out, name)) == 14
     assert (report / "curves.png").stat().st_size > 0
     assert sorted(p.name for p in (report / "masks").glob("layer_*.png")) == ["layer_00.png", "layer_01.png", "layer_02.png"]
     summary = (report / "summary.md").read_text()
     assert "| MR-full-mAP |" in summary and "RANDOM CLIP weights" in summary
+    assert "| metric | lam (2 seeds) | vanilla (2 seeds) | whole-video | random | LAM - vanilla [95% CI] |" in summary
     assert (report / "summary.html").read_text().count("<tr>") == 15  # header + 14 metrics
+    # The report's numbers are the official evaluator's files, summarised over the seeds.
+    stats = json.loads((report / "report.json").read_text())["tasks"]["qvhighlights"]["summary"]
+    values = [brief(out, "lam", seed)["MR-full-mAP"] for seed in SEEDS]
+    assert stats["variants"]["lam"]["MR-full-mAP"]["values"] == values
+    diffs = [brief(out, "lam", s)["MR-full-mAP"] - brief(out, "vanilla", s)["MR-full-mAP"] for s in SEEDS]
+    difference = stats["differences"]["lam"]["MR-full-mAP"]
+    assert difference["values"] == diffs and min(diffs) <= difference["low"] <= difference["high"] <= max(diffs)
 
 
 def test_demo_says_clip_weights_are_random_and_shows_every_stage(demo):
     _, log = demo
     assert "CLIP weights are RANDOM" in log
-    for stage in ("1/5 corpus", "2/5 extract", "3/5 train (1/2): lam", "3/5 train (2/2): vanilla", "4/5 evaluate", "5/5 report"):
+    for stage in ("1/5 corpus", "2/5 extract", "3/5 train: the LAM and the vanilla model x seeds 0, 1",
+                  "[1/4] training lam, seed 0", "[4/4] training vanilla, seed 1", "4/5 evaluate", "5/5 report"):
         assert stage in log
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_trained_models_beat_trivial_baselines_by_a_clear_margin(demo, model):
+@pytest.mark.parametrize("seed", SEEDS)
+def test_trained_models_beat_trivial_baselines_by_a_clear_margin(demo, model, seed):
     out, _ = demo
-    trained = brief(out, model)
+    trained = brief(out, model, seed)
     best_baseline = {key: max(brief(out, b)[key] for b in BASELINES) for key in ("MR-full-mAP", "HL-min-VeryGood-mAP")}
     assert trained["MR-full-mAP"] >= best_baseline["MR-full-mAP"] + 10
     assert trained["HL-min-VeryGood-mAP"] >= best_baseline["HL-min-VeryGood-mAP"] + 5
@@ -59,12 +74,12 @@ def test_trained_models_beat_trivial_baselines_by_a_clear_margin(demo, model):
 
 def test_rerunning_the_demo_reuses_every_finished_stage(demo):
     out, _ = demo
-    before = brief(out, "lam")
+    before = brief(out, "lam", 0)
     log, seconds = run_demo(out)
     assert "64 videos rendered" not in log and "0 videos rendered, 16 reused" in log
     assert "0 videos extracted, 16 already done" in log
-    assert log.count("reusing") == len(MODELS)
-    assert brief(out, "lam") == before
+    assert log.count("reusing ") == len(MODELS) * len(SEEDS)
+    assert brief(out, "lam", 0) == before
     assert seconds < 120  # no retraining: imports, evaluation and the mask dump only
 
 
@@ -90,7 +105,7 @@ def test_captioning_demo_reuses_the_shards_and_reports_beside_the_moment_retriev
     for name in (*MODELS, "most-frequent-caption"):
         metrics = json.loads((out / "report" / "captioning" / f"metrics_{name}.json").read_text())
         assert metrics["num_videos"] == len(val_vids) == 4 and metrics["CIDEr"] >= 0
-    predictions = out / "runs" / "captioning_lam" / "predictions" / "val-step-00000005.jsonl"
+    predictions = out / "runs" / "captioning_lam" / "predictions" / "val-step-00000005.jsonl"  # the first seed's
     assert {json.loads(line)["vid"] for line in predictions.read_text().splitlines()} == val_vids
     summary = (out / "report" / "summary.md").read_text()
     assert "| MR-full-mAP |" in summary and "| CIDEr |" in summary and "captioning_curves.png" in summary

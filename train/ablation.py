@@ -181,20 +181,23 @@ def summarize(results: dict[str, dict[int, dict[str, float]]], variants: Sequenc
     summary: dict[str, Any] = {"baselines": {v.name: v.baseline for v in variants}, "variants": {}, "differences": {}}
     for variant in variants:
         by_seed = results.get(variant.name, {})
-        metrics = sorted({metric for scores in by_seed.values() for metric in scores})
+        # In the order the scores list them (a metric a run could not compute, e.g. None for an empty bucket,
+        # counts for no seed).
+        metrics = list(dict.fromkeys(metric for scores in by_seed.values() for metric in scores))
         summary["variants"][variant.name] = {}
         for metric in metrics:
-            values = [by_seed[seed][metric] for seed in sorted(by_seed) if metric in by_seed[seed]]
+            values = [by_seed[seed][metric] for seed in sorted(by_seed) if by_seed[seed].get(metric) is not None]
             summary["variants"][variant.name][metric] = {
-                "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                "n": len(values), "values": values,
+                "mean": float(np.mean(values)) if values else None,
+                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None, "n": len(values), "values": values,
             }
         baseline = results.get(variant.baseline, {})
         if variant.name == variant.baseline or not baseline:
             continue
         summary["differences"][variant.name] = {}
         for metric in metrics:
-            seeds = [s for s in sorted(by_seed) if metric in by_seed[s] and metric in baseline.get(s, {})]
+            seeds = [s for s in sorted(by_seed)
+                     if by_seed[s].get(metric) is not None and baseline.get(s, {}).get(metric) is not None]
             if not seeds:
                 continue
             diffs = [by_seed[s][metric] - baseline[s][metric] for s in seeds]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lamflow.fileio import atomic_open, write_json_atomic
-from lamflow.train.tables import html_document, markdown_document
+from lamflow.train.tables import Section, difference_cell, html_document, markdown_document, stats_cell
 
 TITLE = "lamflow ablation"
 # The metrics a report's table and plot show by default, per task (every metric is in ablation.json).
@@ -17,25 +17,17 @@ HEADLINE_METRICS = {
 }
 
 
-def _cell(summary: dict[str, Any], variant: str, metric: str) -> str:
-    stats = summary["variants"][variant].get(metric)
-    if stats is None:
-        return "n/a"
-    sd = "" if stats["sd"] is None else f" ± {stats['sd']:.2f}"
-    cell = f"{stats['mean']:.2f}{sd}"
-    diff = summary["differences"].get(variant, {}).get(metric)
-    if diff is not None:
-        cell += f" (Δ {diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}])"
-    return cell
-
-
 def ablation_table(summary: dict[str, Any], metrics: Sequence[str]) -> list[list[str]]:
     """Header, then one row per variant: mean ± sd over seeds per metric, and for every LAM variant the paired
     difference to its vanilla baseline with its bootstrap 95% interval."""
     rows = [["variant", "seeds", *metrics]]
     for variant, stats in summary["variants"].items():
         seeds = max((s["n"] for s in stats.values()), default=0)
-        rows.append([variant, str(seeds), *(_cell(summary, variant, metric) for metric in metrics)])
+        cells = []
+        for metric in metrics:
+            diff = difference_cell(summary["differences"].get(variant, {}).get(metric))
+            cells.append(stats_cell(stats.get(metric)) + (f" (Δ {diff})" if diff else ""))
+        rows.append([variant, str(seeds), *cells])
     return rows
 
 
@@ -48,7 +40,8 @@ def plot_ablation(summary: dict[str, Any], metrics: Sequence[str], path: Path) -
     variants = list(summary["variants"])
     figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        means = [summary["variants"][v].get(metric, {}).get("mean", math.nan) for v in variants]
+        means = [summary["variants"][v].get(metric, {}).get("mean") for v in variants]
+        means = [math.nan if m is None else m for m in means]
         sds = [summary["variants"][v].get(metric, {}).get("sd") or 0.0 for v in variants]
         ax.bar(range(len(variants)), means, yerr=sds, capsize=3,
                color=["#888" if v == summary["baselines"][v] else "#3a7" for v in variants])
@@ -66,9 +59,9 @@ def write_ablation_report(out: Path, summary: dict[str, Any], metrics: Sequence[
     """Write the four files into ``out``; returns ablation.md."""
     write_json_atomic(out / "ablation.json", {"info": info, **summary})
     image = plot_ablation(summary, metrics, out / "ablation.png")
-    table = ablation_table(summary, metrics)
+    sections = [Section(None, (), ablation_table(summary, metrics))]
     with atomic_open(out / "ablation.md") as handle:
-        handle.write(markdown_document(TITLE, notes, table, [image], out))
+        handle.write(markdown_document(TITLE, notes, sections, [image], out))
     with atomic_open(out / "ablation.html") as handle:
-        handle.write(html_document(TITLE, notes, table, [image], out))
+        handle.write(html_document(TITLE, notes, sections, [image], out))
     return out / "ablation.md"

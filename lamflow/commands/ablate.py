@@ -5,13 +5,14 @@ import argparse
 from pathlib import Path
 
 
-def _seeds(text: str) -> list[int]:
+def seeds_argument(text: str) -> tuple[int, ...]:
+    """argparse type of --seeds: distinct integers >= 0, comma-separated."""
     try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds expects integers like 0,1,2, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"--seeds expects integers >= 0 like 0,1,2, got {text!r}")
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds expects distinct integers >= 0 like 0,1,2, got {text!r}")
     return seeds
 
 
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides shared by every run")
     parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                         help="an axis of variants, e.g. model.encoder.mask=none,single,multi (repeatable)")
-    parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="seeds, comma-separated (default 0,1,2)")
+    parser.add_argument("--seeds", type=seeds_argument, default=(0, 1, 2), help="seeds, comma-separated (default 0,1,2)")
     parser.add_argument("--out", type=Path, required=True, help="ablation directory (re-use it to continue)")
     parser.add_argument("--nproc", type=int, default=1, help="torchrun processes per run (default 1: plain process)")
     parser.add_argument("--metrics", default=None,
@@ -57,7 +58,7 @@ def handle(args: argparse.Namespace) -> int:
     from lamflow.train.config import load_config
 
     variants = expand_variants([parse_axis(axis) for axis in args.vary])
-    ablation = Ablation(args.config, tuple(args.overrides), tuple(variants), tuple(args.seeds), args.out, args.nproc)
+    ablation = Ablation(args.config, tuple(args.overrides), tuple(variants), args.seeds, args.out, args.nproc)
     print(f"{len(variants)} variants ({', '.join(v.name for v in variants)}) x {len(args.seeds)} seeds")
     results = run_ablation(ablation)
     summary = summarize(results, variants)

@@ -69,7 +69,7 @@ def train_captioner(config: DemoConfig, mask: str, features: Path, corpus: Corpu
     overrides = [
         f"data.train_shards={features}", f"data.train_captions={corpus.train_captions}",
         f"data.val_captions={corpus.val_captions}", f"model.encoder.mask={mask}", f"run.out_dir={run_dir}",
-        f"run.seed={config.seed}",
+        f"run.seed={config.seeds[0]}",
     ]
     steps = config.steps or (QUICK_STEPS if config.quick else None)
     if steps:

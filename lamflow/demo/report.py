@@ -6,17 +6,20 @@ keeps the others, so the captioning rows stand beside the QVHighlights ones.
 """
 from __future__ import annotations
 
-import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lamflow.fileio import atomic_open, read_json, write_json_atomic
+from lamflow.train.ablation import BASELINE, Variant, summarize
 from lamflow.train.run_log import read_metrics
+from lamflow.train.tables import Section, difference_cell, html_document, markdown_document, stats_cell
+
+TITLE = "lamflow demo: LAM vs vanilla attention on the generated audio-visual corpus"
 
 
 @dataclass(frozen=True)
-class Section:
+class TaskReport:
     title: str
     metrics: tuple[str, ...] | None  # the rows of its table; None = every key of the results' "brief"
     digits: int  # decimals shown
@@ -25,61 +28,71 @@ class Section:
 
 
 SECTIONS = {
-    "qvhighlights": Section("moment retrieval + highlight detection: official QVHighlights metrics (%)", None, 2,
+    "qvhighlights": TaskReport("moment retrieval + highlight detection: official QVHighlights metrics (%)", None, 2,
                             "curves.png", "MR-full-mAP"),
-    "captioning": Section("captioning: pycocoevalcap (fractions; CIDEr is CIDEr-D)",
+    "captioning": TaskReport("captioning: pycocoevalcap (fractions; CIDEr is CIDEr-D)",
                           ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"), 3, "captioning_curves.png", "CIDEr"),
 }
 REPORT = "report.json"
 
 
 def brief(task: str, result: dict[str, Any]) -> dict[str, float | None]:
-    """The numbers of one model's result file that the task's table shows."""
+    """The numbers of one model's result file that the task's table shows (None: a metric the evaluator
+    could not compute, e.g. a length bucket without queries)."""
     keys = SECTIONS[task].metrics
     return result["brief"] if keys is None else {key: result.get(key) for key in keys}
 
 
 def write_report(
     report_dir: Path,
-    metrics: dict[str, dict[str, Any]],
+    task: str,
+    scores: dict[str, dict[int, dict[str, Any]]],
     runs: dict[str, Path],
     mask_images: list[Path],
     info: dict[str, Any],
-    task: str = "qvhighlights",
 ) -> Path:
-    """Write ``task``'s section (``metrics``: each model's result file, ``runs``: run dirs for the curves,
-    ``info["seconds"]``: its stage times) into report.json beside the other tasks' sections, then
-    summary.md, summary.html and the task's curves; returns summary.md."""
+    """Write ``task``'s section into report.json beside the other tasks' sections, then summary.md,
+    summary.html and the task's curves; returns summary.md.
+
+    ``scores``: each model's (and baseline's) result file per training seed, ``runs``: one run dir per model
+    for the curves, ``info["seconds"]``: the section's stage times. The table shows the mean ± sd over seeds
+    and the paired per-seed difference LAM - vanilla with its bootstrap 95% interval."""
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / REPORT
-    previous = json.loads(path.read_text(encoding="utf-8")).get("tasks", {}) if path.exists() else {}
+    previous = read_json(path).get("tasks", {}) if path.exists() else {}
     common = {name: value for name, value in info.items() if name != "seconds"}
-    tasks = {**previous, task: {"brief": {name: brief(task, result) for name, result in metrics.items()},
-                                "seconds": info["seconds"]}}
-    path.write_text(json.dumps({"info": common, "tasks": tasks}, indent=2), encoding="utf-8")
+    briefs = {name: {seed: brief(task, result) for seed, result in by_seed.items()} for name, by_seed in scores.items()}
+    variants = [Variant(name, (), BASELINE if name == "lam" else name) for name in briefs]
+    tasks = {**previous, task: {"scores": {name: {str(s): b for s, b in by_seed.items()} for name, by_seed in briefs.items()},
+                                "summary": summarize(briefs, variants), "seconds": info["seconds"]}}
+    write_json_atomic(path, {"info": common, "tasks": tasks})
     section = SECTIONS[task]
     plot_curves({name: read_metrics(run / "metrics.jsonl") for name, run in runs.items()},
                 report_dir / section.curves, section.curve_metric)
-    tables = {name: metric_table(tasks[name]["brief"], SECTIONS[name].digits) for name in SECTIONS if name in tasks}
-    images = [report_dir / SECTIONS[name].curves for name in tables if (report_dir / SECTIONS[name].curves).exists()]
+    sections = [Section(SECTIONS[name].title, [_stage_times(tasks[name]["seconds"])],
+                        metric_table(tasks[name]["summary"], SECTIONS[name].digits))
+                for name in SECTIONS if name in tasks]
+    images = [report_dir / SECTIONS[name].curves for name in SECTIONS
+              if name in tasks and (report_dir / SECTIONS[name].curves).exists()]
     images += [image for image in mask_images if image not in images]
-    summary = report_dir / "summary.md"
-    summary.write_text(markdown(tables, tasks, common, images, report_dir), encoding="utf-8")
-    (report_dir / "summary.html").write_text(page(tables, tasks, common, images, report_dir), encoding="utf-8")
-    return summary
+    with atomic_open(report_dir / "summary.md") as handle:
+        handle.write(markdown_document(TITLE, _notes(common), sections, images, report_dir))
+    with atomic_open(report_dir / "summary.html") as handle:
+        handle.write(html_document(TITLE, _notes(common), sections, images, report_dir))
+    return report_dir / "summary.md"
 
 
-def metric_table(briefs: dict[str, dict[str, float | None]], digits: int = 2) -> list[list[str]]:
-    """A header row, then one row per metric: one column per model, plus LAM minus vanilla."""
-    names = list(briefs)
-    keys = list(next(iter(briefs.values())))
-    rows = [["metric", *names, "LAM - vanilla"]]
-    for key in keys:
-        values = [briefs[name].get(key) for name in names]
-        delta = ""
-        if {"lam", "vanilla"} <= set(names) and None not in (briefs["lam"][key], briefs["vanilla"][key]):
-            delta = f"{briefs['lam'][key] - briefs['vanilla'][key]:+.{digits}f}"
-        rows.append([key, *("n/a" if v is None else f"{v:.{digits}f}" for v in values), delta])
+def metric_table(summary: dict[str, Any], digits: int = 2) -> list[list[str]]:
+    """A header row, then one row per metric: per model the mean ± sd over seeds, then LAM - vanilla (the
+    mean paired difference with its bootstrap 95% interval)."""
+    names = list(summary["variants"])
+    seeds = {name: max((s["n"] for s in summary["variants"][name].values()), default=0) for name in names}
+    rows = [["metric", *(f"{name} ({seeds[name]} seeds)" if seeds[name] > 1 else name for name in names),
+             "LAM - vanilla [95% CI]"]]
+    metrics = list(next(iter(summary["variants"].values())))
+    for metric in metrics:
+        rows.append([metric, *(stats_cell(summary["variants"][name].get(metric), digits) for name in names),
+                     difference_cell(summary["differences"].get("lam", {}).get(metric), digits)])
     return rows
 
 
@@ -119,39 +132,10 @@ def _notes(info: dict[str, Any]) -> list[str]:
         weights,
         f"corpus: {corpus['train_videos']} train + {corpus['val_videos']} val videos of ~{corpus['duration']} s "
         f"(seed {corpus['seed']}); CLIP model {info['clip_model']}",
-        f"training: {info['train_processes']} torchrun processes per model, same data, seed and steps",
+        f"training: {info['train_processes']} torchrun processes per model, the same data and steps for every model; "
+        f"seeds {', '.join(map(str, info['seeds']))} (model init, dropout and data order)",
     ]
 
 
 def _stage_times(seconds: dict[str, float]) -> str:
     return "stage times (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items())
-
-
-def markdown(tables: dict[str, list[list[str]]], tasks: dict[str, Any], info: dict[str, Any], images: list[Path],
-             root: Path) -> str:
-    lines = ["# lamflow demo: LAM vs vanilla attention on the generated audio-visual corpus", ""]
-    lines += [f"- {note}" for note in _notes(info)]
-    for task, (header, *rows) in tables.items():
-        lines += ["", f"## {SECTIONS[task].title}", "", f"- {_stage_times(tasks[task]['seconds'])}", ""]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += [""] + [f"![{image.stem}]({image.relative_to(root)})" for image in images]
-    return "\n".join(lines) + "\n"
-
-
-def page(tables: dict[str, list[list[str]]], tasks: dict[str, Any], info: dict[str, Any], images: list[Path],
-         root: Path) -> str:
-    notes = "".join(f"<li>{html.escape(note)}</li>" for note in _notes(info))
-    sections = ""
-    for task, (header_row, *rows) in tables.items():
-        header = "".join(f"<th>{html.escape(h)}</th>" for h in header_row)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-        sections += (f"<h2>{html.escape(SECTIONS[task].title)}</h2><p>{html.escape(_stage_times(tasks[task]['seconds']))}"
-                     f"</p><table><tr>{header}</tr>{body}</table>")
-    figures = "".join(f'<p><img src="{html.escape(str(image.relative_to(root)))}"></p>' for image in images)
-    return (
-        "<!doctype html><meta charset='utf-8'><title>lamflow demo report</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px;text-align:right}"
-        "td:first-child{text-align:left}img{max-width:100%}</style>"
-        f"<h1>lamflow demo: LAM vs vanilla attention</h1><ul>{notes}</ul>{sections}{figures}"
-    )

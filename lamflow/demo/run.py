@@ -2,9 +2,11 @@
 
     corpus   ffmpeg renders short audio-visual videos + QVHighlights annotations + captions (lamflow.demo.corpus)
     extract  Dask LocalCluster: ffmpeg decode -> CLIP frame/text tokens + log-mel audio tokens -> shards
-    train    torchrun, N processes: the multi-layer LAM model, then the vanilla model (same data, seed, budget)
-    evaluate `lamflow eval qvhighlights` on both models and on two trivial baselines
-    report   metrics JSON, summary.md/.html, training curves, LAM mask heatmaps of a validation item
+    train    torchrun, N processes: the multi-layer LAM model and the vanilla model, once per seed (same data
+             and budget; the seed sets model init, dropout and data order), through ``lamflow ablate``'s runner
+    evaluate `lamflow eval qvhighlights` on every run and on two trivial baselines
+    report   metrics JSON, summary.md/.html (mean ± sd over seeds, LAM - vanilla with a bootstrap 95%
+             interval), training curves, LAM mask heatmaps of a validation item
 
 ``--task captioning`` runs the same corpus and extraction stages (so it reuses the shards of a moment
 retrieval demo in the same folder), then trains, predicts and evaluates caption models instead
@@ -28,10 +30,12 @@ from typing import Any
 import lamflow.train
 from lamflow.demo.baselines import BASELINES
 from lamflow.demo.corpus import CorpusConfig, CorpusResult, build_corpus
+from lamflow.train.ablation import Ablation, Variant, run_ablation
 
 DEMO_CONFIG = Path(lamflow.train.__file__).parent / "configs" / "demo.yaml"
 # The two models compared: identical but for the attention mask.
 VARIANTS = {"lam": "multi", "vanilla": "none"}
+DEMO_VARIANTS = tuple(Variant(name, (f"model.encoder.mask={mask}",), "vanilla") for name, mask in VARIANTS.items())
 # Videos per shard: several shards so 2 ranks split them exactly (the loader deals whole shards).
 SHARD_SAMPLES = 8
 
@@ -47,7 +51,8 @@ class DemoConfig:
     workers: int = 2  # Dask workers for extraction
     nproc: int = 2  # torchrun processes per model
     steps: int | None = None  # optimizer steps per model; None: the task's demo config's (or the quick size)
-    seed: int = 0
+    seed: int = 0  # the corpus's
+    seeds: tuple[int, ...] = (0, 1, 2)  # training seeds: each model is trained once per seed (captioning: the first)
     task: str = "qvhighlights"  # or "captioning": caption models on the same corpus and shards
 
     @property
@@ -99,6 +104,7 @@ def run_demo(config: DemoConfig) -> Path:
         "random_clip_weights": random_weights,
         "train_processes": config.nproc,
         "extraction_workers": config.workers,
+        "seeds": list(config.seeds if config.task != "captioning" else config.seeds[:1]),
     }
     if config.task == "captioning":
         from lamflow.demo.captioning import run_captioning
@@ -107,42 +113,59 @@ def run_demo(config: DemoConfig) -> Path:
         metrics, runs = run_captioning(config, corpus, features, out, timings)
         stage("6/6 report: the captioning rows beside the moment retrieval rows of this folder")
         seconds = {**{k: round(v, 1) for k, v in timings.items()}, "total": round(time.perf_counter() - started, 1)}
-        summary = write_report(report_dir, metrics, runs, sorted((report_dir / "masks").glob("layer_*.png")),
-                               {**info, "seconds": seconds}, task="captioning")
+        scores = {name: {config.seeds[0]: result} for name, result in metrics.items()}
+        summary = write_report(report_dir, "captioning", scores, runs, sorted((report_dir / "masks").glob("layer_*.png")),
+                               {**info, "seconds": seconds})
         print(summary.read_text(encoding="utf-8"), flush=True)
         print(f"report: {report_dir}", flush=True)
         return report_dir
 
-    runs: dict[str, Path] = {}
-    predictions: dict[str, Path] = {}
-    for index, (variant, mask) in enumerate(VARIANTS.items(), start=1):
-        stage(f"3/5 train ({index}/{len(VARIANTS)}): {variant} model (mask={mask}), torchrun with {config.nproc} processes")
-        t0 = time.perf_counter()
-        runs[variant] = out / "runs" / variant
-        predictions[variant] = train_variant(config, mask, features, corpus, runs[variant])
-        timings[f"train {variant}"] = time.perf_counter() - t0
+    stage(f"3/5 train: the LAM and the vanilla model x seeds {', '.join(map(str, config.seeds))}, torchrun with "
+          f"{config.nproc} processes")
+    t0 = time.perf_counter()
+    ablation = train_models(config, features, corpus, out / "runs")
+    timings["train"] = time.perf_counter() - t0
 
     stage("4/5 evaluate: official QVHighlights metrics (lamflow eval qvhighlights)")
     t0 = time.perf_counter()
     from lamflow.fileio import read_jsonl, write_jsonl_atomic
+    from lamflow.train.config import load_config
 
+    steps = load_config(ablation.config, ablation.run_overrides(DEMO_VARIANTS[0], config.seeds[0])).optim.max_steps
+    scores: dict[str, dict[int, dict[str, Any]]] = {}
+    for variant in ablation.variants:
+        for seed in ablation.seeds:
+            predictions = ablation.run_dir(variant, seed) / "predictions" / f"val-step-{steps:08d}.jsonl"
+            scores.setdefault(variant.name, {})[seed] = evaluate(
+                corpus.val_annotations, predictions, report_dir / f"metrics_{variant.name}_seed{seed}.json")
     annotations = read_jsonl(corpus.val_annotations)
-    for name, make in BASELINES.items():
-        predictions[name] = write_jsonl_atomic(report_dir / "baselines" / f"{name}.jsonl", make(annotations))
-    metrics = {name: evaluate(corpus.val_annotations, path, report_dir / f"metrics_{name}.json")
-               for name, path in predictions.items()}
+    for name, make in BASELINES.items():  # no training, no seed: one score each
+        baseline = write_jsonl_atomic(report_dir / "baselines" / f"{name}.jsonl", make(annotations))
+        scores[name] = {config.seeds[0]: evaluate(corpus.val_annotations, baseline, report_dir / f"metrics_{name}.json")}
     timings["evaluate"] = time.perf_counter() - t0
 
     stage("5/5 report: summary, training curves, LAM mask heatmaps")
     from lamflow.demo.report import write_report
 
-    summary = write_report(report_dir, metrics, runs, lam_masks(runs["lam"], report_dir / "masks"), {
-        **info,
-        "seconds": {**{k: round(v, 1) for k, v in timings.items()}, "total": round(time.perf_counter() - started, 1)},
-    })
+    first = {variant.name: ablation.run_dir(variant, config.seeds[0]) for variant in ablation.variants}
+    seconds = {**{k: round(v, 1) for k, v in timings.items()}, "total": round(time.perf_counter() - started, 1)}
+    summary = write_report(report_dir, "qvhighlights", scores, first, lam_masks(first["lam"], report_dir / "masks"),
+                           {**info, "seconds": seconds})
     print(summary.read_text(encoding="utf-8"), flush=True)
     print(f"report: {report_dir}", flush=True)
     return report_dir
+
+
+def train_models(config: DemoConfig, features: Path, corpus: CorpusResult, runs: Path) -> Ablation:
+    """Train (or reuse, or resume) the LAM and the vanilla model once per seed; returns what was run."""
+    overrides = [
+        f"data.train_shards={features}", f"data.val_shards={features}",
+        f"data.train_annotations={corpus.train_annotations}", f"data.val_annotations={corpus.val_annotations}",
+        *([f"optim.max_steps={config.max_steps}"] if config.max_steps else []),
+    ]
+    ablation = Ablation(str(DEMO_CONFIG), tuple(overrides), DEMO_VARIANTS, tuple(config.seeds), runs, config.nproc)
+    run_ablation(ablation, say=lambda line: print(line, flush=True))
+    return ablation
 
 
 def extract_features(config: DemoConfig, corpus: CorpusResult, out: Path) -> Path:
@@ -157,37 +180,6 @@ def extract_features(config: DemoConfig, corpus: CorpusResult, out: Path) -> Pat
     if summary.failed:
         raise RuntimeError(f"{summary.failed} demo videos failed to extract: see {out / 'manifest.jsonl'}")
     return out
-
-
-def train_variant(config: DemoConfig, mask: str, features: Path, corpus: CorpusResult, run_dir: Path) -> Path:
-    """Train one model under torchrun unless its final predictions exist; returns the prediction file."""
-    from lamflow.train.checkpoint import latest_checkpoint
-    from lamflow.train.config import load_config
-
-    overrides = [
-        f"data.train_shards={features}", f"data.val_shards={features}",
-        f"data.train_annotations={corpus.train_annotations}", f"data.val_annotations={corpus.val_annotations}",
-        f"model.encoder.mask={mask}", f"run.out_dir={run_dir}", f"run.seed={config.seed}",
-    ]
-    if config.max_steps:
-        overrides.append(f"optim.max_steps={config.max_steps}")
-    steps = load_config(DEMO_CONFIG, overrides).optim.max_steps
-    final = run_dir / "predictions" / f"val-step-{steps:08d}.jsonl"
-    if final.exists():
-        print(f"reusing {final}", flush=True)
-        return final
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is not None and checkpoint.name == f"step-{steps:08d}.pt":
-        # Trained to the end but stopped before its final evaluation: predict from the checkpoint.
-        run([sys.executable, "-m", "lamflow", "predict", str(checkpoint), "--split", "val", "--out", str(final)])
-        return final
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.nproc}",
-               "-m", "lamflow", "train", str(DEMO_CONFIG), *overrides]
-    if checkpoint is not None:
-        print(f"resuming from {checkpoint}", flush=True)
-        command.append("--resume")
-    run(command)
-    return final
 
 
 def evaluate(ground_truth: Path, predictions: Path, out: Path) -> dict[str, Any]:
