@@ -68,8 +68,9 @@ def _report(command: str, message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand. User errors (:class:`LamflowError`) become one line and exit status 2;
-    Ctrl-C becomes one line and 130; anything else is a bug and keeps its traceback."""
+    """Run one subcommand. User errors (:class:`LamflowError`, and a path the system cannot read or write)
+    become one line and exit status 2; Ctrl-C becomes one line and 130; anything else is a bug and keeps
+    its traceback."""
     parser = build_parser()
     args = parse_arguments(parser, argv)
     if not getattr(args, "func", None):
@@ -79,6 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except LamflowError as error:
         _report(args.command, str(error))
+        return 2
+    except OSError as error:
+        if error.filename is None:  # not about a path the user gave: a bug, keep the traceback
+            raise
+        # A path that cannot be read or written (no such folder, no permission, a full disk) is the
+        # user's to fix, whatever command met it.
+        _report(args.command, f"{error.filename}: {error.strerror or error}")
         return 2
     except KeyboardInterrupt:
         _report(args.command, "interrupted")

@@ -133,3 +133,10 @@ def test_under_torchrun_only_rank_0_prints_the_error(toy, tmp_path):
     ours = [line for line in result.stderr.splitlines() if line.startswith("lamflow train: error:")]
     assert len(ours) == 1 and "['depth']" in ours[0]
     assert "lamflow/datasets" not in result.stderr and "loader.py" not in result.stderr  # no traceback of ours
+
+
+def test_a_path_the_system_cannot_write_is_one_line_too(capsys, tmp_path):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    assert_one_line(*run(capsys, "make-demo-data", "--out", blocked / "corpus", "--quick"), "make-demo-data",
+                    str(blocked / "corpus"))
