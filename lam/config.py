@@ -9,7 +9,7 @@ CHOICES = {
     "generator": ("fixed", "dynamic"),
     "generator_input": ("hidden", "input"),
     "mask_gate": ("none", "sigmoid", "softplus"),
-    "attention": ("auto", "eager", "flex"),
+    "attention": ("auto", "eager", "flex", "blocked", "lowrank-sdpa"),
 }
 POSITIVE_INTS = ("dim", "depth", "heads", "max_len", "generator_hidden", "generator_layers", "generator_rank")
 
@@ -26,8 +26,11 @@ class LAMConfig:
     generator_input (multi only): the hidden states entering each layer, or the encoder input.
     mask_gate: optional squashing of M ("sigmoid": M in (0, 2) for mul; "softplus": M > 0), chosen so
       that M is still the identity of `combine` at initialisation.
-    attention: "eager" (materialised reference), "flex" (fused FlexAttention; forward-only on CPU) or
-      "auto" (the fastest one that can run, never one that cannot train when gradients are needed).
+    attention: the path computing LAM attention, all exact: "eager" (the materialised reference), "flex"
+      (fused FlexAttention; forward-only on CPU), "blocked" (query-row blocks with a recomputing backward,
+      never B x H x L x L; any device), "lowrank-sdpa" (one fused SDPA call; only for combine="add",
+      generator="dynamic", mask_gate="none") or "auto" (the fastest that can run here and, when gradients
+      are needed, train; see lamflow.lam.attention.choose_backend).
     """
 
     dim: int = 256
@@ -64,6 +67,12 @@ class LAMConfig:
             raise ValueError(f"LAMConfig.mlp_ratio={self.mlp_ratio!r} is not valid; allowed values: numbers > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LAMConfig.dropout={self.dropout!r} is not valid; allowed values: 0 <= dropout < 1")
+        if self.attention == "lowrank-sdpa" and (self.combine, self.generator, self.mask_gate) != ("add", "dynamic", "none"):
+            raise ValueError(
+                f"LAMConfig.attention='lowrank-sdpa' is not valid with combine={self.combine!r}, "
+                f"generator={self.generator!r}, mask_gate={self.mask_gate!r}: it needs combine='add', "
+                "generator='dynamic', mask_gate='none'; allowed values otherwise: auto, eager, flex, blocked"
+            )
         if not isinstance(self.mask_per_head, bool):
             raise ValueError(f"LAMConfig.mask_per_head={self.mask_per_head!r} is not valid; allowed values: True, False")
 

@@ -1,0 +1,152 @@
+"""Exact LAM attention that never materialises the B x H x L x L scores, with a hand-written backward.
+
+The eager reference builds the scores of every sample and head at once, and autograd keeps several such
+tensors alive for the backward. Here one sample's query rows are processed in blocks of about
+BLOCK_ELEMENTS scores (all heads together: 64 rows at L=1024 and 8 heads): for each block,
+S = (q / sqrt(d)) k^T, M for the same rows only (a slice of the fixed generator's logits, or u_rows v^T
+for the low-rank one), S (*|+)= M and the -inf padding fill in place, softmax, @ v. The backward recomputes
+each block's probabilities from q, k, v and the mask tensors instead of saving them (FlashAttention's
+recompute idea, in plain torch ops), so working memory is a few blocks whatever B and L.
+
+For combine="add" the forward instead hands each block's M to SDPA as a float mask (padding folded in as
+-inf): CPU SDPA's fused kernel tiles the scores itself and is faster than the loop. SDPA cannot give the
+mask its gradient without falling back to its materialising math path, so the backward is the blocked
+one for both combine rules.
+
+Memory beyond the inputs and outputs: a few blocks of at most BLOCK_ELEMENTS, plus the gradient of the
+fixed generator's logits (the same size as those logits, B x Hm x L x L, which that generator produces).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from lamflow.lam.generator import LAMMask, mask_values, mask_values_vjp
+
+# Scores per block (all heads of one sample): 2**19 fp32 = 2 MiB, the L2 cache of the 2-core x86 VM it was
+# tuned on; a few such buffers are live at once. 4x larger blocks measured 1.1-1.3x slower (cache misses),
+# 4x smaller ones slower in the forward (per-block overhead). Read at call time, so tests can shrink it to
+# exercise many blocks on small inputs.
+BLOCK_ELEMENTS = 2**19
+
+
+def row_blocks(batch: int, heads: int, length: int) -> Iterator[tuple[int, slice]]:
+    """(sample, query rows) blocks of at most BLOCK_ELEMENTS scores each (at least one row)."""
+    rows = max(1, BLOCK_ELEMENTS // (heads * length))
+    for sample in range(batch):
+        for start in range(0, length, rows):
+            yield sample, slice(start, min(start + rows, length))
+
+
+def _padding_per_sample(key_padding: Tensor | None, batch: int) -> list[Tensor | None]:
+    """Each sample's (1, 1, L) padding mask for in-place -inf fills, or None where it has no padding."""
+    if key_padding is None:
+        return [None] * batch
+    return [pad[None, None] if has_padding else None for pad, has_padding in zip(key_padding, key_padding.any(1).tolist())]
+
+
+def _block_scores(scaled_q: Tensor, k: Tensor, mask: LAMMask, pad: Tensor | None, sample: int, rows: slice,
+                  keep_raw: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One block (H, rows, L): the raw scores S, the logits z, M, and T = S (*|+) M with padded keys at -inf.
+
+    T is computed in S's buffer unless keep_raw (the backward of "mul" needs S itself)."""
+    scores = scaled_q[sample, :, rows] @ k[sample].transpose(-1, -2)
+    logits = mask.logits_rows(sample, rows)
+    values = mask_values(logits, mask.combine, mask.gate)
+    if mask.combine == "mul":
+        combined = scores * values if keep_raw else scores.mul_(values)
+    else:
+        combined = scores + values if keep_raw else scores.add_(values)
+    if pad is not None:
+        combined.masked_fill_(pad, float("-inf"))
+    return scores, logits, values, combined
+
+
+def _blocked_forward(scaled_q: Tensor, k: Tensor, v: Tensor, mask: LAMMask, pads: list[Tensor | None]) -> Tensor:
+    batch, heads, length, _ = scaled_q.shape
+    out = torch.empty_like(v)
+    for sample, rows in row_blocks(batch, heads, length):
+        combined = _block_scores(scaled_q, k, mask, pads[sample], sample, rows, keep_raw=False)[-1]
+        out[sample, :, rows] = combined.softmax(dim=-1) @ v[sample]
+    return out
+
+
+def _sdpa_forward(scaled_q: Tensor, k: Tensor, v: Tensor, mask: LAMMask, pads: list[Tensor | None]) -> Tensor:
+    """combine="add": SDPA with M as a float mask, per block of query rows. SDPA never forms the scores, so
+    the block budget counts the mask's heads (1 when shared), not the attention heads."""
+    batch, _, length, _ = scaled_q.shape
+    out = torch.empty_like(v)
+    for sample, rows in row_blocks(batch, mask.heads, length):
+        # Detached: SDPA takes its materialising math path for a mask that requires grad, even under no_grad.
+        bias = mask_values(mask.logits_rows(sample, rows), mask.combine, mask.gate).detach()
+        if pads[sample] is not None:
+            bias = bias.masked_fill(pads[sample], float("-inf"))
+        out[sample, :, rows] = F.scaled_dot_product_attention(
+            scaled_q[sample, None, :, rows], k[sample, None], v[sample, None], attn_mask=bias[None], scale=1.0
+        )[0]
+    return out
+
+
+class BlockedLAMAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(d) (*|+) M) v with padded keys at -inf; M from dense logits or low-rank u, w."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, logits: Tensor | None, u: Tensor | None, w: Tensor | None,
+                key_padding: Tensor | None, combine: str, gate: str) -> Tensor:
+        mask = LAMMask(combine, gate, logits=logits, u=u, v=w)
+        pads = _padding_per_sample(key_padding, q.shape[0])
+        scaled_q = q * q.shape[-1] ** -0.5
+        out = (_sdpa_forward if combine == "add" else _blocked_forward)(scaled_q, k, v, mask, pads)
+        ctx.save_for_backward(q, k, v, logits, u, w, key_padding, out)
+        ctx.combine, ctx.gate = combine, gate
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, logits, u, w, key_padding, out = ctx.saved_tensors
+        mask = LAMMask(ctx.combine, ctx.gate, logits=logits, u=u, v=w)
+        batch, heads, length, head_dim = q.shape
+        scale = head_dim**-0.5
+        pads = _padding_per_sample(key_padding, batch)
+        scaled_q = q * scale
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        grad_logits = None if logits is None else torch.empty_like(logits)
+        grad_u = None if u is None else torch.empty_like(u)
+        grad_w = None if w is None else torch.zeros_like(w)
+        # rowsum(P * dP) = rowsum(dO * O): the softmax backward's correction, without keeping P.
+        delta = (grad_out * out).sum(dim=-1, keepdim=True)
+        for sample, rows in row_blocks(batch, heads, length):
+            scores, z, values, combined = _block_scores(
+                scaled_q, k, mask, pads[sample], sample, rows, keep_raw=mask.combine == "mul"
+            )
+            probs = combined.softmax(dim=-1)
+            grad_rows = grad_out[sample, :, rows]
+            grad_v[sample].baddbmm_(probs.transpose(-1, -2), grad_rows)
+            # d(loss)/dT = P * (dP - delta), computed in the dP buffer; padded keys get 0 (P = 0 there).
+            grad_combined = (grad_rows @ v[sample].transpose(-1, -2)).sub_(delta[sample, :, rows]).mul_(probs)
+            if mask.combine == "mul":
+                grad_values = grad_combined * scores
+                grad_scores = grad_combined.mul_(values)
+            else:
+                grad_values = grad_scores = grad_combined
+            if mask.heads == 1 and heads > 1:  # one mask shared by all heads
+                grad_values = grad_values.sum(dim=0, keepdim=True)
+            grad_z = mask_values_vjp(z, grad_values, mask.combine, mask.gate)
+            grad_q[sample, :, rows] = (grad_scores @ k[sample]).mul_(scale)
+            grad_k[sample].baddbmm_(grad_scores.transpose(-1, -2), scaled_q[sample, :, rows])
+            if logits is not None:
+                grad_logits[sample, :, rows] = grad_z
+            else:
+                grad_u[sample, :, rows] = grad_z @ w[sample]
+                grad_w[sample].baddbmm_(grad_z.transpose(-1, -2), u[sample, :, rows])
+        return grad_q, grad_k, grad_v, grad_logits, grad_u, grad_w, None, None, None
+
+
+def blocked_lam_attention(q: Tensor, k: Tensor, v: Tensor, mask: LAMMask, key_padding: Tensor | None) -> Tensor:
+    """Exact LAM attention in blocks of query rows (forward and backward); see the module docstring."""
+    return BlockedLAMAttention.apply(q, k, v, mask.logits, mask.u, mask.v, key_padding, mask.combine, mask.gate)
