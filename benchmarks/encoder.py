@@ -3,6 +3,7 @@
     python benchmarks/encoder.py                  # L=1024, d=512, 8 heads, depth 4, batch 2, fp32 forward
     python benchmarks/encoder.py --backward       # forward + backward of a scalar readout (a training step's
                                                   # compute, without the optimizer)
+    python benchmarks/encoder.py --cpu-time       # 1 thread, CPU time: robust on a shared machine
     python benchmarks/encoder.py --json out.json
 
 Rows: the vanilla encoder (mask="none") and, per combine x generator, the multi-layer LAM encoder on each
@@ -23,11 +24,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+from _step_timing import CPU_TIME_HELP, benchmark_clock
 
 from lamflow.lam import LAMConfig, LAMEncoder
 
@@ -49,6 +50,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--cpu-time", action="store_true", help=CPU_TIME_HELP)
     parser.add_argument("--json", type=Path, help="write the measurements here")
     return parser.parse_args()
 
@@ -114,6 +116,7 @@ def main() -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    clock = benchmark_clock(args.cpu_time)
     encoders = build_encoders(args, device)
     torch.manual_seed(2)
     x = torch.randn(args.batch, args.length, args.dim, device=device)
@@ -128,9 +131,9 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, run in runs.items():
-            started = time.perf_counter()
+            started = clock()
             run()
-            times[name].append(time.perf_counter() - started)
+            times[name].append(clock() - started)
 
     median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     fastest = {name: min(t) * 1e3 for name, t in times.items()}
@@ -144,8 +147,9 @@ def main() -> None:
             previous_auto=previous,
         ))
     mode = "forward+backward" if args.backward else "forward (no_grad)"
+    clock_name = "CPU time" if args.cpu_time else "wall time"
     print(f"LAMEncoder {mode}, {device.type} fp32, B={args.batch} L={args.length} d={args.dim} heads={args.heads} "
-          f"depth={args.depth}, threads={torch.get_num_threads()}, {args.repeats} rounds")
+          f"depth={args.depth}, threads={torch.get_num_threads()}, {clock_name}, {args.repeats} rounds")
     print(f"{'variant':28} {'median ms':>10} {'min ms':>10} {'x median':>9} {'x min':>7}")
     for row in rows:
         note = "  <- previous auto" if row["previous_auto"] else ""

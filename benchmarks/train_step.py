@@ -9,6 +9,7 @@ the learnable masks on that attention path. Every variant is timed in the same p
     python benchmarks/train_step.py                                  # default model (L=470), CPU
     python benchmarks/train_step.py --config train/configs/demo.yaml --duration 30   # demo model (L=350)
     python benchmarks/train_step.py --attention auto,eager           # auto vs the eager reference
+    python benchmarks/train_step.py --cpu-time                       # 1 thread, CPU time (shared machines)
     python benchmarks/train_step.py --device cuda --batch-size 32
 Target (issue 10): multi-layer LAM step time <= 1.3 x vanilla, for the demo and the default model.
 `--attention eager` is what attention="auto" ran on CPU before the blocked path (for combine=mul).
@@ -21,7 +22,7 @@ import statistics
 
 import numpy as np
 import torch
-from _step_timing import DEFAULT_CONFIG, train_step_seconds
+from _step_timing import CPU_TIME_HELP, DEFAULT_CONFIG, benchmark_clock, train_step_seconds
 
 from lamflow.datasets.collate import collate_streams
 from lamflow.train.config import TrainConfig, load_config
@@ -66,9 +67,11 @@ def main() -> None:
     parser.add_argument("--attention", default="auto", help="model.attention values to time each LAM mode with")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
+    parser.add_argument("--cpu-time", action="store_true", help=CPU_TIME_HELP)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    clock = benchmark_clock(args.cpu_time)
     device = torch.device(args.device)
     dims = {name: int(size) for name, size in (part.split("=") for part in args.dims.split(","))}
 
@@ -90,7 +93,7 @@ def main() -> None:
         optimizers[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-4)
 
     def step(name: str) -> float:
-        return train_step_seconds(models[name], optimizers[name], batch, variants[name], device)
+        return train_step_seconds(models[name], optimizers[name], batch, variants[name], device, clock)
 
     for name in models:  # warm-up: allocator, kernels, compilation
         step(name), step(name)
@@ -102,7 +105,8 @@ def main() -> None:
     # On a shared machine the fastest step is the least disturbed one: report it next to the median.
     fastest = {name: min(values) * 1000 for name, values in times.items()}
     result = {
-        "device": str(device), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+        "device": str(device), "threads": torch.get_num_threads(), "clock": "cpu" if args.cpu_time else "wall",
+        "batch_size": args.batch_size,
         "sequence_length": models["none"].embed(batch)[0].shape[1],
         "model": {k: getattr(config.model, k) for k in ("dim", "depth", "heads", "generator", "combine", "downsample")},
         "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()},

@@ -42,11 +42,15 @@ def row_blocks(batch: int, heads: int, length: int) -> Iterator[tuple[int, slice
             yield sample, slice(start, min(start + rows, length))
 
 
-def _padding_per_sample(key_padding: Tensor | None, batch: int) -> list[Tensor | None]:
-    """Each sample's (1, 1, L) padding mask for in-place -inf fills, or None where it has no padding."""
+def _padding_bias_per_sample(key_padding: Tensor | None, batch: int, dtype: torch.dtype) -> list[Tensor | None]:
+    """Each sample's (1, 1, L) additive padding bias (-inf at padded keys, 0 elsewhere), or None where it has no
+    padding. Adding it is exact for finite scores (x + 0 = x, x - inf = -inf), as the eager reference's -inf
+    fill is, and broadcast over a block it is several times faster on CPU than masked_fill_ with a broadcast
+    boolean mask. (Only a score that overflowed to +inf at a padded key would differ: nan instead of -inf.)"""
     if key_padding is None:
         return [None] * batch
-    return [pad[None, None] if has_padding else None for pad, has_padding in zip(key_padding, key_padding.any(1).tolist())]
+    bias = torch.zeros(key_padding.shape, dtype=dtype, device=key_padding.device).masked_fill_(key_padding, float("-inf"))
+    return [row[None, None] if has_padding else None for row, has_padding in zip(bias, key_padding.any(1).tolist())]
 
 
 def _block_scores(scaled_q: Tensor, k: Tensor, mask: LAMMask, pad: Tensor | None, sample: int, rows: slice,
@@ -58,11 +62,12 @@ def _block_scores(scaled_q: Tensor, k: Tensor, mask: LAMMask, pad: Tensor | None
     logits = mask.logits_rows(sample, rows)
     values = mask_values(logits, mask.combine, mask.gate)
     if mask.combine == "mul":
-        combined = scores * values if keep_raw else scores.mul_(values)
+        # values * scores, not scores * values: the same product, and 2x faster on CPU when values broadcasts.
+        combined = values * scores if keep_raw else scores.mul_(values)
     else:
-        combined = scores + values if keep_raw else scores.add_(values)
+        combined = values + scores if keep_raw else scores.add_(values)
     if pad is not None:
-        combined.masked_fill_(pad, float("-inf"))
+        combined.add_(pad)
     return scores, logits, values, combined
 
 
@@ -71,7 +76,7 @@ def _blocked_forward(scaled_q: Tensor, k: Tensor, v: Tensor, mask: LAMMask, pads
     out = torch.empty_like(v)
     for sample, rows in row_blocks(batch, heads, length):
         combined = _block_scores(scaled_q, k, mask, pads[sample], sample, rows, keep_raw=False)[-1]
-        out[sample, :, rows] = combined.softmax(dim=-1) @ v[sample]
+        torch.bmm(combined.softmax(dim=-1), v[sample], out=out[sample, :, rows])
     return out
 
 
@@ -84,7 +89,7 @@ def _sdpa_forward(scaled_q: Tensor, k: Tensor, v: Tensor, mask: LAMMask, pads: l
         # Detached: SDPA takes its materialising math path for a mask that requires grad, even under no_grad.
         bias = mask_values(mask.logits_rows(sample, rows), mask.combine, mask.gate).detach()
         if pads[sample] is not None:
-            bias = bias.masked_fill(pads[sample], float("-inf"))
+            bias = bias + pads[sample]
         out[sample, :, rows] = F.scaled_dot_product_attention(
             scaled_q[sample, None, :, rows], k[sample, None], v[sample, None], attn_mask=bias[None], scale=1.0
         )[0]
@@ -98,7 +103,7 @@ class BlockedLAMAttention(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, logits: Tensor | None, u: Tensor | None, w: Tensor | None,
                 key_padding: Tensor | None, combine: str, gate: str) -> Tensor:
         mask = LAMMask(combine, gate, logits=logits, u=u, v=w)
-        pads = _padding_per_sample(key_padding, q.shape[0])
+        pads = _padding_bias_per_sample(key_padding, q.shape[0], q.dtype)
         scaled_q = q * q.shape[-1] ** -0.5
         out = (_sdpa_forward if combine == "add" else _blocked_forward)(scaled_q, k, v, mask, pads)
         ctx.save_for_backward(q, k, v, logits, u, w, key_padding, out)
@@ -112,8 +117,8 @@ class BlockedLAMAttention(torch.autograd.Function):
         mask = LAMMask(ctx.combine, ctx.gate, logits=logits, u=u, v=w)
         batch, heads, length, head_dim = q.shape
         scale = head_dim**-0.5
-        pads = _padding_per_sample(key_padding, batch)
-        scaled_q = q * scale
+        pads = _padding_bias_per_sample(key_padding, batch, q.dtype)
+        scaled_q, scaled_k = q * scale, k * scale
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         grad_logits = None if logits is None else torch.empty_like(logits)
         grad_u = None if u is None else torch.empty_like(u)
@@ -137,12 +142,12 @@ class BlockedLAMAttention(torch.autograd.Function):
             if mask.heads == 1 and heads > 1:  # one mask shared by all heads
                 grad_values = grad_values.sum(dim=0, keepdim=True)
             grad_z = mask_values_vjp(z, grad_values, mask.combine, mask.gate)
-            grad_q[sample, :, rows] = (grad_scores @ k[sample]).mul_(scale)
+            torch.bmm(grad_scores, scaled_k[sample], out=grad_q[sample, :, rows])
             grad_k[sample].baddbmm_(grad_scores.transpose(-1, -2), scaled_q[sample, :, rows])
             if logits is not None:
                 grad_logits[sample, :, rows] = grad_z
             else:
-                grad_u[sample, :, rows] = grad_z @ w[sample]
+                torch.bmm(grad_z, w[sample], out=grad_u[sample, :, rows])
                 grad_w[sample].baddbmm_(grad_z.transpose(-1, -2), u[sample, :, rows])
         return grad_q, grad_k, grad_v, grad_logits, grad_u, grad_w, None, None, None
 
