@@ -62,11 +62,29 @@ def batch(device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     return x, pad
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """torch threads: 1 = one loop over the samples, 2 = samples in parallel on the blocked path's pool."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("mask, combine, generator, per_head", STRUCTURE)
-def test_blocked_matches_eager_in_output_and_every_gradient(small_blocks, mask, combine, generator, per_head):
+def test_blocked_matches_eager_in_output_and_every_gradient(small_blocks, threads, mask, combine, generator, per_head):
     eager, fast = encoder_pair(mask=mask, combine=combine, generator=generator, mask_per_head=per_head)
     x, pad = batch()
     assert_same(outputs_and_gradients(fast, x, pad), outputs_and_gradients(eager, x, pad))
+    assert torch.get_num_threads() == threads  # the parallel path gives the threads back
 
 
 @pytest.mark.parametrize("combine, gate, generator", GATED)
@@ -127,14 +145,17 @@ def test_padded_keys_receive_exactly_zero_attention(small_blocks, combine, path,
 
 class LargestAllocation(TorchDispatchMode):
     """The largest tensor storage (in elements) any aten op allocates; outputs that alias an input (views,
-    in-place ops) allocate nothing and are not counted."""
+    in-place ops) allocate nothing and are not counted. Sees the calling thread's ops only (modes are
+    thread-local), so the test runs on one torch thread: the blocked path then loops on this thread."""
 
     def __init__(self):
         super().__init__()
         self.elements = 0
+        self.softmaxes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        self.softmaxes += func is torch.ops.aten._softmax.default
         inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
@@ -144,7 +165,7 @@ class LargestAllocation(TorchDispatchMode):
 
 @pytest.mark.parametrize("combine", ["mul", "add"])
 @pytest.mark.parametrize("form", ["dense-shared", "lowrank-per-head"])
-def test_forward_and_backward_never_allocate_batch_heads_length_squared(monkeypatch, combine, form):
+def test_forward_and_backward_never_allocate_batch_heads_length_squared(monkeypatch, one_thread, combine, form):
     batch_size, heads, length, block = 3, 4, 64, 4096
     monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", block)
     torch.manual_seed(0)
@@ -159,11 +180,13 @@ def test_forward_and_backward_never_allocate_batch_heads_length_squared(monkeypa
     largest_input = max(t.numel() for t in (q, *mask_tensors))
     assert max(block, largest_input) <= scores // 4  # the bound below is far from B x H x L x L
 
-    def largest_allocation(path: str) -> int:
-        with LargestAllocation() as record:
+    def record(path: str) -> LargestAllocation:
+        with LargestAllocation() as recorded:
             out = LAM_PATHS[path](q, k, v, mask, None)
             torch.autograd.grad(out, [q, k, v, *mask_tensors], torch.randn_like(out))
-        return record.elements
+        return recorded
 
-    assert largest_allocation("eager") >= scores  # the measurement sees the reference's scores
-    assert largest_allocation("blocked") <= max(block, largest_input)
+    assert record("eager").elements >= scores  # the measurement sees the reference's scores
+    fast = record("blocked")
+    assert fast.softmaxes >= batch_size * length // (block // (heads * length))  # it saw every backward block
+    assert fast.elements <= max(block, largest_input)
