@@ -2,6 +2,7 @@
 
     python benchmarks/attention.py [--lengths 256 512 1024 2048] [--batch 2] [--repeats 7] [--json out.json]
     python benchmarks/attention.py --backward        # CPU: forward+backward (no flex: it has no CPU backward)
+    python benchmarks/attention.py --cpu-time        # 1 thread, CPU time: robust on a shared machine
 
 CPU: forward in fp32 under torch.no_grad (or, with --backward, forward+backward in fp32). CUDA: forward+backward
 in bf16. Backward = gradients for q, k, v and the mask tensors (the generator trains through them).
@@ -17,16 +18,18 @@ on a shared machine hit all rows alike; time = the median over rounds (the minim
 Memory: "added" = the call's peak minus what was in use just before it (its working memory and output);
 "peak" = added + the inputs it reads (q, k, v and the mask tensors), the ratio column compares peaks.
 - CUDA: torch.cuda.max_memory_allocated.
-- CPU: the process's peak resident set size (VmHWM, reset through /proc/self/clear_refs, Linux only).
+- CPU: the process's peak resident set size (VmHWM, reset through /proc/self/clear_refs; Linux, glibc).
   That counts every buffer, including the fused kernels' internal scratch that torch's allocator never
-  sees. The script re-executes itself with MALLOC_MMAP_THRESHOLD_=65536 so that glibc returns freed large
-  buffers to the OS instead of recycling them unseen (which would hide later calls' peaks).
+  sees. While memory is measured, glibc is told (mallopt) to hand every buffer over 64 KiB straight back to
+  the OS when freed, instead of recycling it unseen (which would hide later calls' peaks); while time is
+  measured, it recycles them as a long-running process does (mmap threshold 32 MiB, glibc's dynamic
+  maximum), because a fresh mmap per buffer would charge page faults to paths with many temporaries.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
-import os
 import re
 import statistics
 import sys
@@ -35,11 +38,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from _step_timing import CPU_TIME_HELP, benchmark_clock
 
 from lamflow.lam.attention import LAM_PATHS, compiled_flex_attention, vanilla_attention
 from lamflow.lam.generator import LAMMask
 
-MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,6 +58,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--backward", action="store_true", help="CPU: time forward+backward (CUDA always does)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--cpu-time", action="store_true", help=CPU_TIME_HELP)
     parser.add_argument("--json", type=Path, help="write the measurements here")
     return parser.parse_args()
 
@@ -61,6 +66,16 @@ def parse_args() -> argparse.Namespace:
 def cpu_memory(field: str) -> int:
     with open("/proc/self/status") as status:
         return int(re.search(rf"{field}:\s+(\d+) kB", status.read()).group(1)) * 1024
+
+
+def glibc_malloc(memory_visible: bool) -> None:
+    """See the module docstring: large buffers go back to the OS at free (memory_visible) or are recycled."""
+    threshold = 64 * 2**10 if memory_visible else 32 * 2**20
+    libc = ctypes.CDLL(None)
+    libc.mallopt(M_MMAP_THRESHOLD, threshold)
+    libc.mallopt(M_TRIM_THRESHOLD, 2 * threshold)
+    if memory_visible:  # free heap pages recycled from the timing runs go back to the OS: reuse shows in RSS
+        libc.malloc_trim(0)
 
 
 def peak_memory(run: Callable[[], Any], device: torch.device) -> int:
@@ -71,19 +86,22 @@ def peak_memory(run: Callable[[], Any], device: torch.device) -> int:
         run()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
+    glibc_malloc(memory_visible=True)
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM to the current resident set size
     before = cpu_memory("VmRSS")
     run()
-    return cpu_memory("VmHWM") - before
+    peak = cpu_memory("VmHWM") - before
+    glibc_malloc(memory_visible=False)
+    return peak
 
 
-def seconds(run: Callable[[], Any], device: torch.device) -> float:
-    start = time.perf_counter()
+def seconds(run: Callable[[], Any], device: torch.device, clock: Callable[[], float]) -> float:
+    start = clock()
     run()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def make_inputs(
@@ -138,7 +156,7 @@ def variants(device: torch.device, train: bool, generator: str) -> list[tuple[st
     return rows
 
 
-def measure(args: argparse.Namespace, device: torch.device) -> list[dict]:
+def measure(args: argparse.Namespace, device: torch.device, clock: Callable[[], float]) -> list[dict]:
     train = device.type == "cuda" or args.backward
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rows = []
@@ -151,7 +169,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[dict]:
         times = {name: [] for name in cases}
         for _ in range(args.repeats):
             for name, (run, _) in cases.items():
-                times[name].append(seconds(run, device))
+                times[name].append(seconds(run, device, clock))
         for name, (run, leaves) in cases.items():
             added = peak_memory(run, device) / 2**20
             peak = added + sum(t.nbytes for t in leaves) / 2**20
@@ -187,13 +205,13 @@ def main() -> None:
     args = parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    if device.type == "cpu" and os.environ.get(MMAP_ENV) is None:
-        os.environ[MMAP_ENV] = "65536"  # see the module docstring: makes freed buffers visible in RSS
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+    if device.type == "cpu":
+        glibc_malloc(memory_visible=False)
     if args.threads:
         torch.set_num_threads(args.threads)
+    clock = benchmark_clock(args.cpu_time)
     torch.manual_seed(0)
-    rows = measure(args, device)
+    rows = measure(args, device, clock)
     # The issue's targets: CPU at L=1024 (forward), GPU at L=2048 (forward+backward).
     train = device.type == "cuda" or args.backward
     print_table(rows, device, train, target_length=2048 if device.type == "cuda" else 1024)

@@ -3,8 +3,8 @@ FlexAttention, in blocks of query rows with a recomputing backward (lamflow.lam.
 low-rank masks) as one fused SDPA call. All are exact; they differ in speed, memory and where they train.
 
 All functions take q, k, v of shape (B, H, L, head_dim) and a key padding mask (B, L), True = padding.
-Padding is applied *after* M is combined with the scores, as a -inf fill: M can never un-mask a padded
-key, and in "mul" mode -inf is never multiplied by M (which would give nan for M <= 0).
+Padding is applied *after* M is combined with the scores, as -inf (a fill, or an added -inf bias): M can
+never un-mask a padded key, and in "mul" mode -inf is never multiplied by M (nan for M <= 0).
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from lamflow.lam.generator import LAMMask
 
 # torch.compile is lazy: nothing is compiled until the first call. One module-level object means every
 # encoder and layer (and benchmarks/attention.py's flex row without a mask) shares its compile cache (the
-# first CPU compile takes ~10-20 s). dynamic=True because
-# sequence lengths change from batch to batch, and because torch 2.14.1's automatic switch to dynamic
-# shapes (static first compile, dynamic recompile on the next length) fails for our score_mod in the CPU
-# C++ codegen ("'cur_kvSplitSize8' was not declared in this scope"); a dynamic first compile does not.
+# first CPU compile takes ~10-20 s). dynamic=True because sequence lengths change from batch to batch, and
+# because torch 2.14.1's automatic switch to dynamic shapes (static first compile, dynamic recompile on the
+# next length) fails for our score_mod in the CPU C++ codegen ("'cur_kvSplitSize8' was not declared in this
+# scope"); a dynamic first compile does not.
 compiled_flex_attention = torch.compile(flex_attention, dynamic=True)
 
 
@@ -87,16 +87,16 @@ def flex_unavailable_reason(device: torch.device, needs_grad: bool) -> str | Non
     if device.type not in ("cpu", "cuda"):
         return (
             f"FlexAttention is only supported on cpu and cuda devices here, not {device.type}; "
-            'use attention="eager" or "auto" on this device'
+            'use attention="auto" (or "blocked", "eager") on this device'
         )
     if device.type == "cpu" and needs_grad:
         return (
             f"FlexAttention has no CPU backward in torch {torch.__version__} "
-            '("FlexAttention does not support backward on CPU"); use attention="eager" or "auto" to train on '
-            'CPU, or run the forward under torch.no_grad()'
+            '("FlexAttention does not support backward on CPU"); use attention="auto" (or "blocked", "eager") '
+            'to train on CPU, or run the forward under torch.no_grad()'
         )
     if device.type == "cpu" and not torch.cpu._is_avx2_supported():
-        return 'FlexAttention on CPU needs a CPU with AVX2; use attention="eager" or "auto" on this machine'
+        return 'FlexAttention on CPU needs a CPU with AVX2; use attention="auto" (or "blocked", "eager") here'
     return None
 
 
