@@ -79,11 +79,11 @@ class LAMMask:
         """Distinct masks per sample: 1 (shared by all attention heads) or one per head."""
         return (self.logits if self.logits is not None else self.u).shape[1]
 
-    def logits_rows(self, sample: int, rows: slice) -> Tensor:
-        """The logits of one sample's query rows, (Hm, len(rows), L), without forming the other rows."""
+    def logits_rows(self, sample: int, rows: slice, heads: slice = slice(None)) -> Tensor:
+        """The logits of one sample's query rows (and mask heads), (heads, rows, L), forming nothing else."""
         if self.logits is not None:
-            return self.logits[sample, :, rows]
-        return self.u[sample, :, rows] @ self.v[sample].transpose(-1, -2)
+            return self.logits[sample, heads, rows]
+        return self.u[sample, heads, rows] @ self.v[sample, heads].transpose(-1, -2)
 
     def tensors(self) -> list[Tensor]:
         return [t for t in (self.logits, self.u, self.v) if t is not None]

@@ -18,11 +18,17 @@ GATED = [(combine, gate, generator) for combine in ("mul", "add") for gate, gene
          (("sigmoid", "fixed"), ("softplus", "dynamic"))]
 
 
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Blocks of 2 query rows for all heads (6 per sample at LENGTH, the last one partial); the additive
-    forward's SDPA blocks, budgeted per mask head, hold 6 rows when the mask is shared."""
-    monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", 2 * HEADS * LENGTH)
+@pytest.fixture(params=["row-blocks", "head-groups"])
+def small_blocks(monkeypatch, request):
+    """Blocks small enough that every sample has several, the last one partial: 6 + 5 query rows of one
+    head, or all rows of 2 + 1 heads. (The additive forward's SDPA blocks take all heads and the rows the
+    budget leaves: 6 + 5 for a shared mask with row blocks.)"""
+    budget = {"row-blocks": 6 * LENGTH, "head-groups": 2 * LENGTH * LENGTH}[request.param]
+    monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", budget)
+    assert blocked.blocks(HEADS, LENGTH) == {
+        "row-blocks": ([slice(0, 6), slice(6, 11)], [slice(0, 1), slice(1, 2), slice(2, 3)]),
+        "head-groups": ([slice(0, 11)], [slice(0, 2), slice(2, 3)]),
+    }[request.param]
 
 
 def encoder_pair(device: str = "cpu", **options) -> tuple[LAMEncoder, LAMEncoder]:
@@ -188,5 +194,7 @@ def test_forward_and_backward_never_allocate_batch_heads_length_squared(monkeypa
 
     assert record("eager").elements >= scores  # the measurement sees the reference's scores
     fast = record("blocked")
-    assert fast.softmaxes >= batch_size * length // (block // (heads * length))  # it saw every backward block
+    row_blocks, head_groups = blocked.blocks(heads, length)
+    assert len(row_blocks) * len(head_groups) > 1
+    assert fast.softmaxes >= batch_size * len(row_blocks) * len(head_groups)  # it saw every backward block
     assert fast.elements <= max(block, largest_input)
