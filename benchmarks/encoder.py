@@ -82,7 +82,8 @@ def build_encoders(args: argparse.Namespace, device: torch.device) -> dict[str, 
             for path in args.attention:
                 if not can_run(path, device, args.backward, combine, generator):
                     continue
-                encoder = LAMEncoder(LAMConfig(mask="multi", combine=combine, generator=generator, attention=path, **shape))
+                cfg = LAMConfig(mask="multi", combine=combine, generator=generator, attention=path, **shape)
+                encoder = LAMEncoder(cfg)
                 if reference is None:
                     encoder.load_state_dict(vanilla.state_dict(), strict=False)
                     with torch.no_grad():  # masks that are not the identity (the speed does not depend on it)
@@ -143,7 +144,8 @@ def main() -> None:
         previous = bool(path) and path == previous_auto(device, args.backward, args.length, combine, generator)
         rows.append(dict(
             variant=name, ms_median=round(median[name], 2), ms_min=round(fastest[name], 2),
-            ratio_median=round(median[name] / median["vanilla"], 3), ratio_min=round(fastest[name] / fastest["vanilla"], 3),
+            ratio_median=round(median[name] / median["vanilla"], 3),
+            ratio_min=round(fastest[name] / fastest["vanilla"], 3),
             previous_auto=previous,
         ))
     mode = "forward+backward" if args.backward else "forward (no_grad)"

@@ -114,10 +114,10 @@ def choose_backend(requested: str, device: torch.device, needs_grad: bool, lowra
     An explicit path is honoured, or raises saying why it cannot run here. "auto" takes the fastest exact
     path that can run and, when gradients are needed, train (so never flex for CPU training):
     - CUDA: lowrank-sdpa for additive low-rank masks without gate (one fused SDPA call), else flex;
-    - CPU and other devices: blocked. On a 2-core CPU (benchmarks/attention.py and benchmarks/encoder.py,
-      fp32, batch 2) it is faster than flex's CPU forward and the eager reference at every length measured,
-      and for combine="add" its SDPA float-mask forward is faster than lowrank-sdpa's while its training
-      step is as fast; its memory never grows with B x H x L x L.
+    - CPU and other devices: blocked, which trains (flex has no CPU backward), never forms B x H x L x L,
+      and needs no compile. Forward on the 2-core CPU it was tuned on (fp32, batch 2, README "Figures"):
+      1.08-1.25x SDPA at L=256-2048 in 1-thread CPU time, below flex (1.27-1.50x), eager (up to 3.9x) and
+      lowrank-sdpa (1.24-1.32x); whole encoder at L=1024, 2-thread wall: 1.08-1.22x vs flex 1.26-1.40x.
     """
     if requested == "auto":
         if device.type == "cuda":

@@ -58,17 +58,18 @@ _sample_pools: dict[int, ThreadPoolExecutor] = {}
 os.register_at_fork(after_in_child=_sample_pools.clear)
 
 
-def for_each_sample(work: Callable[[int], None], batch: int) -> None:
+def for_each_sample(work: Callable[[int], None], batch: int, device: torch.device) -> None:
     """work(sample) for every sample, without gradient recording.
 
-    With several torch threads and samples, whole samples run in parallel, one per thread, each thread's ops
-    on 1 intra-op thread (samples outnumbering threads queue). Why: a block's ops are short, and splitting
-    each across threads costs a barrier per op; on a busy machine every barrier waits for a descheduled
-    thread. Measured on the 2 shared cores at load ~5: fwd+bwd at L=1024, 8 heads, batch 2, 4.7-6x SDPA
-    with per-op threads, 1.2-1.6x with per-sample threads. With one sample or one thread: a plain loop.
+    On CPU with several torch threads and samples, whole samples run in parallel, one per thread, each
+    thread's ops on 1 intra-op thread (samples outnumbering threads queue). Why: a block's ops are short,
+    and splitting each across threads costs a barrier per op, which waits for a descheduled thread on a busy
+    machine. Measured on the 2 cores here, L=1024, 8 heads, batch 2: forward 2.0x SDPA with per-op threads
+    vs 1.25x with per-sample threads when idle; fwd+bwd 4.7-6x vs 1.2-1.6x at load ~5. Otherwise (one
+    sample, one thread, or a GPU, whose kernels are asynchronous anyway): a plain loop.
     """
     threads = torch.get_num_threads()
-    if threads == 1 or batch == 1:
+    if threads == 1 or batch == 1 or device.type != "cpu":
         for sample in range(batch):
             work(sample)
         return
@@ -95,7 +96,8 @@ def _padding_bias_per_sample(key_padding: Tensor | None, batch: int, dtype: torc
     boolean mask. (Only a score that overflowed to +inf at a padded key would differ: nan instead of -inf.)"""
     if key_padding is None:
         return [None] * batch
-    bias = torch.zeros(key_padding.shape, dtype=dtype, device=key_padding.device).masked_fill_(key_padding, float("-inf"))
+    bias = torch.zeros(key_padding.shape, dtype=dtype, device=key_padding.device)
+    bias.masked_fill_(key_padding, float("-inf"))
     return [row[None, None] if has_padding else None for row, has_padding in zip(bias, key_padding.any(1).tolist())]
 
 
@@ -136,7 +138,7 @@ def _blocked_forward(scaled_q: Tensor, k: Tensor, v: Tensor, mask: LAMMask, pads
                 combined = _combine(scores, values, mask.combine, pads[sample], in_place=True)
                 torch.bmm(combined.softmax(dim=-1), v[sample, group], out=out[sample, group, rows])
 
-    for_each_sample(attend, batch)
+    for_each_sample(attend, batch, scaled_q.device)
     return out
 
 
@@ -164,7 +166,7 @@ def _sdpa_forward(scaled_q: Tensor, k: Tensor, v: Tensor, mask: LAMMask, key_pad
                 scaled_q[sample, None, :, rows], k[sample, None], v[sample, None], attn_mask=bias[None], scale=1.0
             )[0]
 
-    for_each_sample(attend, batch)
+    for_each_sample(attend, batch, scaled_q.device)
     return out
 
 
@@ -237,7 +239,7 @@ class BlockedLAMAttention(torch.autograd.Function):
                 if shared is not None:
                     to_generator(sample, rows, slice(0, 1), shared[0], grad_shared)
 
-        for_each_sample(backpropagate, batch)
+        for_each_sample(backpropagate, batch, q.device)
         return grad_q, grad_k, grad_v, grad_logits, grad_u, grad_w, None, None, None
 
 

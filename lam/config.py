@@ -67,7 +67,8 @@ class LAMConfig:
             raise ValueError(f"LAMConfig.mlp_ratio={self.mlp_ratio!r} is not valid; allowed values: numbers > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LAMConfig.dropout={self.dropout!r} is not valid; allowed values: 0 <= dropout < 1")
-        if self.attention == "lowrank-sdpa" and (self.combine, self.generator, self.mask_gate) != ("add", "dynamic", "none"):
+        lowrank_additive = (self.combine, self.generator, self.mask_gate) == ("add", "dynamic", "none")
+        if self.attention == "lowrank-sdpa" and not lowrank_additive:
             raise ValueError(
                 f"LAMConfig.attention='lowrank-sdpa' is not valid with combine={self.combine!r}, "
                 f"generator={self.generator!r}, mask_gate={self.mask_gate!r}: it needs combine='add', "
