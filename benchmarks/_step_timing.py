@@ -1,5 +1,5 @@
-"""Shared by benchmarks/train_step.py and benchmarks/loader.py: the default model's config and the wall time
-of one training step as the trainer runs it (forward, task loss, backward, AdamW update).
+"""Shared by the benchmarks: the default model's config, the clock they time with, and the time of one training
+step as the trainer runs it (forward, task loss, backward, AdamW update).
 
 Not a script: the benchmarks import it as ``_step_timing`` (a script's own folder is on ``sys.path``).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -18,14 +18,28 @@ from lamflow.train.losses import TASK_LOSSES
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "train" / "configs" / "qvhighlights_lam.yaml"
 
 
+CPU_TIME_HELP = (
+    "time with the CPU time of torch on 1 thread instead of wall time: every CPU kernel (backward included) then "
+    "runs on the calling thread, so other processes on a shared machine cannot inflate it"
+)
+
+
+def benchmark_clock(cpu_time: bool) -> Callable[[], float]:
+    """The clock of --cpu-time (see CPU_TIME_HELP; sets torch to 1 thread) or wall time."""
+    if not cpu_time:
+        return time.perf_counter
+    torch.set_num_threads(1)
+    return time.thread_time
+
+
 def train_step_seconds(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Any], config: TrainConfig,
-    device: torch.device,
+    device: torch.device, clock: Callable[[], float] = time.perf_counter,
 ) -> float:
     """Seconds of one step on ``batch`` (already on ``device``), with the config's task loss and autocast."""
     if device.type == "cuda":  # time the kernels, not their launch
         torch.cuda.synchronize()
-    started = time.perf_counter()
+    started = clock()
     with autocast(device, config.run.amp):
         loss = TASK_LOSSES[config.data.task](model(batch), batch, config.model)["loss"]
     loss.backward()
@@ -33,4 +47,4 @@ def train_step_seconds(
     optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - started
+    return clock() - started

@@ -1,9 +1,10 @@
 """Attention paths: vanilla SDPA, and LAM attention softmax(S (*|+) M) as an eager reference, fused with
-FlexAttention, or (additive low-rank masks) as one fused SDPA call.
+FlexAttention, in blocks of query rows with a recomputing backward (lamflow.lam.blocked), or (additive
+low-rank masks) as one fused SDPA call. All are exact; they differ in speed, memory and where they train.
 
 All functions take q, k, v of shape (B, H, L, head_dim) and a key padding mask (B, L), True = padding.
-Padding is applied *after* M is combined with the scores, as a -inf fill: M can never un-mask a padded
-key, and in "mul" mode -inf is never multiplied by M (which would give nan for M <= 0).
+Padding is applied *after* M is combined with the scores, as -inf (a fill, or an added -inf bias): M can
+never un-mask a padded key, and in "mul" mode -inf is never multiplied by M (nan for M <= 0).
 """
 from __future__ import annotations
 
@@ -12,17 +13,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention.flex_attention import flex_attention
 
+from lamflow.lam.blocked import blocked_lam_attention
 from lamflow.lam.generator import LAMMask
 
-# benchmarks/attention.py on a 2-core CPU, fp32 forward: eager is faster below this length; from it on
-# flex is about as fast and needs 5-6x less memory (it never materialises the B x H x L x L scores).
-FLEX_MIN_LENGTH_CPU = 1024
-
 # torch.compile is lazy: nothing is compiled until the first call. One module-level object means every
-# encoder and layer (and benchmarks/attention.py's flex row without a mask) shares its compile cache (the first CPU compile takes ~10-20 s). dynamic=True because
-# sequence lengths change from batch to batch, and because torch 2.14.1's automatic switch to dynamic
-# shapes (static first compile, dynamic recompile on the next length) fails for our score_mod in the CPU
-# C++ codegen ("'cur_kvSplitSize8' was not declared in this scope"); a dynamic first compile does not.
+# encoder and layer (and benchmarks/attention.py's flex row without a mask) shares its compile cache (the
+# first CPU compile takes ~10-20 s). dynamic=True because sequence lengths change from batch to batch, and
+# because torch 2.14.1's automatic switch to dynamic shapes (static first compile, dynamic recompile on the
+# next length) fails for our score_mod in the CPU C++ codegen ("'cur_kvSplitSize8' was not declared in this
+# scope"); a dynamic first compile does not.
 compiled_flex_attention = torch.compile(flex_attention, dynamic=True)
 
 
@@ -88,43 +87,54 @@ def flex_unavailable_reason(device: torch.device, needs_grad: bool) -> str | Non
     if device.type not in ("cpu", "cuda"):
         return (
             f"FlexAttention is only supported on cpu and cuda devices here, not {device.type}; "
-            'use attention="eager" or "auto" on this device'
+            'use attention="auto" (or "blocked", "eager") on this device'
         )
     if device.type == "cpu" and needs_grad:
         return (
             f"FlexAttention has no CPU backward in torch {torch.__version__} "
-            '("FlexAttention does not support backward on CPU"); use attention="eager" or "auto" to train on '
-            'CPU, or run the forward under torch.no_grad()'
+            '("FlexAttention does not support backward on CPU"); use attention="auto" (or "blocked", "eager") '
+            'to train on CPU, or run the forward under torch.no_grad()'
         )
     if device.type == "cpu" and not torch.cpu._is_avx2_supported():
-        return 'FlexAttention on CPU needs a CPU with AVX2; use attention="eager" or "auto" on this machine'
+        return 'FlexAttention on CPU needs a CPU with AVX2; use attention="auto" (or "blocked", "eager") here'
     return None
 
 
-def choose_backend(requested: str, device: torch.device, needs_grad: bool, length: int, lowrank_additive: bool) -> str:
-    """The LAM path to run. "eager" and "flex" are honoured (an impossible "flex" raises and says why);
-    "auto" takes the fastest path that can run, and never one that cannot train when gradients are needed:
-    1. lowrank-sdpa for additive low-rank masks without gate (exact, fused, has a backward everywhere);
-    2. flex on CUDA, and on CPU without gradients from FLEX_MIN_LENGTH_CPU tokens on (below that the
-       eager reference is faster on CPU);
-    3. eager otherwise."""
-    if requested not in ("auto", "eager", "flex"):
-        raise ValueError(f"attention={requested!r} is not valid; allowed values: auto, eager, flex")
-    if requested == "eager":
-        return "eager"
-    reason = flex_unavailable_reason(device, needs_grad)
+LAM_PATHS = {
+    "eager": eager_lam_attention,
+    "flex": flex_lam_attention,
+    "blocked": blocked_lam_attention,
+    "lowrank-sdpa": lowrank_additive_attention,
+}
+
+
+def choose_backend(requested: str, device: torch.device, needs_grad: bool, lowrank_additive: bool) -> str:
+    """The LAM path to run: a key of LAM_PATHS.
+
+    An explicit path is honoured, or raises saying why it cannot run here. "auto" takes the fastest exact
+    path that can run and, when gradients are needed, train (so never flex for CPU training):
+    - CUDA: lowrank-sdpa for additive low-rank masks without gate (one fused SDPA call), else flex;
+    - CPU and other devices: blocked, which trains (flex has no CPU backward), never forms B x H x L x L,
+      and needs no compile. Forward on the 2-core CPU it was tuned on (fp32, batch 2, README "Figures"):
+      1.08-1.25x SDPA at L=256-2048 in 1-thread CPU time, below flex (1.27-1.50x), eager (up to 3.9x) and
+      lowrank-sdpa (1.24-1.32x); whole encoder at L=1024, 2-thread wall: 1.08-1.22x vs flex 1.26-1.40x.
+    """
+    if requested == "auto":
+        if device.type == "cuda":
+            return "lowrank-sdpa" if lowrank_additive else "flex"
+        return "blocked"
     if requested == "flex":
+        reason = flex_unavailable_reason(device, needs_grad)
         if reason:
             raise RuntimeError(f'attention="flex" cannot run: {reason}')
-        return "flex"
-    if lowrank_additive:
-        return "lowrank-sdpa"
-    if reason is None and (device.type == "cuda" or length >= FLEX_MIN_LENGTH_CPU):
-        return "flex"
-    return "eager"
-
-
-LAM_PATHS = {"eager": eager_lam_attention, "flex": flex_lam_attention, "lowrank-sdpa": lowrank_additive_attention}
+    if requested == "lowrank-sdpa" and not lowrank_additive:
+        raise RuntimeError(
+            'attention="lowrank-sdpa" cannot run: it needs an additive low-rank mask without gate '
+            '(combine="add", generator="dynamic", mask_gate="none")'
+        )
+    if requested not in LAM_PATHS:
+        raise ValueError(f"attention={requested!r} is not valid; allowed values: auto, {', '.join(LAM_PATHS)}")
+    return requested
 
 
 def lam_attention(
@@ -135,5 +145,5 @@ def lam_attention(
         return vanilla_attention(q, k, v, key_padding)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *mask.tensors()))
     lowrank_additive = mask.u is not None and mask.combine == "add" and mask.gate == "none"
-    path = choose_backend(attention, q.device, needs_grad, q.shape[-2], lowrank_additive)
+    path = choose_backend(attention, q.device, needs_grad, lowrank_additive)
     return LAM_PATHS[path](q, k, v, mask, key_padding)

@@ -11,7 +11,7 @@ CHOICES = {
     "generator": ("fixed", "dynamic"),
     "generator_input": ("hidden", "input"),
     "mask_gate": ("none", "sigmoid", "softplus"),
-    "attention": ("auto", "eager", "flex"),
+    "attention": ("auto", "eager", "flex", "blocked", "lowrank-sdpa"),
 }
 # Fields that shape the learnable mask and mean nothing with mask="none" (vanilla attention): ablations
 # collapse the vanilla variants that differ only in these.
@@ -33,8 +33,11 @@ class LAMConfig:
     generator_input (multi only): the hidden states entering each layer, or the encoder input.
     mask_gate: optional squashing of M ("sigmoid": M in (0, 2) for mul; "softplus": M > 0), chosen so
       that M is still the identity of `combine` at initialisation.
-    attention: "eager" (materialised reference), "flex" (fused FlexAttention; forward-only on CPU) or
-      "auto" (the fastest one that can run, never one that cannot train when gradients are needed).
+    attention: the path computing LAM attention, all exact: "eager" (the materialised reference), "flex"
+      (fused FlexAttention; forward-only on CPU), "blocked" (query-row blocks with a recomputing backward,
+      never B x H x L x L; any device), "lowrank-sdpa" (one fused SDPA call; only for combine="add",
+      generator="dynamic", mask_gate="none") or "auto" (the fastest that can run here and, when gradients
+      are needed, train; see lamflow.lam.attention.choose_backend).
     """
 
     dim: int = 256
@@ -73,6 +76,13 @@ class LAMConfig:
             raise FieldError("LAMConfig", "mlp_ratio", self.mlp_ratio, "numbers > 0")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise FieldError("LAMConfig", "dropout", self.dropout, "0 <= dropout < 1")
+        lowrank_additive = (self.combine, self.generator, self.mask_gate) == ("add", "dynamic", "none")
+        if self.attention == "lowrank-sdpa" and not lowrank_additive:
+            raise FieldError(
+                "LAMConfig", "attention", self.attention,
+                f"auto, eager, flex, blocked (lowrank-sdpa needs combine='add', generator='dynamic', mask_gate='none'; "
+                f"this config has combine={self.combine!r}, generator={self.generator!r}, mask_gate={self.mask_gate!r})",
+            )
         if not isinstance(self.mask_per_head, bool):
             raise FieldError("LAMConfig", "mask_per_head", self.mask_per_head, "True, False")
 

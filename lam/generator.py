@@ -17,19 +17,41 @@ from lamflow.lam.config import LAMConfig
 LN2 = math.log(2.0)
 
 
+def log_softplus_gate(z: Tensor) -> Tensor:
+    """log(softplus(z) / ln 2), finite with a finite gradient for every finite z.
+
+    Computed naively it is -inf once softplus(z) underflows (z below about -104 in fp32). Where exp(z) is
+    below the dtype's smallest normal number, softplus(z) = exp(z) (1 - exp(z)/2 + ...) equals exp(z) to
+    working precision, so the log is z itself. The other branch sees z clamped to that threshold, so its
+    gradient is finite too (torch.where would otherwise multiply a 0/0 = nan gradient by 0).
+    """
+    threshold = math.log(torch.finfo(z.dtype).tiny)
+    safe = torch.log(F.softplus(z.clamp(min=threshold)) / LN2)
+    return torch.where(z < threshold, z - math.log(LN2), safe)
+
+
 def mask_values(z: Tensor, combine: str, gate: str) -> Tensor:
-    """M from logits z, elementwise.
+    """M from logits z, elementwise; finite (with finite gradients) for every finite z.
 
     The gates are positive factors g(z) with g(0) = 1 (sigmoid: 2*sigmoid(z) in (0, 2); softplus:
     softplus(z)/ln 2 > 0). "add" uses log g(z): adding it to the scores multiplies the unnormalised
-    attention weights by g, the additive counterpart of gating the scores.
+    attention weights by g, the additive counterpart of gating the scores. Both logs are computed stably
+    (logsigmoid, log_softplus_gate): a gate that underflows would otherwise give -inf, and nan for a whole row.
     """
     if gate == "none":
         return 1.0 + z if combine == "mul" else z
     if gate == "sigmoid":
         return 2.0 * torch.sigmoid(z) if combine == "mul" else F.logsigmoid(z) + LN2
-    factor = F.softplus(z) / LN2
-    return factor if combine == "mul" else torch.log(factor)
+    return F.softplus(z) / LN2 if combine == "mul" else log_softplus_gate(z)
+
+
+def mask_values_vjp(z: Tensor, grad_values: Tensor, combine: str, gate: str) -> Tensor:
+    """The gradient with respect to z of <mask_values(z), grad_values> (for hand-written backwards)."""
+    if gate == "none":  # M = 1 + z or M = z
+        return grad_values
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        return torch.autograd.grad(mask_values(z, combine, gate), z, grad_values)[0]
 
 
 @dataclass
@@ -51,6 +73,17 @@ class LAMMask:
         """M as a dense (B, Hm, L, L) tensor."""
         logits = self.logits if self.logits is not None else self.u @ self.v.transpose(-1, -2)
         return mask_values(logits, self.combine, self.gate)
+
+    @property
+    def heads(self) -> int:
+        """Distinct masks per sample: 1 (shared by all attention heads) or one per head."""
+        return (self.logits if self.logits is not None else self.u).shape[1]
+
+    def logits_rows(self, sample: int, rows: slice, heads: slice = slice(None)) -> Tensor:
+        """The logits of one sample's query rows (and mask heads), (heads, rows, L), forming nothing else."""
+        if self.logits is not None:
+            return self.logits[sample, heads, rows]
+        return self.u[sample, heads, rows] @ self.v[sample, heads].transpose(-1, -2)
 
     def tensors(self) -> list[Tensor]:
         return [t for t in (self.logits, self.u, self.v) if t is not None]

@@ -1,10 +1,10 @@
-"""Backend choice: "auto" takes the fastest path that can run and never one that cannot train; an impossible
-explicit "flex" says why; the fused low-rank additive path is exact (forward and gradients)."""
+"""Backend choice: "auto" takes the fastest exact path that can run and never one that cannot train; an
+impossible explicit path says why; the fused low-rank additive path is exact (forward and gradients)."""
 import pytest
 import torch
 
 from lamflow.lam import LAMConfig, LAMEncoder
-from lamflow.lam.attention import FLEX_MIN_LENGTH_CPU, choose_backend
+from lamflow.lam.attention import LAM_PATHS, choose_backend
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -14,24 +14,27 @@ def small_encoder(attention: str, **options) -> LAMEncoder:
     return LAMEncoder(LAMConfig(dim=16, depth=2, heads=2, max_len=8, attention=attention, dropout=0.0, **options))
 
 
-@pytest.mark.parametrize("length", [16, FLEX_MIN_LENGTH_CPU, 4096])
-def test_auto_never_picks_flex_when_gradients_are_needed_on_cpu(length):
-    assert choose_backend("auto", CPU, needs_grad=True, length=length, lowrank_additive=False) == "eager"
+@pytest.mark.parametrize("needs_grad", [True, False])
+@pytest.mark.parametrize("lowrank_additive", [True, False])
+def test_auto_takes_the_blocked_path_on_cpu_and_never_flex(needs_grad, lowrank_additive):
+    assert choose_backend("auto", CPU, needs_grad, lowrank_additive) == "blocked"
 
 
-def test_auto_uses_flex_for_long_cpu_inference_and_always_on_cuda():
-    assert choose_backend("auto", CPU, False, FLEX_MIN_LENGTH_CPU, False) == "flex"
-    assert choose_backend("auto", CPU, False, FLEX_MIN_LENGTH_CPU - 1, False) == "eager"
-    assert choose_backend("auto", CUDA, True, 16, False) == "flex"
+def test_auto_uses_flex_on_cuda_and_the_fused_sdpa_path_for_additive_low_rank_masks():
+    assert choose_backend("auto", CUDA, True, lowrank_additive=False) == "flex"
+    assert choose_backend("auto", CUDA, True, lowrank_additive=True) == "lowrank-sdpa"
 
 
-def test_auto_uses_the_fused_sdpa_path_for_additive_low_rank_masks_even_when_training_on_cpu():
-    assert choose_backend("auto", CPU, True, 16, lowrank_additive=True) == "lowrank-sdpa"
+@pytest.mark.parametrize("path", LAM_PATHS)
+def test_explicit_choices_are_honoured(path):
+    assert choose_backend(path, CUDA, True, lowrank_additive=True) == path
 
 
-def test_explicit_choices_are_honoured():
-    assert choose_backend("eager", CUDA, False, 4096, True) == "eager"
-    assert choose_backend("flex", CPU, False, 16, True) == "flex"
+def test_explicit_lowrank_sdpa_needs_an_additive_low_rank_mask():
+    with pytest.raises(RuntimeError, match=r'"lowrank-sdpa" cannot run: .*combine="add"'):
+        choose_backend("lowrank-sdpa", CPU, True, lowrank_additive=False)
+    with pytest.raises(ValueError, match=r"attention='lowrank-sdpa' is not valid; .*needs combine='add'.*combine='mul'"):
+        LAMConfig(attention="lowrank-sdpa", combine="mul", generator="dynamic")
 
 
 def test_explicit_flex_with_gradients_on_cpu_raises_a_clear_error():
@@ -41,7 +44,7 @@ def test_explicit_flex_with_gradients_on_cpu_raises_a_clear_error():
 
 def test_explicit_flex_on_an_unsupported_device_raises():
     with pytest.raises(RuntimeError, match="only supported on cpu and cuda"):
-        choose_backend("flex", torch.device("meta"), False, 16, False)
+        choose_backend("flex", torch.device("meta"), False, False)
 
 
 def test_auto_encoder_trains_on_cpu():
@@ -53,7 +56,7 @@ def test_auto_encoder_trains_on_cpu():
 @pytest.mark.parametrize("mask_per_head", [False, True])
 def test_fused_low_rank_additive_path_matches_eager_in_forward_and_gradients(mask_per_head):
     options = dict(generator="dynamic", combine="add", mask_per_head=mask_per_head)
-    eager, fused = small_encoder("eager", **options), small_encoder("auto", **options)
+    eager, fused = small_encoder("eager", **options), small_encoder("lowrank-sdpa", **options)
     with torch.no_grad():
         for p in eager.generators.parameters():
             p.normal_(0.0, 0.3)

@@ -51,8 +51,9 @@ def test_every_mode_runs_forward_and_backward(mask, combine, generator):
 
 @pytest.mark.parametrize("mask, combine, generator", LAM_MODES)
 @pytest.mark.parametrize("gate", ["none", "sigmoid", "softplus"])
-def test_lam_at_init_equals_vanilla_with_the_same_weights(mask, combine, generator, gate):
-    lam = make_encoder(seed=0, mask=mask, combine=combine, generator=generator, mask_gate=gate)
+@pytest.mark.parametrize("attention", ["eager", "auto"])
+def test_lam_at_init_equals_vanilla_with_the_same_weights(mask, combine, generator, gate, attention):
+    lam = make_encoder(seed=0, mask=mask, combine=combine, generator=generator, mask_gate=gate, attention=attention)
     vanilla = make_encoder(seed=99, mask="none")
     result = vanilla.load_state_dict(lam.state_dict(), strict=False)
     assert result.missing_keys == []
