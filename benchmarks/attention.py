@@ -33,7 +33,6 @@ import json
 import re
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 

@@ -143,7 +143,8 @@ class LocalSlurm:
     def jobs(self) -> list[dict[str, str]]:
         """Every job slurmctld still knows (running, queued and recently ended), oldest first."""
         lines = self.run("squeue", "--noheader", "--states=all", "--format=%i|%j|%T|%r").stdout.splitlines()
-        return [dict(zip(("id", "name", "state", "reason"), line.split("|"))) for line in sorted(lines, key=lambda l: int(l.split("|")[0]))]
+        rows = sorted(lines, key=lambda row: int(row.split("|")[0]))
+        return [dict(zip(("id", "name", "state", "reason"), line.split("|"))) for line in rows]
 
     def stop(self) -> None:
         """Cancel every job, then stop slurmd, slurmctld and munged (in that order) and delete the root."""

@@ -23,7 +23,8 @@ from lamflow.train.trainer import train
 from contract_shards import write_toy_qvhighlights
 
 CONFIG = Path(__file__).resolve().parents[1] / "train" / "configs" / "qvhighlights_lam.yaml"
-SMALL = ["model.encoder.dim=16", "model.encoder.depth=1", "model.encoder.heads=2", "model.encoder.generator_hidden=16", "model.encoder.generator_rank=2",
+SMALL = ["model.encoder.dim=16", "model.encoder.depth=1", "model.encoder.heads=2", "model.encoder.generator_hidden=16",
+         "model.encoder.generator_rank=2",
          "run.threads=1", "data.loader.num_workers=0", "data.loader.batch_size=2", "optim.warmup_steps=1", "run.log_every=1",
          "run.progress=false", "run.eval_every=0", "data.val_shards="]
 

@@ -160,7 +160,8 @@ def test_a_gres_the_cluster_lacks_is_one_clear_error_before_any_job(slurm, video
 def sbatch_training(slurm: LocalSlurm, toy, run_dir: Path, rdzv_port: int) -> str:
     """cluster/train_sbatch.sh under sbatch: 100 steps of a tiny model on the toy shards, CPU only."""
     overrides = [f"data.train_shards={toy.shards}", f"data.train_annotations={toy.train_annotations}",
-                 "data.val_shards=", "model.encoder.dim=16", "model.encoder.depth=1", "model.encoder.heads=2", "model.encoder.generator_hidden=16",
+                 "data.val_shards=", "model.encoder.dim=16", "model.encoder.depth=1", "model.encoder.heads=2",
+                 "model.encoder.generator_hidden=16",
                  "model.encoder.generator_rank=2", "data.loader.num_workers=0", "data.loader.batch_size=2", "optim.warmup_steps=1",
                  "optim.max_steps=100", "run.log_every=1", "run.checkpoint_every=0", "run.eval_every=0",
                  "run.progress=false", "run.threads=1", f"run.out_dir={run_dir}"]

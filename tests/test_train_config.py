@@ -129,7 +129,8 @@ def test_unknown_field_names_the_field_and_suggests_close_matches(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match=r"unknown field 'model.encoder.maks'; did you mean 'model.encoder.mask'"):
         apply_override(TrainConfig(), "model.encoder.maks=none")
-    with pytest.raises(ConfigError, match=r"unknown field 'rnu'; did you mean 'run'\? \(fields of the top level: data, model, optim, run\)"):
+    expected = r"unknown field 'rnu'; did you mean 'run'\? \(fields of the top level: data, model, optim, run\)"
+    with pytest.raises(ConfigError, match=expected):
         config_from_dict({"rnu": {}})
 
 
