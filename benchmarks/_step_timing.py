@@ -1,10 +1,12 @@
-"""Shared by the benchmarks: the default model's config, the clock they time with, and the time of one training
-step as the trainer runs it (forward, task loss, backward, AdamW update).
+"""Shared by the benchmarks: the default model's config, the clock they time with, their --json files, and the
+time of one training step as the trainer runs it (forward, task loss, backward, AdamW update).
 
 Not a script: the benchmarks import it as ``_step_timing`` (a script's own folder is on ``sys.path``).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +24,13 @@ CPU_TIME_HELP = (
     "time with the CPU time of torch on 1 thread instead of wall time: every CPU kernel (backward included) then "
     "runs on the calling thread, so other processes on a shared machine cannot inflate it"
 )
+
+
+def write_rows_json(path: Path, args: argparse.Namespace, device: torch.device, rows: list[dict[str, Any]]) -> None:
+    """A benchmark's --json file: its rows with the device, torch version, threads and every setting."""
+    settings = {name: value for name, value in vars(args).items() if name != "json"}
+    info = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(), settings=settings)
+    path.write_text(json.dumps(dict(info, rows=rows), indent=2, default=str))
 
 
 def benchmark_clock(cpu_time: bool) -> Callable[[], float]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import re
 import statistics
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from _step_timing import CPU_TIME_HELP, benchmark_clock
+from _step_timing import CPU_TIME_HELP, benchmark_clock, write_rows_json
 
 from lamflow.lam.attention import LAM_PATHS, compiled_flex_attention, vanilla_attention
 from lamflow.lam.generator import LAMMask
@@ -215,9 +214,7 @@ def main() -> None:
     train = device.type == "cuda" or args.backward
     print_table(rows, device, train, target_length=2048 if device.type == "cuda" else 1024)
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        info = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(), settings=settings)
-        args.json.write_text(json.dumps(dict(info, rows=rows), indent=2))
+        write_rows_json(args.json, args, device, rows)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,13 @@ the minimum per row and the ratios of medians (and of minima) to vanilla.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
-from _step_timing import CPU_TIME_HELP, benchmark_clock
+from _step_timing import CPU_TIME_HELP, benchmark_clock, write_rows_json
 
 from lamflow.lam import LAMConfig, LAMEncoder
 
@@ -158,9 +157,7 @@ def main() -> None:
         print(f"{row['variant']:28} {row['ms_median']:10.1f} {row['ms_min']:10.1f} {row['ratio_median']:9.3f} "
               f"{row['ratio_min']:7.3f}{note}")
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        info = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(), settings=settings)
-        args.json.write_text(json.dumps(dict(info, rows=rows), indent=2))
+        write_rows_json(args.json, args, device, rows)
 
 
 if __name__ == "__main__":

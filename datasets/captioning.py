@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from lamflow.datasets.caption_text import collate_captions, encode_caption
-from lamflow.errors import DataFileError
-from lamflow.fileio import iter_jsonl, read_json
-
-MSRVTT_SPLITS = ("train", "validate", "test")
+from lamflow.datasets.msrvtt_format import CaptionFileError, caption_field, name_field, read_videodatainfo
+from lamflow.fileio import iter_jsonl
 
 
-class CaptionFileError(DataFileError):
-    """A caption file that breaks its format (message: file and record, field, fix)."""
+def caption_of(record: Mapping[str, Any], field: str, where: str) -> tuple[str, tuple[int, ...]]:
+    """(text, BPE ids) of a record's caption field; an empty caption is a :class:`CaptionFileError`."""
+    text = caption_field(record, field, where)
+    return text, tuple(encode_caption(text))
 
 
 @dataclass(frozen=True)
@@ -37,54 +37,14 @@ class Caption:
     tokens: tuple[int, ...]  # [START, BPE ids..., END]
 
 
-def caption_of(record: Mapping[str, Any], field: str, where: str) -> tuple[str, tuple[int, ...]]:
-    """(text, BPE ids) of a record's caption field; an empty caption is a :class:`CaptionFileError`."""
-    text = record.get(field)
-    if not isinstance(text, str) or not text.strip():
-        raise CaptionFileError(f"{where}: '{field}' must be a non-empty caption, got {text!r}; fix or remove the record")
-    return text, tuple(encode_caption(text))
-
-
-def _name(record: Mapping[str, Any], field: str, where: str) -> str:
-    value = record.get(field)
-    if not isinstance(value, str) or not value:
-        raise CaptionFileError(f"{where}: '{field}' must be a non-empty string (the video name), got {value!r}")
-    return value
-
-
 def _msrvtt_captions(path: Path, split: str | None) -> dict[str, list[Caption]]:
-    document = read_json(path, "MSRVTT videodatainfo file")
-    if not isinstance(document, dict) or not isinstance(document.get("videos"), list) or not isinstance(
-        document.get("sentences"), list
-    ):
-        raise CaptionFileError(f"{path}: expected an MSRVTT videodatainfo object with lists 'videos' and 'sentences' "
-                               "(for {\"vid\", \"caption\"} lines use a .jsonl name)")
-    splits: dict[str, str] = {}
-    for index, video in enumerate(document["videos"]):
-        where = f"{path}: videos[{index}]"
-        if not isinstance(video, dict):
-            raise CaptionFileError(f"{where}: expected an object with 'video_id' and 'split'")
-        vid = _name(video, "video_id", where)
-        if not isinstance(video.get("split"), str):
-            raise CaptionFileError(f"{where}: 'split' must be one of {', '.join(MSRVTT_SPLITS)}, got {video.get('split')!r}")
-        if vid in splits:
-            raise CaptionFileError(f"{where}: video_id {vid!r} is listed twice")
-        splits[vid] = video["split"]
-    present = sorted(set(splits.values()))
-    if split is None and len(present) > 1:
-        raise CaptionFileError(f"{path} holds the splits {present}: choose one (the split setting of this task)")
-    if split is not None and split not in present:
-        raise CaptionFileError(f"{path}: no video has split {split!r}; the file's splits are {present}")
+    info = read_videodatainfo(path, split)
+    if split is None and len(info.present_splits()) > 1:
+        raise CaptionFileError(f"{path} holds the splits {info.present_splits()}: choose one (the split setting of this task)")
     captions: dict[str, list[Caption]] = {}
-    for index, sentence in enumerate(document["sentences"]):
-        where = f"{path}: sentences[{index}]"
-        if not isinstance(sentence, dict):
-            raise CaptionFileError(f"{where}: expected an object with 'video_id' and 'caption'")
-        vid = _name(sentence, "video_id", where)
-        if vid not in splits:
-            raise CaptionFileError(f"{where}: video_id {vid!r} is not in 'videos'")
-        if split is None or splits[vid] == split:
-            captions.setdefault(vid, []).append(Caption(vid, *caption_of(sentence, "caption", where)))
+    for vid, text in info.sentences:
+        if split is None or info.splits[vid] == split:
+            captions.setdefault(vid, []).append(Caption(vid, text, tuple(encode_caption(text))))
     return captions
 
 
@@ -94,7 +54,7 @@ def _jsonl_captions(path: Path) -> dict[str, list[Caption]]:
         where = f"{path}:{line}"
         if not isinstance(record, dict):
             raise CaptionFileError(f"{where}: expected an object {{\"vid\", \"caption\"}}")
-        vid = _name(record, "vid", where)
+        vid = name_field(record, "vid", where)
         captions.setdefault(vid, []).append(Caption(vid, *caption_of(record, "caption", where)))
     return captions
 

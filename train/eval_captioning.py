@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from lamflow.errors import LamflowError
-from lamflow.fileio import iter_jsonl, read_json
+from lamflow.datasets.msrvtt_format import read_videodatainfo
+from lamflow.fileio import iter_jsonl
 from lamflow.train.eval_qvhighlights import EvaluationInputError, listed
 
 BLEU_KEYS: tuple[str, ...] = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4")
@@ -47,41 +48,11 @@ def _video_id(record: Mapping, field: str, where: str) -> str:
 
 def _msrvtt_references(path: Path, split: str | None) -> tuple[dict[str, list[str]], dict[str, str]]:
     """References per video of an MSRVTT videodatainfo file, and every listed video's split."""
-    document = read_json(path, "MSRVTT videodatainfo file")
-    if not isinstance(document, dict) or not isinstance(document.get("videos"), list) or not isinstance(
-        document.get("sentences"), list
-    ):
-        raise EvaluationInputError(
-            f"{path}: expected an MSRVTT videodatainfo object with lists 'videos' and 'sentences' "
-            "(for a JSON-lines file of {\"vid\", \"caption\"} references use a .jsonl name)"
-        )
-    splits: dict[str, str] = {}
-    for index, video in enumerate(document["videos"]):
-        where = f"{path}: videos[{index}]"
-        if not isinstance(video, dict):
-            raise EvaluationInputError(f"{where}: expected an object with 'video_id' and 'split'")
-        vid = _video_id(video, "video_id", where)
-        video_split = video.get("split")
-        if not isinstance(video_split, str):
-            raise EvaluationInputError(f"{where}: 'split' must be a string (train, validate or test)")
-        if vid in splits:
-            raise EvaluationInputError(f"{where}: video_id {vid!r} is listed twice")
-        splits[vid] = video_split
-    if split is not None and split not in splits.values():
-        raise EvaluationInputError(
-            f"{path}: no video has split {split!r}; the file's splits are {sorted(set(splits.values()))}"
-        )
+    info = read_videodatainfo(path, split)
     references: dict[str, list[str]] = {
-        vid: [] for vid, video_split in splits.items() if split is None or video_split == split
+        vid: [] for vid, video_split in info.splits.items() if split is None or video_split == split
     }
-    for index, sentence in enumerate(document["sentences"]):
-        where = f"{path}: sentences[{index}]"
-        if not isinstance(sentence, dict):
-            raise EvaluationInputError(f"{where}: expected an object with 'video_id' and 'caption'")
-        vid = _video_id(sentence, "video_id", where)
-        if vid not in splits:
-            raise EvaluationInputError(f"{where}: video_id {vid!r} is not in 'videos'")
-        caption = _caption(sentence, "caption", where)
+    for vid, caption in info.sentences:
         if vid in references:
             references[vid].append(caption)
     unreferenced = {vid for vid, captions in references.items() if not captions}
@@ -89,7 +60,7 @@ def _msrvtt_references(path: Path, split: str | None) -> tuple[dict[str, list[st
         raise EvaluationInputError(
             f"{path}: {len(unreferenced)} video(s) have no sentence to score against: {listed(unreferenced)}"
         )
-    return references, splits
+    return references, info.splits
 
 
 def _jsonl_references(path: Path) -> dict[str, list[str]]:
