@@ -1,8 +1,7 @@
 """Audio description (MAD-v2 / AutoAD style) over lamflow shards: one item per AD, cut out of its movie.
 
-AD files are JSONL, one AD per line: ``ad_id`` (string or integer), the movie (``movie`` or ``movie_id``),
-``start`` and ``end`` in seconds, and the text (``text`` or ``ad``) -- the field names MAD-v2's loaders
-write, and the reference format of ``lamflow eval ad``. A movie is one shard sample (frames imported with
+AD files are JSONL, one AD per line (``datasets/ad_format.py``; the reference format of ``lamflow eval
+ad``). A movie is one shard sample (frames imported with
 ``lamflow import-h5`` or extracted), joined by its name like any video.
 
 An item is the AD's context: the tokens of every stream whose timestamps fall in
@@ -15,21 +14,16 @@ do not belong together.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from lamflow.datasets.caption_text import collate_captions
-from lamflow.datasets.captioning import CaptionFileError, caption_of
-from lamflow.fileio import iter_jsonl
+from lamflow.datasets.ad_format import read_ads
+from lamflow.datasets.caption_text import collate_captions, encode_caption
+from lamflow.datasets.msrvtt_format import CaptionFileError
 
-# Field names of an AD record, the first one present is used (the second spelling is the one third-party
-# MAD-v2 loaders write; ``lamflow eval ad`` reads the same names).
-MOVIE_FIELDS = ("movie", "movie_id")
-TEXT_FIELDS = ("text", "ad")
 # Features end on a whole frame (MAD: 5 fps) while AD times do not: an AD may end this much after the
 # movie's last feature and is clipped there.
 END_SLACK_SECONDS = 1.0
@@ -45,43 +39,12 @@ class AudioDescription:
     tokens: tuple[int, ...]  # [START, BPE ids..., END]
 
 
-def _first_present(record: Mapping[str, Any], fields: Sequence[str], where: str) -> Any:
-    for field in fields:
-        if field in record:
-            return record[field]
-    raise CaptionFileError(f"{where}: missing field '{fields[0]}' (or '{fields[1]}'); keys present: {sorted(record)}")
-
-
-def _seconds(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-
-
 def load_ads(path: str | Path) -> dict[str, list[AudioDescription]]:
-    """``{movie: [AudioDescription, ...]}`` in file order, validated (``ad_id`` unique, ``0 <= start <= end``)."""
+    """``{movie: [AudioDescription, ...]}`` in file order, validated (``datasets/ad_format.py``)."""
     movies: dict[str, list[AudioDescription]] = {}
-    first_line: dict[str, str] = {}
-    for line, record in iter_jsonl(path, "audio description file"):
-        where = f"{path}:{line}"
-        if not isinstance(record, dict):
-            raise CaptionFileError(f"{where}: expected an object {{\"ad_id\", \"movie\", \"start\", \"end\", \"text\"}}")
-        ad_id = record.get("ad_id")
-        if isinstance(ad_id, bool) or not isinstance(ad_id, (str, int)) or ad_id == "":
-            raise CaptionFileError(f"{where}: 'ad_id' must be a string or an integer, got {ad_id!r}")
-        ad_id = str(ad_id)
-        if ad_id in first_line:
-            raise CaptionFileError(f"{where}: duplicate ad_id {ad_id!r} (first at {first_line[ad_id]})")
-        first_line[ad_id] = where
-        movie = _first_present(record, MOVIE_FIELDS, where)
-        if isinstance(movie, bool) or not isinstance(movie, (str, int)) or movie == "":
-            raise CaptionFileError(f"{where}: the movie id must be a string or an integer, got {movie!r}")
-        start, end = record.get("start"), record.get("end")
-        if not (_seconds(start) and _seconds(end) and start <= end):
-            raise CaptionFileError(f"{where}: need seconds 0 <= 'start' <= 'end', got start={start!r}, end={end!r}")
-        record = {**record, "text": _first_present(record, TEXT_FIELDS, where)}
-        text, tokens = caption_of(record, "text", where)
-        movies.setdefault(str(movie), []).append(AudioDescription(ad_id, str(movie), float(start), float(end), text, tokens))
-    if not movies:
-        raise CaptionFileError(f"{path} holds no audio description")
+    for ad in read_ads(path, "audio description file"):
+        movies.setdefault(ad.movie, []).append(
+            AudioDescription(ad.ad_id, ad.movie, ad.start, ad.end, ad.text, tuple(encode_caption(ad.text))))
     return movies
 
 

@@ -172,7 +172,7 @@ def test_an_ad_outside_its_movie_is_a_one_line_error_naming_it(tmp_path):
       {"ad_id": 1, "movie": "tt001", "start": 3, "end": 4, "text": "b"}], r"ads.jsonl:2: duplicate ad_id '1' \(first at .*ads.jsonl:1\)"),
     ([{"ad_id": 1, "movie": "tt001", "start": 3, "end": 2, "text": "a"}], r"ads.jsonl:1: need seconds 0 <= 'start' <= 'end'"),
     ([{"ad_id": 1, "start": 1, "end": 2, "text": "a"}], r"ads.jsonl:1: missing field 'movie' \(or 'movie_id'\)"),
-    ([{"ad_id": 1, "movie": "tt001", "start": 1, "end": 2, "text": ""}], r"ads.jsonl:1: 'text' must be a non-empty caption"),
+    ([{"ad_id": 1, "movie": "tt001", "start": 1, "end": 2, "text": ""}], r"ads.jsonl:1: the AD text .* must be a non-empty caption"),
     ([{"ad_id": 1, "movie": "tt404", "start": 1, "end": 2, "text": "a"}], r"not in the shards .*: tt404"),
 ])
 def test_ad_files_that_do_not_fit_are_one_line_errors(tmp_path, records, message):

@@ -24,13 +24,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from lamflow.datasets.audio_description import MOVIE_FIELDS, TEXT_FIELDS  # the AD record's field names
+from lamflow.datasets.ad_format import ADRecord, ad_id_field, read_ads
 from lamflow.errors import LamflowError
 from lamflow.fileio import iter_jsonl
 from lamflow.train.eval_qvhighlights import EvaluationInputError, as_percent, listed
@@ -166,68 +165,22 @@ class BertScoreSimilarity:
 # ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ReferenceAD:
-    ad_id: str
-    movie: str
-    start: float
-    end: float
-    text: str
-
-
-def _ad_id(record: Mapping, where: str) -> str:
-    ad_id = record.get("ad_id")
-    if isinstance(ad_id, bool) or not isinstance(ad_id, (str, int)) or ad_id == "":
-        raise EvaluationInputError(f"{where}: 'ad_id' must be a string or an integer, got {ad_id!r}")
-    return str(ad_id)
-
-
-def _first_present(record: Mapping, fields: Sequence[str], where: str) -> Any:
-    for field in fields:
-        if field in record:
-            return record[field]
-    raise EvaluationInputError(
-        f"{where}: missing field '{fields[0]}' (or '{fields[1]}'); keys present: {sorted(record)}"
-    )
-
-
-def _is_time(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-
-
-def load_references(path: str | Path) -> dict[str, list[ReferenceAD]]:
-    """``{movie: [ReferenceAD, ...]}`` in time order from a JSONL file of ``{ad_id, movie, start, end, text}``."""
-    movies: dict[str, list[ReferenceAD]] = {}
-    seen: dict[str, str] = {}
-    for line, record in iter_jsonl(path, "AD reference file"):
-        where = f"{path}:{line}"
-        ad_id = _ad_id(record, where)
-        if ad_id in seen:
-            raise EvaluationInputError(f"{where}: duplicate ad_id {ad_id!r} (first at {seen[ad_id]})")
-        seen[ad_id] = where
-        movie = _first_present(record, MOVIE_FIELDS, where)
-        text = _first_present(record, TEXT_FIELDS, where)
-        start, end = record.get("start"), record.get("end")
-        if not isinstance(movie, (str, int)) or isinstance(movie, bool) or movie == "":
-            raise EvaluationInputError(f"{where}: the movie id must be a string or an integer, got {movie!r}")
-        if not isinstance(text, str) or not text.strip():
-            raise EvaluationInputError(f"{where}: the AD text must be a non-empty string, got {text!r}")
-        if not (_is_time(start) and _is_time(end) and start <= end):
-            raise EvaluationInputError(f"{where}: need seconds 0 <= 'start' <= 'end', got start={start!r}, end={end!r}")
-        movies.setdefault(str(movie), []).append(ReferenceAD(ad_id, str(movie), float(start), float(end), text))
-    if not movies:
-        raise EvaluationInputError(f"{path}: no reference ADs")
+def load_references(path: str | Path) -> dict[str, list[ADRecord]]:
+    """``{movie: [ADRecord, ...]}`` in time order from a JSONL file of ``{ad_id, movie, start, end, text}``."""
+    movies: dict[str, list[ADRecord]] = {}
+    for ad in read_ads(path, "AD reference file"):
+        movies.setdefault(ad.movie, []).append(ad)
     # sorted() is stable: ADs with the same start and end keep their file order.
     return {movie: sorted(ads, key=lambda ad: (ad.start, ad.end)) for movie, ads in movies.items()}
 
 
-def load_predictions(path: str | Path, references: Mapping[str, Sequence[ReferenceAD]]) -> dict[str, str]:
+def load_predictions(path: str | Path, references: Mapping[str, Sequence[ADRecord]]) -> dict[str, str]:
     """``{ad_id: caption}``: exactly one non-empty caption for every reference AD."""
     expected = {ad.ad_id for ads in references.values() for ad in ads}
     predictions: dict[str, str] = {}
     for line, record in iter_jsonl(path, "AD prediction file"):
         where = f"{path}:{line}"
-        ad_id = _ad_id(record, where)
+        ad_id = ad_id_field(record, where)
         caption = record.get("caption")
         if not isinstance(caption, str) or not caption.strip():
             raise EvaluationInputError(f"{where}: 'caption' must be a non-empty string, got {caption!r}")
