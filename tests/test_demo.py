@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from lamflow.train.config import load_config
+
 MODELS = ("lam", "vanilla")
 BASELINES = ("whole-video", "random")
 SEEDS = (0, 1)  # two seeds keep the test short and still exercise means, sds and paired intervals
@@ -45,6 +47,10 @@ def test_demo_writes_the_report_with_metrics_over_seeds_curves_and_mask_heatmaps
     assert "| MR-full-mAP |" in summary and "RANDOM CLIP weights" in summary
     assert "| metric | lam (2 seeds) | vanilla (2 seeds) | whole-video | random | LAM - vanilla [95% CI] |" in summary
     assert (report / "summary.html").read_text().count("<tr>") == 15  # header + 14 metrics
+    # The table says which LAM produced it (the demo config's mask settings, --quick's 150 steps).
+    encoder = load_config("demo").model.encoder
+    assert (f"LAM model: mask=multi, generator={encoder.generator}, combine={encoder.combine}, "
+            f"mask_gate={encoder.mask_gate};") in summary and "150 steps per model" in summary
     # The report's numbers are the official evaluator's files, summarised over the seeds.
     stats = json.loads((report / "report.json").read_text())["tasks"]["qvhighlights"]["summary"]
     values = [brief(out, "lam", seed)["MR-full-mAP"] for seed in SEEDS]

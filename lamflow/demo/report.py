@@ -12,6 +12,7 @@ from typing import Any
 
 from lamflow.fileio import atomic_open, read_json, write_json_atomic
 from lamflow.train.ablation import BASELINE, Variant, summarize
+from lamflow.train.config import load_config
 from lamflow.train.run_log import read_metrics
 from lamflow.train.tables import Section, difference_cell, html_document, markdown_document, stats_cell
 
@@ -55,8 +56,9 @@ def write_report(
     summary.html and the task's curves; returns summary.md.
 
     ``scores``: each model's (and baseline's) result file per training seed, ``runs``: one run dir per model
-    for the curves, ``info["seconds"]``: the section's stage times. The table shows the mean ± sd over seeds
-    and the paired per-seed difference LAM - vanilla with its bootstrap 95% interval."""
+    for the curves (``runs["lam"]``'s config names the LAM shown), ``info["seconds"]``: the section's stage
+    times. The table shows the mean ± sd over seeds and the paired per-seed difference LAM - vanilla with its
+    bootstrap 95% interval."""
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / REPORT
     previous = read_json(path).get("tasks", {}) if path.exists() else {}
@@ -64,12 +66,13 @@ def write_report(
     briefs = {name: {seed: brief(task, result) for seed, result in by_seed.items()} for name, by_seed in scores.items()}
     variants = [Variant(name, (), BASELINE if name == "lam" else name) for name in briefs]
     tasks = {**previous, task: {"scores": {name: {str(s): b for s, b in by_seed.items()} for name, by_seed in briefs.items()},
-                                "summary": summarize(briefs, variants), "seconds": info["seconds"]}}
+                                "summary": summarize(briefs, variants), "seconds": info["seconds"],
+                                "model": describe_lam(runs["lam"])}}
     write_json_atomic(path, {"info": common, "tasks": tasks})
     section = SECTIONS[task]
     plot_curves({name: read_metrics(run / "metrics.jsonl") for name, run in runs.items()},
                 report_dir / section.curves, section.curve_metric)
-    sections = [Section(SECTIONS[name].title, [_stage_times(tasks[name]["seconds"])],
+    sections = [Section(SECTIONS[name].title, [*_model_line(tasks[name]), _stage_times(tasks[name]["seconds"])],
                         metric_table(tasks[name]["summary"], SECTIONS[name].digits))
                 for name in SECTIONS if name in tasks]
     images = [report_dir / SECTIONS[name].curves for name in SECTIONS
@@ -122,6 +125,20 @@ def plot_curves(logs: dict[str, list[dict[str, Any]]], path: Path, val_metric: s
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def describe_lam(run_dir: Path) -> str:
+    """Which LAM a run trained: the line the report prints above its task's table."""
+    config = load_config(run_dir / "config.yaml")
+    encoder = config.model.encoder
+    return (f"LAM model: mask={encoder.mask}, generator={encoder.generator}, combine={encoder.combine}, "
+            f"mask_gate={encoder.mask_gate}; encoder dim {encoder.dim}, depth {encoder.depth}, {encoder.heads} heads; "
+            f"{config.optim.max_steps} steps per model")
+
+
+def _model_line(task: dict[str, Any]) -> list[str]:
+    # Sections written by a lamflow that did not record the model have no line.
+    return [task["model"]] if "model" in task else []
 
 
 def _notes(info: dict[str, Any]) -> list[str]:
