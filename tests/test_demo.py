@@ -5,8 +5,9 @@ import sys
 import time
 
 import pytest
-
 from lamflow.train.config import load_config
+
+from lamflow.fileio import read_jsonl
 
 MODELS = ("lam", "vanilla")
 BASELINES = ("whole-video", "random")
@@ -107,12 +108,12 @@ def test_captioning_demo_reuses_the_shards_and_reports_beside_the_moment_retriev
     for stage in ("3/6 train (1/2): lam caption model", "3/6 train (2/2): vanilla caption model", "4/6 predict",
                   "5/6 evaluate", "6/6 report"):
         assert stage in log
-    val_vids = {json.loads(line)["vid"] for line in (out / "corpus" / "val_captions.jsonl").read_text().splitlines()}
+    val_vids = {line["vid"] for line in read_jsonl(out / "corpus" / "val_captions.jsonl")}
     for name in (*MODELS, "most-frequent-caption"):
         metrics = json.loads((out / "report" / "captioning" / f"metrics_{name}.json").read_text())
         assert metrics["num_videos"] == len(val_vids) == 4 and metrics["CIDEr"] >= 0
     predictions = out / "runs" / "captioning_lam" / "predictions" / "val-step-00000005.jsonl"  # the first seed's
-    assert {json.loads(line)["vid"] for line in predictions.read_text().splitlines()} == val_vids
+    assert {line["vid"] for line in read_jsonl(predictions)} == val_vids
     summary = (out / "report" / "summary.md").read_text()
     assert "| MR-full-mAP |" in summary and "| CIDEr |" in summary and "captioning_curves.png" in summary
     assert set(json.loads((out / "report" / "report.json").read_text())["tasks"]) == {"qvhighlights", "captioning"}

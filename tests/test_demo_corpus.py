@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lamflow.datasets.qvhighlights_format import CLIP_SECONDS
 
 from lamflow.cli import main as lamflow_main
-from lamflow.datasets.qvhighlights_format import CLIP_SECONDS
 from lamflow.demo.corpus import (
     BEEP_SECONDS,
     COLOURS,
@@ -26,6 +26,7 @@ from lamflow.demo.corpus import (
     corpus_document,
     plan_corpus,
 )
+from lamflow.fileio import read_jsonl
 
 SEED = 3
 
@@ -36,10 +37,6 @@ def corpus(tmp_path_factory):
     result = build_corpus(CorpusConfig.quick(seed=SEED), out, jobs=2)
     document = json.loads(result.corpus_json.read_text())
     return result, document
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_quick_corpus_writes_mp4s_annotations_texts_and_schedule(corpus):

@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
+from contract_shards import Video, contract_sample
 from distributed import Client, LocalCluster
-
-from lamflow.contract import read_samples, sample_dims
-from lamflow.errors import LamflowError
 from lamflow.pipelines.clip_encoder import ClipWeightsError
 from lamflow.pipelines.extract import run_extraction
 from lamflow.pipelines.manifest import MANIFEST, OutputDir, OutputDirError, Record, SettingsMismatchError
@@ -24,8 +22,11 @@ from lamflow.pipelines.settings import ExtractSettings
 from lamflow.pipelines.shards import complete_samples
 from lamflow.pipelines.sources import SourceError
 from lamflow.pipelines.worker import worker_counters
-from contract_shards import Video, contract_sample
 from media import make_media
+
+from lamflow.contract import read_samples, sample_dims
+from lamflow.errors import LamflowError
+from lamflow.fileio import read_jsonl
 
 TINY = ExtractSettings(clip_model="lamflow-tiny", frame_batch=4)
 CLI = [sys.executable, "-m", "lamflow.cli", "extract", "--clip-model", "lamflow-tiny", "--no-progress"]
@@ -60,7 +61,7 @@ def read_shards(out: Path) -> dict[str, dict]:
 
 
 def manifest(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+    return read_jsonl(out / MANIFEST)
 
 
 def assert_manifest_lists_each_shard_in_tar_order(out: Path) -> None:
@@ -264,7 +265,7 @@ def test_open_repairs_everything_a_killed_run_can_leave(tmp_path):
     assert output.done_sources() == {"/a.mp4"} and output.failed_sources() == {"/b.mp4"}
     assert output.next_shard_index() == 1
     assert not (shards / ".shard-000001.tar.tmp").exists()
-    assert [json.loads(line)["key"] for line in (out / MANIFEST).read_text().splitlines()] == ["a", "b"]
+    assert [line["key"] for line in read_jsonl(out / MANIFEST)] == ["a", "b"]
     output.close()
 
     (shards / "shard-000005.tar").write_bytes(b"not in the manifest")

@@ -6,15 +6,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
-from lamflow.cli import main
-from lamflow.contract import raw_samples
 from lamflow.datasets.loader import LoaderConfig, StreamingLoader
 from lamflow.datasets.qvhighlights import AnnotationError, QVHighlightsQuery, QVHighlightsTask, is_mad_file, load_queries
 from lamflow.datasets.stream import decode_sample
 from lamflow.datasets.texts import MissingTexts, TextStore
-from lamflow.errors import ConfigError, DataFileError, LamflowError
 from lamflow.pipelines.h5io import import_h5
 from lamflow.train.checkpoint import latest_checkpoint, load_checkpoint
 from lamflow.train.config import ModelConfig, load_config
@@ -24,6 +19,12 @@ from lamflow.train.run_log import read_metrics
 from lamflow.train.trainer import train
 from mad_layout import D_FRAMES, D_WORDS, FPS, annotation, write_annotations, write_frames, write_language
 from test_trainer import CONFIGS, FRUGAL, SMALL_MODEL
+from torch.utils.data import DataLoader
+
+from lamflow.cli import main
+from lamflow.contract import raw_samples
+from lamflow.errors import ConfigError, DataFileError, LamflowError
+from lamflow.fileio import read_jsonl
 
 MOVIES = {"3001_21_JUMP_STREET": 60.0, "3003_40_YEAR_OLD_VIRGIN": 80.0, "1010_TITANIC": 50.0}
 JUMP, VIRGIN, TITANIC = MOVIES
@@ -222,7 +223,7 @@ def test_a_mad_style_dataset_trains_and_predicts_with_the_real_trainer(mad, tmp_
     checkpoint = latest_checkpoint(out / "checkpoints")
     assert load_checkpoint(checkpoint)["input_dims"] == {"text": D_WORDS, "video": D_FRAMES}  # text width from the store
 
-    rows = [json.loads(line) for line in (out / "predictions" / "val-step-00000003.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "predictions" / "val-step-00000003.jsonl")
     assert [(r["qid"], r["vid"]) for r in rows] == [(2001, TITANIC), (2002, TITANIC)]
     for row in rows:
         start, end = row["window"]
@@ -232,7 +233,7 @@ def test_a_mad_style_dataset_trains_and_predicts_with_the_real_trainer(mad, tmp_
         assert len(row["pred_saliency_scores"]) == WINDOW / 2
     # `lamflow predict` sees the same fixed windows and writes the same lines.
     again = predict_checkpoint(checkpoint, "val", tmp_path / "again.jsonl")
-    for first, second in zip(rows, [json.loads(line) for line in again.read_text().splitlines()]):
+    for first, second in zip(rows, read_jsonl(again)):
         assert first["window"] == second["window"]
         assert np.allclose([w[:2] for w in first["pred_relevant_windows"]], [w[:2] for w in second["pred_relevant_windows"]], atol=1e-3)
 

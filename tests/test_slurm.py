@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
+from contract_shards import write_toy_qvhighlights
 from distributed import Client
-
 from lamflow.pipelines.shards import complete_samples
 from lamflow.train.run_log import read_metrics
-from contract_shards import write_toy_qvhighlights
 from media import make_media
 from slurm_localhost import LocalSlurm
+
+from lamflow.contract import MANIFEST
+from lamflow.fileio import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -106,7 +108,7 @@ def test_a_walltime_cut_is_taken_over_by_a_replacement_job_and_no_finished_video
     assert (first["JobState"], first["Reason"]) == ("TIMEOUT", "TimeLimit")
     assert len(jobs) >= 2  # a replacement job took over; nobody resubmitted anything
     assert shard_keys(out) == [f"v{i:02d}" for i in range(VIDEOS)]
-    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    manifest = read_jsonl(out / MANIFEST)
     assert sorted(r["key"] for r in manifest) == shard_keys(out) and {r["status"] for r in manifest} == {"ok"}
 
     by_job = encodes_by_job(encodes)
