@@ -31,8 +31,9 @@ class LAMConfig:
       "dynamic" (the default: defined for any length and layout) = low-rank M = 1 + U V^T / sqrt(generator_rank)
       (add: U V^T / sqrt(r)); not the paper's generator.
     generator_input (multi only): the hidden states entering each layer, or the encoder input.
-    mask_gate: optional squashing of M ("sigmoid": M in (0, 2) for mul; "softplus": M > 0), chosen so
-      that M is still the identity of `combine` at initialisation.
+    mask_gate: squashing of M ("sigmoid", the default: M in (0, 2) for mul, so no score changes sign;
+      "softplus": M > 0; "none": M = 1 + z, unbounded), chosen so that M is still the identity of
+      `combine` at initialisation.
     attention: the path computing LAM attention, all exact: "eager" (the materialised reference), "flex"
       (fused FlexAttention; forward-only on CPU), "blocked" (query-row blocks with a recomputing backward,
       never B x H x L x L; any device), "lowrank-sdpa" (one fused SDPA call; only for combine="add",
@@ -54,7 +55,9 @@ class LAMConfig:
     generator_rank: int = 16
     generator_input: str = "hidden"
     mask_per_head: bool = False
-    mask_gate: str = "none"
+    # The default by evidence (README, "Choosing the defaults"): no gate, gate or generator separated from
+    # another on the demo task over 3 seeds; the sigmoid gate keeps M in (0, 2), so no score changes sign.
+    mask_gate: str = "sigmoid"
     attention: str = "auto"
 
     def __post_init__(self) -> None:

@@ -38,6 +38,8 @@ VARIANTS = {"lam": "multi", "vanilla": "none"}
 DEMO_VARIANTS = tuple(Variant(name, (f"model.encoder.mask={mask}",), "vanilla") for name, mask in VARIANTS.items())
 # Videos per shard: several shards so 2 ranks split them exactly (the loader deals whole shards).
 SHARD_SAMPLES = 8
+# CLIP text tokens a demo query fills at most (its templated queries take 11): the text stream's fixed length.
+QUERY_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,20 @@ class DemoConfig:
         if self.quick:
             return CorpusConfig(train_videos=12, val_videos=4, duration=20, duration_jitter=2, seed=self.seed)
         return CorpusConfig(seed=self.seed)
+
+    @property
+    def layout(self) -> list[str]:
+        """Overrides giving every stream a fixed length that holds the corpus's longest video, and the fixed
+        generator that width: demo.yaml's LAM uses the paper's fixed generator, whose mask column j must mean
+        the same stream and position in every batch (README: choosing the defaults)."""
+        from lamflow.pipelines.audio_tokens import hop_count
+        from lamflow.pipelines.decode import frame_count
+        from lamflow.pipelines.settings import ExtractSettings
+
+        settings, longest = ExtractSettings(), self.corpus.duration + self.corpus.duration_jitter
+        lengths = {"text": QUERY_TOKENS, "video": frame_count(longest, settings.fps),
+                   "audio": hop_count(round(longest * settings.sample_rate), round(settings.audio_hop * settings.sample_rate))}
+        return [f"data.loader.fixed_lengths={json.dumps(lengths)}", f"model.encoder.max_len={sum(lengths.values())}"]
 
     @property
     def model_name(self) -> str:
@@ -161,7 +177,7 @@ def train_models(config: DemoConfig, features: Path, corpus: CorpusResult, runs:
     overrides = [
         f"data.train_shards={features}", f"data.val_shards={features}",
         f"data.train_annotations={corpus.train_annotations}", f"data.val_annotations={corpus.val_annotations}",
-        *([f"optim.max_steps={config.max_steps}"] if config.max_steps else []),
+        *([f"optim.max_steps={config.max_steps}"] if config.max_steps else []), *config.layout,
     ]
     ablation = Ablation(str(DEMO_CONFIG), tuple(overrides), DEMO_VARIANTS, tuple(config.seeds), runs, config.nproc)
     run_ablation(ablation, say=lambda line: print(line, flush=True))
