@@ -139,7 +139,7 @@ def run_demo(config: DemoConfig) -> Path:
     stage(f"3/5 train: the LAM and the vanilla model x seeds {', '.join(map(str, config.seeds))}, torchrun with "
           f"{config.nproc} processes")
     t0 = time.perf_counter()
-    ablation = train_models(config, features, corpus, out / "runs")
+    ablation = train_models(config, features, corpus, out)
     timings["train"] = time.perf_counter() - t0
 
     stage("4/5 evaluate: official QVHighlights metrics (lamflow eval qvhighlights)")
@@ -172,14 +172,15 @@ def run_demo(config: DemoConfig) -> Path:
     return report_dir
 
 
-def train_models(config: DemoConfig, features: Path, corpus: CorpusResult, runs: Path) -> Ablation:
-    """Train (or reuse, or resume) the LAM and the vanilla model once per seed; returns what was run."""
+def train_models(config: DemoConfig, features: Path, corpus: CorpusResult, out: Path) -> Ablation:
+    """Train (or reuse, or resume) the LAM and the vanilla model once per seed, into out/runs/MODEL/seed-S;
+    returns what was run."""
     overrides = [
         f"data.train_shards={features}", f"data.val_shards={features}",
         f"data.train_annotations={corpus.train_annotations}", f"data.val_annotations={corpus.val_annotations}",
         *([f"optim.max_steps={config.max_steps}"] if config.max_steps else []), *config.layout,
     ]
-    ablation = Ablation(str(DEMO_CONFIG), tuple(overrides), DEMO_VARIANTS, tuple(config.seeds), runs, config.nproc)
+    ablation = Ablation(str(DEMO_CONFIG), tuple(overrides), DEMO_VARIANTS, tuple(config.seeds), out, config.nproc)
     run_ablation(ablation, say=lambda line: print(line, flush=True))
     return ablation
 
