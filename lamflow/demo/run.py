@@ -65,9 +65,10 @@ class DemoConfig:
 
     @property
     def layout(self) -> list[str]:
-        """Overrides giving every stream a fixed length that holds the corpus's longest video, and the fixed
-        generator that width: demo.yaml's LAM uses the paper's fixed generator, whose mask column j must mean
-        the same stream and position in every batch (README: choosing the defaults)."""
+        """Overrides giving every stream a fixed length that holds the corpus's longest video, and a fixed
+        generator that width: the layout the defaults' ablation compared every variant on, in which a fixed
+        generator's mask column j means the same stream and position in every batch (README: choosing the
+        defaults)."""
         from lamflow.pipelines.audio_tokens import hop_count
         from lamflow.pipelines.decode import frame_count
         from lamflow.pipelines.settings import ExtractSettings
