@@ -1,8 +1,8 @@
 """Audio description (MAD-v2 / AutoAD style) over lamflow shards: one item per AD, cut out of its movie.
 
-AD files are JSONL, one AD per line (``datasets/ad_format.py``; the reference format of ``lamflow eval
-ad``). A movie is one shard sample (frames imported with
-``lamflow import-h5`` or extracted), joined by its name like any video.
+AD files are JSONL, one AD per line (``datasets/ad_format.py``; also the reference format of ``lamflow
+eval ad``). A movie is one shard sample (frames imported with ``lamflow import-h5`` or extracted), joined
+by its name like any video.
 
 An item is the AD's context: the tokens of every stream whose timestamps fall in
 ``[start - context_before, end + context_after]`` (clipped to the movie), with times relative to the
