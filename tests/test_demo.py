@@ -91,9 +91,15 @@ def test_rerunning_the_demo_reuses_every_finished_stage(demo):
 
 
 def shard_files(out):
-    """The shards' bytes and mtimes (a resumed extraction rewrites only its summaries, with the same content)."""
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns if p.suffix == ".tar" else None)
-            for p in sorted((out / "features").rglob("*")) if p.is_file() and p.name != ".lamflow.lock"}
+    """The extraction's files: tars by bytes and mtime (a resumed extraction must not touch them), the summaries
+    it rewrites by content, less stats.json's report of the last run (which says what that run skipped, and how
+    long it took)."""
+    def content(path):
+        if path.name == "stats.json":
+            return {k: v for k, v in json.loads(path.read_text()).items() if k != "last_run"}
+        return path.read_bytes(), path.stat().st_mtime_ns if path.suffix == ".tar" else None
+
+    return {p.name: content(p) for p in sorted((out / "features").rglob("*")) if p.is_file() and p.name != ".lamflow.lock"}
 
 
 def test_captioning_demo_reuses_the_shards_and_reports_beside_the_moment_retrieval_rows(demo):
