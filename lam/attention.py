@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.nn.attention.flex_attention import flex_attention
 
 from lamflow.lam.blocked import blocked_lam_attention
+from lamflow.lam.config import LOWRANK_SDPA_NEEDS
 from lamflow.lam.generator import LAMMask
 
 # torch.compile is lazy: nothing is compiled until the first call. One module-level object means every
@@ -128,10 +129,8 @@ def choose_backend(requested: str, device: torch.device, needs_grad: bool, lowra
         if reason:
             raise RuntimeError(f'attention="flex" cannot run: {reason}')
     if requested == "lowrank-sdpa" and not lowrank_additive:
-        raise RuntimeError(
-            'attention="lowrank-sdpa" cannot run: it needs an additive low-rank mask without gate '
-            '(combine="add", generator="dynamic", mask_gate="none")'
-        )
+        needs = ", ".join(f'{field}="{value}"' for field, value in LOWRANK_SDPA_NEEDS.items())
+        raise RuntimeError(f'attention="lowrank-sdpa" cannot run: it needs an additive low-rank mask without gate ({needs})')
     if requested not in LAM_PATHS:
         raise ValueError(f"attention={requested!r} is not valid; allowed values: auto, {', '.join(LAM_PATHS)}")
     return requested
@@ -144,6 +143,5 @@ def lam_attention(
     if mask is None:
         return vanilla_attention(q, k, v, key_padding)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *mask.tensors()))
-    lowrank_additive = mask.u is not None and mask.combine == "add" and mask.gate == "none"
-    path = choose_backend(attention, q.device, needs_grad, lowrank_additive)
+    path = choose_backend(attention, q.device, needs_grad, mask.lowrank_additive)
     return LAM_PATHS[path](q, k, v, mask, key_padding)

@@ -17,6 +17,9 @@ CHOICES = {
 # collapse the vanilla variants that differ only in these.
 MASK_FIELDS = ("combine", "generator", "generator_hidden", "generator_layers", "generator_rank", "generator_input",
                "mask_per_head", "mask_gate")
+# What attention="lowrank-sdpa" needs: an additive mask that is low-rank (the dynamic generator's U V^T, which
+# it folds into q and k) and ungated (a gate is not low-rank). LAMConfig checks it; lam_attention per call.
+LOWRANK_SDPA_NEEDS = {"combine": "add", "generator": "dynamic", "mask_gate": "none"}
 POSITIVE_INTS = ("dim", "depth", "heads", "max_len", "generator_hidden", "generator_layers", "generator_rank")
 
 
@@ -79,13 +82,11 @@ class LAMConfig:
             raise FieldError("LAMConfig", "mlp_ratio", self.mlp_ratio, "numbers > 0")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise FieldError("LAMConfig", "dropout", self.dropout, "0 <= dropout < 1")
-        lowrank_additive = (self.combine, self.generator, self.mask_gate) == ("add", "dynamic", "none")
-        if self.attention == "lowrank-sdpa" and not lowrank_additive:
-            raise FieldError(
-                "LAMConfig", "attention", self.attention,
-                f"auto, eager, flex, blocked (lowrank-sdpa needs combine='add', generator='dynamic', mask_gate='none'; "
-                f"this config has combine={self.combine!r}, generator={self.generator!r}, mask_gate={self.mask_gate!r})",
-            )
+        if self.attention == "lowrank-sdpa" and any(getattr(self, f) != v for f, v in LOWRANK_SDPA_NEEDS.items()):
+            needs = ", ".join(f"{f}={v!r}" for f, v in LOWRANK_SDPA_NEEDS.items())
+            has = ", ".join(f"{f}={getattr(self, f)!r}" for f in LOWRANK_SDPA_NEEDS)
+            raise FieldError("LAMConfig", "attention", self.attention,
+                             f"auto, eager, flex, blocked (lowrank-sdpa needs {needs}; this config has {has})")
         if not isinstance(self.mask_per_head, bool):
             raise FieldError("LAMConfig", "mask_per_head", self.mask_per_head, "True, False")
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lamflow.lam.config import LAMConfig
+from lamflow.lam.config import LOWRANK_SDPA_NEEDS, LAMConfig
 
 LN2 = math.log(2.0)
 
@@ -84,6 +84,12 @@ class LAMMask:
         if self.logits is not None:
             return self.logits[sample, heads, rows]
         return self.u[sample, heads, rows] @ self.v[sample, heads].transpose(-1, -2)
+
+    @property
+    def lowrank_additive(self) -> bool:
+        """The mask attention="lowrank-sdpa" can fold into q and k (LOWRANK_SDPA_NEEDS: low-rank = dynamic)."""
+        return (self.u is not None and self.combine == LOWRANK_SDPA_NEEDS["combine"]
+                and self.gate == LOWRANK_SDPA_NEEDS["mask_gate"])
 
     def tensors(self) -> list[Tensor]:
         return [t for t in (self.logits, self.u, self.v) if t is not None]
