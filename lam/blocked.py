@@ -111,17 +111,15 @@ def _combine(scores: Tensor, values: Tensor, combine: str, pad: Tensor | None, i
     return combined if pad is None else combined.add_(pad)
 
 
-def _shared_mask(mask: LAMMask, sample: int, rows: slice) -> tuple[Tensor, Tensor] | None:
-    """(z, M) of a mask shared by all heads for these rows, computed once for every head group; else None."""
-    if mask.heads > 1:
-        return None
-    logits = mask.logits_rows(sample, rows)
-    return logits, mask_values(logits, mask.combine, mask.gate)
-
-
-def _head_mask(mask: LAMMask, sample: int, rows: slice, heads: slice) -> tuple[Tensor, Tensor]:
+def _head_mask(mask: LAMMask, sample: int, rows: slice, heads: slice = slice(None)) -> tuple[Tensor, Tensor]:
+    """(z, M) of these rows and mask heads."""
     logits = mask.logits_rows(sample, rows, heads)
     return logits, mask_values(logits, mask.combine, mask.gate)
+
+
+def _shared_mask(mask: LAMMask, sample: int, rows: slice) -> tuple[Tensor, Tensor] | None:
+    """(z, M) of a mask shared by all heads for these rows, computed once for every head group; else None."""
+    return None if mask.heads > 1 else _head_mask(mask, sample, rows)
 
 
 def _blocked_forward(scaled_q: Tensor, k: Tensor, v: Tensor, mask: LAMMask, pads: list[Tensor | None]) -> Tensor:
