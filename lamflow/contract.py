@@ -50,6 +50,36 @@ SHARD_PATTERN = "shard-%06d.tar"
 _SHARD_NAME = re.compile(r"^shard-(\d{6,})\.tar$")
 
 
+# A partitioned output tree (``lamflow extract --partition K/N``): ``DIR/partitions/part-0000K-of-0000N/``,
+# each an output directory of the layout above written by its own run; readers take the tree as one dataset.
+PARTITIONS_DIR = "partitions"
+_PARTITION_NAME = re.compile(r"^part-(\d{5,})-of-(\d{5,})$")
+
+
+def partition_dir_name(index: int, count: int) -> str:
+    """The folder of partition ``index`` (0-based) of ``count`` inside ``DIR/partitions/``."""
+    return f"part-{index:05d}-of-{count:05d}"
+
+
+def output_dirs(root: str | Path) -> list[Path]:
+    """The output directories of the dataset at ``root``: ``[root]`` for a single run, or the partition
+    folders of a partitioned tree, in partition order. A tree whose partitions disagree on N is a
+    :class:`DataFileError` (two partitionings of one input list would hold some inputs twice)."""
+    root = Path(root)
+    parts_dir = root / PARTITIONS_DIR
+    if not parts_dir.is_dir():
+        return [root]
+    found = sorted((int(m.group(1)), int(m.group(2)), p) for p in parts_dir.iterdir()
+                   if p.is_dir() and (m := _PARTITION_NAME.match(p.name)))
+    counts = sorted({count for _, count, _ in found})
+    if len(counts) > 1:
+        raise DataFileError(f"{parts_dir} holds partitions of {' and '.join(map(str, counts))} parts; one tree takes "
+                            "one --partition K/N count (move the other partitioning to its own --out)")
+    if found and ((root / SIZES).exists() or (root / MANIFEST).exists()):
+        raise DataFileError(f"{root} holds both a single run's output and {PARTITIONS_DIR}/; keep one of them per --out")
+    return [p for _, _, p in found] or [root]
+
+
 def shard_index(name: str) -> int | None:
     """The number of a final shard file name (``shard-000007.tar`` -> 7), or None for anything else."""
     match = _SHARD_NAME.match(name)
