@@ -70,6 +70,7 @@ class MediaInfo:
     video_codec: str = ""
     video_start: float = 0.0  # stream start time in the container, seconds
     video_duration: float = 0.0  # the video stream's own duration (the container's when it has none)
+    video_header_frames: int = 0  # the frame count the stream's header states (nb_frames); 0 when it states none
     audio_rate: int = 0
     audio_channels: int = 0
     audio_codec: str = ""
@@ -180,6 +181,7 @@ def probe(path: str, timeout: float = PROBE_TIMEOUT_S) -> MediaInfo:
             video_fps=_rate(v.get("avg_frame_rate")) or _rate(v.get("r_frame_rate")),
             video_codec=v.get("codec_name", ""), video_start=_float(v.get("start_time")),
             video_duration=_float(v.get("duration")) or duration,
+            video_header_frames=int(_float(v.get("nb_frames"))),
         )
         if info["width"] <= 0 or info["height"] <= 0:
             raise DecodeError(f"{path}: video stream has no frame size (corrupt header)")
@@ -408,6 +410,63 @@ def frame_timestamps(indices: np.ndarray, fps: float, frame_rule: str, duration:
     return ts.astype(np.float32)
 
 
+@dataclass
+class _FramesEnd:
+    """What a finished frame decode learned besides its frames: ffmpeg's error lines and the stream's length."""
+
+    messages: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _filtered_frames(
+    path: str, info: MediaInfo, filters: Sequence[tuple[str, tuple, dict]], size: int, batch: int,
+    stall_timeout: float, end: _FramesEnd,
+) -> Iterator[np.ndarray]:
+    """Yield (B, size, size, 3) uint8 RGB batches, B <= batch, of the first video stream through ``filters``.
+
+    One ffmpeg run filters the frames and, from the same read of the file, lists the stream's packets
+    (:class:`_PacketClock`); once the frames are exhausted, ``end`` holds ffmpeg's error lines and the
+    stream's length. ffmpeg failing or stalling is a DecodeError.
+    """
+    source = ffmpeg.input(_ffmpeg_input(path))
+    stream = source["v:0"]
+    for name, args, kwargs in filters:
+        stream = stream.filter(name, *args, **kwargs)
+    clock = _PacketClock(1.0 / info.video_fps if info.video_fps > 0 else 0.0)
+    cmd = (
+        ffmpeg.merge_outputs(
+            stream.output("pipe:", format="rawvideo", pix_fmt="rgb24"),
+            # Every packet: a stream copy skips those before the first keyframe (.swf marks none).
+            source["v:0"].output(f"pipe:{clock.write_fd}", format="framecrc", c="copy", copyinkf=None),
+        )
+        .global_args("-nostdin", "-v", "error")
+        .compile()
+    )
+    frame_bytes = size * size * 3
+    try:
+        pipe = _FfmpegPipe(cmd, str(path), stall_timeout, pass_fds=(clock.write_fd,))
+    except BaseException:
+        clock.close()
+        raise
+    clock.start()
+    try:
+        while True:
+            data = pipe.read(frame_bytes * batch)
+            n = len(data) // frame_bytes
+            if n:
+                yield np.frombuffer(data, np.uint8, count=n * frame_bytes).reshape(n, size, size, 3)
+            if len(data) < frame_bytes * batch:
+                break
+        end.messages = pipe.finish("video decode")
+        seconds = clock.seconds()
+    finally:
+        pipe.close()
+        clock.close()
+    if seconds is None:
+        raise DecodeError(f"{path}: the video stream has no packet timestamps; remux the file with ffmpeg")
+    end.seconds = seconds
+
+
 def iter_frames(
     path: str,
     info: MediaInfo,
@@ -431,51 +490,19 @@ def iter_frames(
         return
     log = log if log is not None else DecodeLog()
     held_back = math.ceil(padding_seconds(fps, info.video_fps) * fps) + 2
-    source = ffmpeg.input(_ffmpeg_input(path))
-    stream = source["v:0"]
-    for name, args, kwargs in frame_filter_graph(fps, size, frame_rule, info.video_fps):
-        stream = stream.filter(name, *args, **kwargs)
-    clock = _PacketClock(1.0 / info.video_fps if info.video_fps > 0 else 0.0)
-    cmd = (
-        ffmpeg.merge_outputs(
-            stream.output("pipe:", format="rawvideo", pix_fmt="rgb24"),
-            # Every packet: a stream copy skips those before the first keyframe (.swf marks none).
-            source["v:0"].output(f"pipe:{clock.write_fd}", format="framecrc", c="copy", copyinkf=None),
-        )
-        .global_args("-nostdin", "-v", "error")
-        .compile()
-    )
-    frame_bytes = size * size * 3
-    try:
-        pipe = _FfmpegPipe(cmd, str(path), stall_timeout, pass_fds=(clock.write_fd,))
-    except BaseException:
-        clock.close()
-        raise
-    clock.start()
+    filters = frame_filter_graph(fps, size, frame_rule, info.video_fps)
+    end = _FramesEnd()
     pending = np.zeros((0, size, size, 3), np.uint8)
     emitted = 0
-    try:
-        while True:
-            data = pipe.read(frame_bytes * batch)
-            n = len(data) // frame_bytes
-            frames = np.frombuffer(data, np.uint8, count=n * frame_bytes).reshape(n, size, size, 3)
-            pending = np.concatenate([pending, frames]) if len(pending) else frames
-            ready = len(pending) - held_back
-            if ready > 0:
-                # Frames before the held-back ones are never the last: no timestamp cap applies to them.
-                yield pending[:ready], frame_timestamps(np.arange(emitted, emitted + ready), fps, frame_rule, math.inf)
-                emitted += ready
-                pending = pending[ready:]
-            if len(data) < frame_bytes * batch:
-                break
-        messages = pipe.finish("video decode")
-        seconds = clock.seconds()
-    finally:
-        pipe.close()
-        clock.close()
-    if seconds is None:
-        raise DecodeError(f"{path}: the video stream has no packet timestamps; remux the file with ffmpeg")
-    log.video_seconds = seconds
+    for frames in _filtered_frames(path, info, filters, size, batch, stall_timeout, end):
+        pending = np.concatenate([pending, frames]) if len(pending) else frames
+        ready = len(pending) - held_back
+        if ready > 0:
+            # Frames before the held-back ones are never the last: no timestamp cap applies to them.
+            yield pending[:ready], frame_timestamps(np.arange(emitted, emitted + ready), fps, frame_rule, math.inf)
+            emitted += ready
+            pending = pending[ready:]
+    seconds = log.video_seconds = end.seconds
     wanted = frame_count(seconds, fps)
     tail = pending[: max(0, wanted - emitted)]  # the rest is padding past the rule's count
     for first in range(0, len(tail), batch):
@@ -484,11 +511,43 @@ def iter_frames(
         emitted += len(chunk)
     if emitted == 0:
         raise DecodeError(f"{path}: the video stream decoded to no frames (corrupt or empty stream)")
-    if emitted != wanted and not messages:  # decoded frames and packets disagree, silently
+    if emitted != wanted and not end.messages:  # decoded frames and packets disagree, silently
         log.notes.append(f"video: {emitted} frames decoded where the stream's packets ({seconds:.3f} s) give {wanted}")
     header = info.video_duration
     _judge_completeness(path, "video", f"{seconds:.2f} s of the {header:.2f} s its header claims",
-                        seconds < header - duration_tolerance(header) or emitted < wanted, messages, log)
+                        seconds < header - duration_tolerance(header) or emitted < wanted, end.messages, log)
+
+
+def iter_filtered_frames(
+    path: str,
+    info: MediaInfo,
+    filters: Sequence[tuple[str, tuple, dict]],
+    size: int,
+    fps: float,
+    batch: int = 32,
+    stall_timeout: float = STALL_TIMEOUT_S,
+    log: DecodeLog | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(frames, timestamps)`` like :func:`iter_frames`, but of another extractor's filter chain:
+    every frame ``filters`` emit (they must end in ``size`` x ``size`` frames at ``fps`` frames per
+    second), frame k stamped k/fps from the stream's first frame. No frame rule of lamflow's is applied:
+    this is how a preset reproduces the frames of the extractor it is named after. Length, notes and
+    damage are measured and judged as in :func:`iter_frames`.
+    """
+    if not info.has_video:
+        return
+    log = log if log is not None else DecodeLog()
+    end = _FramesEnd()
+    emitted = 0
+    for frames in _filtered_frames(path, info, filters, size, batch, stall_timeout, end):
+        yield frames, (np.arange(emitted, emitted + len(frames), dtype=np.float64) / fps).astype(np.float32)
+        emitted += len(frames)
+    seconds = log.video_seconds = end.seconds
+    if emitted == 0:
+        raise DecodeError(f"{path}: the video stream decoded to no frames (corrupt or empty stream)")
+    header = info.video_duration
+    _judge_completeness(path, "video", f"{seconds:.2f} s of the {header:.2f} s its header claims",
+                        seconds < header - duration_tolerance(header), end.messages, log)
 
 
 def decode_audio(
