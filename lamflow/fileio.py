@@ -2,9 +2,11 @@
 file fingerprints.
 
 Atomic writes go to ``.NAME.tmp`` beside the target (hidden, so no glob for ``*.tar``, ``*.json`` or
-``step-*.pt`` ever matches a half-written file), are flushed and fsynced, then renamed over the target
-and the directory is fsynced: a reader sees the old file or the new one, never half of one, and a crash
-leaves at most a stale ``.NAME.tmp`` that the next write replaces.
+``step-*.pt`` ever matches a half-written file), are fsynced, then renamed over the target and the
+directory is fsynced: a reader sees the old file or the new one, never half of one, and a crash of the
+process or of the machine leaves at most a stale ``.NAME.tmp`` that the next write replaces. (A rename is
+durable only once its directory is synced, and it may reach the disk before the file's data unless that
+was synced first; a folder created for such files is synced into its parent too.)
 """
 from __future__ import annotations
 
@@ -45,8 +47,9 @@ def final_path(temp: str | Path) -> Path | None:
     return temp.with_name(name[1: -len(TEMP_SUFFIX)])
 
 
-def fsync_dir(path: str | Path) -> None:
-    """Make a rename inside ``path`` durable (POSIX needs the directory itself synced)."""
+def fsync_path(path: str | Path) -> None:
+    """Flush what the page cache holds of a file or directory to the disk. Linux syncs through a read-only
+    descriptor too, which is the only kind a directory opens as."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -54,11 +57,30 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def commit_temp(path: str | Path) -> Path:
-    """Move a finished :func:`temp_path` file over ``path`` and make the rename durable; for writers
-    that need a path of their own (h5py, torch.save) rather than :func:`atomic_open`'s handle."""
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename, creation or deletion inside ``path`` durable (POSIX needs the directory itself synced)."""
+    fsync_path(path)
+
+
+def mkdir_durable(path: str | Path) -> Path:
+    """Create folder ``path`` and its missing parents so that they survive a machine crash: each created
+    folder is synced into its parent (files committed inside a folder whose own entry is lost are lost)."""
     path = Path(path)
-    os.replace(temp_path(path), path)
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in reversed(missing):
+        fsync_dir(folder.parent)
+    return path
+
+
+def commit_temp(path: str | Path) -> Path:
+    """Move a finished :func:`temp_path` file over ``path`` durably: its data is synced first (h5py,
+    torch.save and ffmpeg close their files without), then the rename and the directory. For writers that
+    need a path of their own rather than :func:`atomic_open`'s handle; a file synced already costs little."""
+    path = Path(path)
+    temporary = temp_path(path)
+    fsync_path(temporary)
+    os.replace(temporary, path)
     fsync_dir(path.parent)
     return path
 
@@ -73,14 +95,12 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    mkdir_durable(path.parent)
     temporary = temp_path(path)
     try:
         with open(temporary, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        commit_temp(path)
+        commit_temp(path)  # syncs the closed file, then renames
     finally:
         temporary.unlink(missing_ok=True)
 

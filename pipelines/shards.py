@@ -2,7 +2,8 @@
 
 A shard is written under a temporary name (``.shard-000007.tar.tmp``, lamflow.fileio's scheme) and only renamed to
 ``shard-000007.tar`` once closed, fsynced and committed (the caller's ``on_commit`` appends the manifest
-records). So a final ``.tar`` name always means "complete and recorded".
+records); the rename is then synced into the directory. So a final ``.tar`` name always means "complete
+and recorded", after a machine crash too.
 
 Inside the open shard, the unit of durability is the sample: each sample's tar members are written with
 its ``meta.json`` last and handed to the operating system (flushed) before the next sample starts. A
@@ -32,7 +33,7 @@ from lamflow.contract import (
     split_member,
 )
 from lamflow.errors import ConfigError
-from lamflow.fileio import commit_temp, final_path, temp_path
+from lamflow.fileio import commit_temp, final_path, mkdir_durable, temp_path
 
 DEFAULT_SHARD_SAMPLES = 1000
 DEFAULT_SHARD_BYTES = 1_000_000_000
@@ -102,8 +103,7 @@ class ShardSink(Generic[Record]):
             raise ConfigError(f"--shard-samples must be >= 1, got {max_samples}")
         if max_bytes < 1:
             raise ConfigError(f"--shard-bytes must be >= 1, got {max_bytes}")
-        self.shards_dir = Path(shards_dir)
-        self.shards_dir.mkdir(parents=True, exist_ok=True)
+        self.shards_dir = mkdir_durable(shards_dir)
         self.next_index = start_index
         self.max_samples = max_samples
         self.max_bytes = max_bytes
