@@ -5,6 +5,8 @@ A shard is written under a temporary name (``.shard-000007.tar.tmp``, lamflow.fi
 records); the rename is then synced into the directory. So a final ``.tar`` name always means "complete
 and recorded", after a machine crash too.
 
+Members are written in pax format, so a key of any allowed length fits (see :func:`_tar_member`).
+
 Inside the open shard, the unit of durability is the sample: each sample's tar members are written with
 its ``meta.json`` last and handed to the operating system (flushed) before the next sample starts. A
 process killed at any moment (kill -9, walltime, Ctrl-C, a lost node) therefore leaves a temporary shard that
@@ -20,11 +22,12 @@ import os
 import tarfile
 import time
 from pathlib import Path
-from typing import IO, Any, Callable, Generic, TypeVar
+from typing import IO, Any, Callable, Generic, Iterator, TypeVar
 
 from lamflow.contract import (
     META,
     SHARD_PATTERN,
+    ContractError,
     array_width,
     encode_sample,
     is_token_field,
@@ -43,6 +46,13 @@ _END_OF_ARCHIVE = tarfile.NUL * (2 * _BLOCK)
 Record = TypeVar("Record")
 
 
+class UnwritableSampleError(ContractError):
+    """A sample that cannot be encoded into a shard (a NaN in its meta.json, an object array, a bad key ...).
+
+    Raised by :meth:`ShardSink.write` before any byte of the sample is written, so the open shard is intact
+    and the caller records the input as failed and goes on."""
+
+
 def temp_shards(shards_dir: Path) -> list[Path]:
     """Shards left unfinished by an interrupted run (see :func:`salvage_temp_shard`), oldest first: the
     :func:`lamflow.fileio.temp_path` of a shard name (``.shard-000007.tar.tmp``)."""
@@ -53,18 +63,26 @@ def temp_shards(shards_dir: Path) -> list[Path]:
 
 
 def _tar_member(name: str, data: bytes, mtime: int) -> bytes:
-    """One ustar member: header, data, zero padding to the next 512-byte block (what tarfile writes)."""
+    """One member as tarfile writes it in POSIX.1-2001 (pax) format: header, data, zero padding to the next
+    512-byte block. A name that fits ustar's 100-byte field gets a plain ustar header, byte for byte what
+    shards held before; a longer one (a 120-character key plus ``.text_pooled.npy``) is preceded by a pax
+    ``x`` header carrying the full name, which tarfile, GNU tar and webdataset read."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), mtime, 0o444
     info.uname = info.gname = "bigdata"  # webdataset's TarWriter defaults, so shards look the same as before
-    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape") + data + tarfile.NUL * (-len(data) % _BLOCK)
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") + data + tarfile.NUL * (-len(data) % _BLOCK)
 
 
-def _sample_bytes(encoded: dict[str, Any]) -> bytes:
-    """A sample's tar members in field order, ``meta.json`` last (the completeness mark, see the module doc)."""
-    key, mtime = encoded["__key__"], int(time.time())
-    fields = sorted((f for f in encoded if f != "__key__"), key=lambda f: (f == META, f))
-    return b"".join(_tar_member(f"{key}.{field}", encoded[field], mtime) for field in fields)
+def _sample_bytes(sample: dict[str, Any]) -> bytes:
+    """A sample's tar members in field order, ``meta.json`` last (the completeness mark, see the module doc);
+    :class:`UnwritableSampleError` if it cannot be encoded."""
+    try:
+        encoded = encode_sample(sample)
+        key, mtime = encoded["__key__"], int(time.time())
+        fields = sorted((f for f in encoded if f != "__key__"), key=lambda f: (f == META, f))
+        return b"".join(_tar_member(f"{key}.{field}", encoded[field], mtime) for field in fields)
+    except (ValueError, TypeError) as error:  # ContractError, NaN or a non-JSON value in meta.json, ...
+        raise UnwritableSampleError(f"sample {sample.get('__key__')!r} cannot be written to a shard: {error}") from None
 
 
 def _end_tar(handle: IO[bytes], end: int) -> None:
@@ -115,8 +133,9 @@ class ShardSink(Generic[Record]):
 
     def write(self, sample: dict[str, Any], record: Record) -> None:
         """Add one sample (durable against a killed process once this returns); ``record`` is handed to
-        ``on_commit`` with its shard."""
-        data = _sample_bytes(encode_sample(sample))
+        ``on_commit`` with its shard. A sample that cannot be encoded raises :class:`UnwritableSampleError`
+        and leaves the sink as it was."""
+        data = _sample_bytes(sample)
         if self._file is not None and (len(self._pending) >= self.max_samples or self._end >= self.max_bytes):
             self._commit()
         if self._file is None:
@@ -156,6 +175,20 @@ class ShardSink(Generic[Record]):
 Kept = tuple[str, dict[str, Any], dict[str, int]]  # (key, meta.json, feature width per stream)
 
 
+def _whole_members(tar: tarfile.TarFile, size: int) -> Iterator[tarfile.TarInfo]:
+    """The members of ``tar`` (``size`` bytes on disk) in order, up to the first that is cut off, garbled or
+    not a regular file. tarfile reads pax headers itself and ends quietly at a garbled or zero header; a
+    cut-off header, or a pax header whose member is cut off, is its ReadError."""
+    while True:
+        try:
+            info = tar.next()
+        except tarfile.ReadError:
+            return
+        if info is None or not info.isfile() or info.offset_data + info.size > size:
+            return
+        yield info
+
+
 def complete_samples(path: Path) -> tuple[list[Kept], int]:
     """The complete samples at the start of a shard written by :class:`ShardSink`, finished or not.
 
@@ -166,39 +199,33 @@ def complete_samples(path: Path) -> tuple[list[Kept], int]:
     """
     samples: list[Kept] = []
     end = 0
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        offset, key, widths = 0, None, {}  # key: the sample being read (None between samples)
-        while offset + _BLOCK <= size:
-            try:
-                info = tarfile.TarInfo.frombuf(handle.read(_BLOCK), "utf-8", "surrogateescape")
-            except tarfile.HeaderError:  # zero block (end of archive), or a header cut off or garbled
-                break
-            data_start = offset + _BLOCK
-            if not info.isfile() or data_start + info.size > size:
-                break
+    try:
+        tar = tarfile.open(path, "r:")
+    except tarfile.ReadError:  # not even one whole header
+        return samples, end
+    with tar:
+        key, widths = None, {}  # key: the sample being read (None between samples)
+        for info in _whole_members(tar, os.fstat(tar.fileobj.fileno()).st_size):
             member_key, field = split_member(info.name)
             if key is not None and member_key != key:
                 break  # a sample whose members stop before its meta.json: not written by ShardSink
             key = member_key
-            offset = data_start + info.size + (-info.size % _BLOCK)
             if field == META:
                 try:
-                    meta = json.loads(handle.read(info.size))
+                    meta = json.loads(tar.extractfile(info).read())
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     break
                 if not isinstance(meta, dict):
                     break
                 samples.append((key, meta, widths))
-                key, end, widths = None, offset, {}
+                key, end, widths = None, info.offset_data + info.size + (-info.size % _BLOCK), {}
             elif field and is_token_field(field):
                 try:
-                    width = array_width(npy_header(handle.read(min(info.size, 4096)))[0])
+                    width = array_width(npy_header(tar.extractfile(info).read(4096))[0])
                 except ValueError:
                     break
                 if width is not None:
                     widths[field[: -len(".npy")]] = width
-            handle.seek(offset)
     return samples, end
 
 
