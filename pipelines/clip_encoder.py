@@ -30,7 +30,7 @@ from lamflow.fileio import file_sha256
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
-LAMFLOW_MODELS = ("lamflow-tiny",)
+LAMFLOW_MODELS = ("lamflow-tiny", "lamflow-tiny-224")  # -224: a ViT-B/32-shaped toy (224 px, patch 32, QuickGELU)
 RANDOM_INIT_SEED = 0
 NORMALISATION = "l2"
 
@@ -131,8 +131,16 @@ class ClipEncoder:
             return np.zeros((0, self.embed_dim), np.float32)
         pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         pixels = pixels.permute(0, 3, 1, 2).float().div_(255.0)
-        pixels = (pixels - self._mean) / self._std
-        return self.model.encode_image(pixels, normalize=True).float().cpu().numpy()
+        return self.encode_pixels((pixels - self._mean) / self._std)
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor, normalize: bool = True) -> np.ndarray:
+        """(B, 3, S, S) float pixels, already normalised for the model -> (B, D) float32 ``encode_image``
+        embeddings, L2-normalised unless ``normalize`` is False (a preset that keeps another extractor's raw
+        outputs, with its own pixel normalisation)."""
+        if len(pixels) == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return self.model.encode_image(pixels.to(self.device), normalize=normalize).float().cpu().numpy()
 
     def check_image_tokens(self) -> None:
         """Raise :class:`ClipWeightsError` unless the image tower is a ViT whose output tokens are its patches."""
@@ -167,37 +175,53 @@ class ClipEncoder:
         return F.normalize((tokens @ visual.proj).float(), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
-    def encode_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    def encode_texts(self, texts: list[str], project_tokens: bool = True,
+                     normalize: bool = True) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Per-token (K, L, D), pooled (K, D), token counts (SOT..EOT inclusive); L = the longest count.
 
         Per-token embeddings are the text transformer's output after the final layer norm, projected by
         text_projection into the joint space (so D matches the pooled one); rows past a text's count are
         zero. The pooled embedding is the model's own pooled token (EOT for CLIP), so it equals that row.
+        ``project_tokens=False`` keeps the tokens before the projection (D = the text transformer's width;
+        the pooled embedding is still projected): the ``last_hidden_state`` of moment_detr's extractor
+        (pipelines/moment_detr.py). ``normalize=False`` skips the L2 normalisation of both.
         """
         if not hasattr(self.model, "token_embedding"):
             raise ClipWeightsError(
                 f"{self.model_name!r} has a custom text tower; per-token text embeddings need an open_clip CLIP "
                 f"model with the built-in text transformer (e.g. ViT-B-32-quickgelu)"
             )
-        if not texts:
-            return np.zeros((0, 0, self.embed_dim), np.float32), np.zeros((0, self.embed_dim), np.float32), []
-        tokens = self.tokenizer(list(texts)).to(self.device)
         model = self.model
+        if not texts:
+            width = self.embed_dim if project_tokens else model.transformer.width
+            return np.zeros((0, 0, width), np.float32), np.zeros((0, self.embed_dim), np.float32), []
+        tokens = self.tokenizer(list(texts)).to(self.device)
         cast_dtype = model.transformer.get_cast_dtype()
         x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding.to(cast_dtype)
         x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
-        projection = model.text_projection
-        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
-        pooled = text_global_pool(
-            x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
-        )
+
+        def pool(states: torch.Tensor) -> torch.Tensor:
+            return text_global_pool(states, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+
+        if project_tokens:
+            x = self._project_text(x)
+            pooled = pool(x)
+        else:
+            pooled = self._project_text(pool(x))
         pad_id = getattr(self.tokenizer, "pad_id", 0) or 0
         counts = (tokens != pad_id).sum(dim=1)
         longest = int(counts.max())
-        per_token = F.normalize(x[:, :longest].float(), dim=-1)
-        per_token *= (torch.arange(longest, device=x.device)[None, :] < counts[:, None]).unsqueeze(-1)
-        pooled = F.normalize(pooled.float(), dim=-1)
+        per_token = x[:, :longest].float()
+        pooled = pooled.float()
+        if normalize:
+            per_token, pooled = F.normalize(per_token, dim=-1), F.normalize(pooled, dim=-1)
+        per_token = per_token * (torch.arange(longest, device=x.device)[None, :] < counts[:, None]).unsqueeze(-1)
         return per_token.cpu().numpy(), pooled.cpu().numpy(), [int(c) for c in counts]
+
+    def _project_text(self, states: torch.Tensor) -> torch.Tensor:
+        """The text tower's projection into the joint space (a matrix, or a Linear in some configs)."""
+        projection = self.model.text_projection
+        return projection(states) if isinstance(projection, torch.nn.Linear) else states @ projection
 
     def provenance(self) -> dict[str, Any]:
         """Everything needed to know which features these are (stored in meta.json)."""

@@ -11,6 +11,7 @@ import numpy as np
 
 from lamflow import __version__ as lamflow_version
 from lamflow.devices import require_device
+from lamflow.pipelines import moment_detr
 from lamflow.pipelines.audio_models import AudioEncoder, load_audio_encoder
 from lamflow.pipelines.audio_tokens import AudioTokenizer
 from lamflow.pipelines.clip_encoder import ClipEncoder
@@ -29,6 +30,8 @@ def load_encoders(settings: ExtractSettings) -> tuple[ClipEncoder, AudioEncoder]
     settings.validate()
     require_device(settings.device, "device")  # on the worker: a cluster's workers may differ from the client
     clip = ClipEncoder(settings.clip_model, settings.pretrained, settings.device)
+    if settings.preset == moment_detr.PRESET:
+        moment_detr.check_encoder(clip)
     return clip, load_audio_encoder(settings)
 
 
@@ -54,24 +57,31 @@ def _check_encoders_match(settings: ExtractSettings, clip: ClipEncoder, audio: A
 def _encode_video(
     source: str, info: MediaInfo, settings: ExtractSettings, clip: ClipEncoder, log: DecodeLog
 ) -> tuple[np.ndarray, np.ndarray]:
+    if settings.preset == moment_detr.PRESET:
+        batches = moment_detr.encode_clips(source, info, clip, settings.frame_batch, log)
+    else:
+        batches = ((clip.encode_frames(frames), ts) for frames, ts in iter_frames(
+            source, info, settings.fps, clip.image_size, settings.frame_rule, settings.frame_batch, log=log))
     embeddings, stamps = [], []
-    for frames, ts in iter_frames(
-        source, info, settings.fps, clip.image_size, settings.frame_rule, settings.frame_batch, log=log
-    ):
-        embeddings.append(clip.encode_frames(frames).astype(settings.dtype))
+    for features, ts in batches:
+        embeddings.append(features.astype(settings.dtype))
         stamps.append(ts)
     if not embeddings:
         return np.zeros((0, clip.embed_dim), settings.dtype), np.zeros(0, np.float32)
     return np.concatenate(embeddings), np.concatenate(stamps)
 
 
-def _encode_texts(texts: list[dict], clip: ClipEncoder, dtype: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def _encode_texts(texts: list[dict], clip: ClipEncoder, settings: ExtractSettings) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     for i, item in enumerate(texts):
         if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("text"), str):
             raise ValueError(f"texts[{i}] must be a dict with 'id' and a string 'text', got {item!r}")
-    per_token, pooled, counts = clip.encode_texts([item["text"] for item in texts])
+    strings = [item["text"] for item in texts]
+    if settings.preset == moment_detr.PRESET:
+        per_token, pooled, counts = moment_detr.encode_queries(clip, strings)
+    else:
+        per_token, pooled, counts = clip.encode_texts(strings)
     records = [{"id": str(item["id"]), "text": item["text"], "tokens": n} for item, n in zip(texts, counts)]
-    return per_token.astype(dtype), pooled.astype(dtype), records
+    return per_token.astype(settings.dtype), pooled.astype(settings.dtype), records
 
 
 def featurize_video(
@@ -120,16 +130,19 @@ def featurize_video(
 
     clip_provenance = clip.provenance()
     decoder = ffmpeg_version()
+    frames_provenance = moment_detr.video_provenance(info) if settings.preset == moment_detr.PRESET else {
+        "fps": settings.fps,
+        "frame_rule": settings.frame_rule,
+        "timestamps": (
+            "k/fps: the frame on screen at the start of each interval" if settings.frame_rule == "start"
+            else "(k+0.5)/fps: the frame on screen mid-interval (last frame, time capped at duration, "
+                 "for a final partial interval)"
+        ),
+    }
     provenance: dict[str, Any] = {
         "video": {
             **clip_provenance,
-            "fps": settings.fps,
-            "frame_rule": settings.frame_rule,
-            "timestamps": (
-                "k/fps: the frame on screen at the start of each interval" if settings.frame_rule == "start"
-                else "(k+0.5)/fps: the frame on screen mid-interval (last frame, time capped at duration, "
-                     "for a final partial interval)"
-            ),
+            **frames_provenance,
             "timestamp_origin": "first frame of the video stream",
             "decoder": decoder,
             "dtype": settings.dtype,
@@ -159,11 +172,12 @@ def featurize_video(
         "notes": notes,
     }
     if texts:
-        per_token, pooled, records = _encode_texts(texts, clip, settings.dtype)
+        per_token, pooled, records = _encode_texts(texts, clip, settings)
         sample["text.npy"], sample["text_pooled.npy"] = per_token, pooled
-        provenance["text"] = {**clip_provenance, "tower": "text", "per_token": "ln_final output @ text_projection",
-                              "pooled": "model's pooled token (EOT)", "padding": "zeros past each text's tokens",
-                              "dtype": settings.dtype}
+        tokens_provenance = moment_detr.text_provenance() if settings.preset == moment_detr.PRESET else {
+            "per_token": "ln_final output @ text_projection", "pooled": "model's pooled token (EOT)"}
+        provenance["text"] = {**clip_provenance, "tower": "text", **tokens_provenance,
+                              "padding": "zeros past each text's tokens", "dtype": settings.dtype}
         meta["texts"] = records
         meta["counts"]["text"] = len(records)
     meta["provenance"] = provenance

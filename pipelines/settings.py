@@ -15,6 +15,12 @@ from typing import Any, ClassVar, TypeVar
 from lamflow.errors import ConfigError
 
 FRAME_RULES = ("start", "middle")
+# Presets reproduce another extractor's video and text features (pipelines/moment_detr.py). Each fixes the
+# fields below; a field left at lamflow's default takes the preset's value, any other value is refused.
+PRESET_FIELDS: dict[str, dict[str, Any]] = {
+    "moment_detr": {"fps": 0.5, "frame_rule": "start", "dtype": "float32"},  # one frame per 2-s clip, float32 files
+}
+PRESETS = tuple(PRESET_FIELDS)
 DTYPES = ("float16", "float32")
 LOG_MEL = "log-mel"  # the default audio encoder (pipelines/audio_tokens.py); others: pipelines/audio_models.py
 
@@ -79,10 +85,24 @@ class ExtractSettings(ClipSettings):
     # checkpoint path (a torchaudio wav2vec2/HuBERT/WavLM model, or PANNs CNN14); see audio_models.py.
     audio_model: str = LOG_MEL
     frame_batch: int = 32  # frames decoded + encoded per batch: bounds memory on long videos
+    # None: lamflow's own frames and text tokens; a name of PRESETS: that extractor's (frame_rule then does not
+    # apply: the preset samples frames its own way, and its provenance in meta.json says how).
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in PRESET_FIELDS.get(self.preset, {}).items():
+            if getattr(self, name) == _LAMFLOW_DEFAULTS[name]:
+                object.__setattr__(self, name, value)
 
     def validate(self) -> None:
         """Raise ValueError naming the offending field and how to fix it."""
         super().validate()
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {PRESETS} (or None: lamflow's own features), got {self.preset!r}")
+        for name, value in PRESET_FIELDS.get(self.preset, {}).items():
+            if getattr(self, name) != value:
+                raise ConfigError(f"{name}={getattr(self, name)!r} contradicts preset {self.preset!r}, which fixes "
+                                  f"{name}={value!r}; leave {name} at its default")
         if not self.fps > 0:
             raise ConfigError(f"fps must be > 0 (video tokens per second), got {self.fps!r}")
         if self.frame_rule not in FRAME_RULES:
@@ -106,6 +126,10 @@ class ExtractSettings(ClipSettings):
     @property
     def audio_hop_samples(self) -> int:
         return round(self.audio_hop * self.sample_rate)
+
+
+# What a preset's fields replace: the values of a plain ExtractSettings (read before any preset applies).
+_LAMFLOW_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExtractSettings)}
 
 
 @dataclass(frozen=True)
