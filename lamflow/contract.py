@@ -46,6 +46,8 @@ MANIFEST = "manifest.jsonl"
 SIZES = "sizes.json"
 STATS = "stats.json"
 EXTRACTION = "extraction.json"
+# The sample index (lamflow.sample_index): arrays built from manifest.jsonl + sizes.json, memory-mapped by readers.
+SAMPLE_INDEX = "sample_index"
 SHARD_PATTERN = "shard-%06d.tar"
 _SHARD_NAME = re.compile(r"^shard-(\d{6,})\.tar$")
 
@@ -344,16 +346,29 @@ class AmbiguousJoin(DataFileError):
 def join_names(annotated: Iterable[str], samples: Iterable[tuple[str, str]], what: str = "annotation") -> dict[str, str]:
     """{sample key: the annotated name that names it}, for annotations that name samples by their name.
 
-    ``samples`` are (key, recorded original name) pairs of a shard set. An annotated name names a sample
-    by the first of these rules that finds any sample:
+    ``samples`` are (key, recorded original name) pairs of a shard set. An input's recorded name is its path
+    relative to the folder (or list) it came from, without the extension (``part1/clip``); its key is
+    :func:`safe_key` of that path with the extension (``part1_clip_mp4``; shards of older extractions: without
+    it), so ``clip.mkv`` and ``clip.mp4`` side by side are two samples of one recorded name, ``clip``.
+
+    An annotated name names a sample by the first of these rules that finds any sample:
 
     1. it equals the sample's recorded name (``NUsG9BgSes0_210.0_360.0``; ``part1/clip``);
-    2. it equals the sample's key, or :func:`safe_key` of it equals the key (shards without names);
-    3. it equals the last path component of the recorded name (``clip`` names ``part1/clip``).
+    2. it equals the sample's key, or :func:`safe_key` of it equals the key: the key itself, or the input's
+       relative path with its extension (``clip.mp4``; ``part1/clip.mp4``), or without it in shards of older
+       extractions (``legacy.key``);
+    3. it equals the last path component of the recorded name (``clip`` names ``part1/clip``; path
+       components are split at ``/`` and ``\\``);
+    4. it is that last component plus an extension and the key ends with ``_`` + :func:`safe_key` of it: the
+       input's file name (``clip.mp4`` names the ``part1/clip`` whose key is ``part1_clip_mp4``, not the
+       one from ``part1/clip.mkv``). A key cut to :data:`MAX_KEY_LENGTH` ends with a digest instead, so such
+       an input is named by rules 1-3 only.
 
-    A name that names two samples under its deciding rule, or a sample named by two names, is an
-    :class:`AmbiguousJoin` listing the candidates: a silent double join would train on wrong pairs.
-    Names that name no sample are left out of the result.
+    A name that names two samples under its deciding rule (``clip`` when ``clip.mkv`` and ``clip.mp4`` were
+    both extracted), or a sample named by two names, is an :class:`AmbiguousJoin` listing the candidates' keys:
+    a silent double join would train on wrong pairs. Only the names given are looked up, so two samples of one
+    recorded name are an error only for annotations that use that name. Names that name no sample are left
+    out of the result.
     """
     by_name: dict[str, list[str]] = {}
     by_key: dict[str, list[str]] = {}
@@ -365,11 +380,12 @@ def join_names(annotated: Iterable[str], samples: Iterable[tuple[str, str]], wha
     joined: dict[str, str] = {}
     for wanted in dict.fromkeys(annotated):
         candidates = (by_name.get(wanted) or by_key.get(wanted) or by_key.get(safe_key(wanted))
-                      or by_last.get(wanted) or [])
+                      or by_last.get(wanted) or _by_file_name(wanted, by_last))
         if len(candidates) > 1:
             raise AmbiguousJoin(
                 f"{what} name {wanted!r} names {len(candidates)} samples ({', '.join(sorted(candidates)[:5])}); "
-                "use the full relative name (e.g. 'part1/clip') or give the inputs distinct names"
+                "name one by its full relative name (e.g. 'part1/clip'), with the extension where two files "
+                "differ only by it (e.g. 'clip.mp4'), or give the inputs distinct names"
             )
         if candidates:
             key = candidates[0]
@@ -379,3 +395,13 @@ def join_names(annotated: Iterable[str], samples: Iterable[tuple[str, str]], wha
                 )
             joined[key] = wanted
     return joined
+
+
+def _by_file_name(wanted: str, by_last: Mapping[str, list[str]]) -> list[str]:
+    """Rule 4 of :func:`join_names`: the keys of the samples whose input file name (last path component
+    of the recorded name, plus extension) is ``wanted``."""
+    stem, dot, _ = wanted.rpartition(".")
+    if not dot:
+        return []
+    suffix = f"_{safe_key(wanted)}"
+    return [key for key in by_last.get(stem, []) if key.endswith(suffix)]

@@ -92,3 +92,26 @@ def test_a_name_that_names_two_samples_is_an_error_listing_both():
 def test_a_sample_named_twice_is_an_error():
     with pytest.raises(AmbiguousJoin, match="sample 'part1_clip' is named by two labels names, 'part1/clip' and 'part1_clip'"):
         join_names(["part1/clip", "part1_clip"], SAMPLES, what="labels")
+
+
+# Keys are made from the relative path WITH the extension, recorded names without it: two files of one name.
+TWO_FILES = [("clip_mkv", "clip"), ("clip_mp4", "clip"), ("part1_clip_mkv", "part1/clip"),
+             ("part1_clip_mp4", "part1/clip"), ("solo_mp4", "deep/solo"), ("other_mp4", "other")]
+
+
+def test_a_name_two_files_share_is_an_error_naming_both_only_for_the_annotation_that_uses_it():
+    with pytest.raises(AmbiguousJoin, match=r"annotation name 'clip' names 2 samples \(clip_mkv, clip_mp4\); .*'clip\.mp4'"):
+        join_names(["other", "clip"], TWO_FILES)
+    with pytest.raises(AmbiguousJoin, match=r"'part1/clip' names 2 samples \(part1_clip_mkv, part1_clip_mp4\)"):
+        join_names(["part1/clip"], TWO_FILES)
+    assert join_names(["other", "solo"], TWO_FILES) == {"other_mp4": "other", "solo_mp4": "solo"}
+
+
+def test_a_file_name_with_its_extension_names_that_one_file():
+    joined = join_names(["clip.mp4", "part1/clip.mkv", "solo.mp4", "solo.mkv", "other.mp4"], TWO_FILES)
+    assert joined == {"clip_mp4": "clip.mp4", "part1_clip_mkv": "part1/clip.mkv", "solo_mp4": "solo.mp4",
+                      "other_mp4": "other.mp4"}  # solo.mkv: no such file
+    with pytest.raises(AmbiguousJoin, match=r"'clip\.mkv' names 2 samples \(part1_clip_mkv, part2_clip_mkv\)"):
+        join_names(["clip.mkv"], [("part1_clip_mkv", "part1/clip"), ("part2_clip_mkv", "part2/clip")])
+    long = "x" * 200  # its key is cut and ends with a digest: the full path with its extension still names it
+    assert join_names([f"{long}.mp4"], [(safe_key(f"{long}.mp4"), long)]) == {safe_key(f"{long}.mp4"): f"{long}.mp4"}
