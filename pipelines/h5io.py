@@ -15,11 +15,16 @@ The two kinds are told apart where it is cheap to be wrong: a dataset longer tha
 imported as text is refused (it is frames), and a file imported as video/audio whose datasets are mostly
 sentence-short and named by integers gets a warning in the summary (it is probably a language file).
 
+Every id of a file is imported, whatever characters it holds: a sample's key is :func:`dataset_keys`'s, and
+the id itself is kept as the sample's original name. A dataset holding NaN or inf values is recorded as a
+failure of its id (every reader would skip the sample), the rest of the file is imported.
+
 ``export_h5`` writes one stream of a shard directory back as one dataset per video (named by the original
 id), or for ``text`` one dataset per text id, so import -> export round-trips both kinds of file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import statistics
@@ -27,7 +32,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -36,6 +41,7 @@ from lamflow import __version__
 from lamflow.contract import (
     EXTRACTION,
     IMAGE_STREAM,
+    MAX_KEY_LENGTH,
     MEDIA_STREAMS,
     META,
     SHARDS_DIR,
@@ -45,6 +51,7 @@ from lamflow.contract import (
     final_shards,
     is_token_field,
     read_samples,
+    safe_key,
     sample_dims,
     tokens_field,
 )
@@ -68,6 +75,7 @@ MAX_TEXT_TOKENS = 512
 # A video/audio import whose datasets are mostly at most this long (CLIP's text context) and mostly named by
 # integers (MAD's sentence ids, "1050") is a language file imported by mistake: the summary warns.
 SENTENCE_ROWS = 77
+_ID_DIGEST_HEX = 8  # hex digits of sha1(id) that set apart ids of one safe key (a 1 in 4 billion clash)
 
 
 @dataclass
@@ -79,6 +87,7 @@ class ImportSummary:
     shards_written: list[str]
     seconds: float
     warnings: list[str] = field(default_factory=list)  # what the file looks like, when it is not what --stream says
+    failures: dict[str, str] = field(default_factory=dict)  # id -> why it was not imported (recorded in the manifest)
 
 
 def _what(stream: str) -> str:
@@ -134,6 +143,36 @@ def _check_kind(shapes: dict[str, tuple[int, int]], path: Path, stream: str) -> 
     return []
 
 
+def dataset_keys(ids: Iterable[str]) -> dict[str, str]:
+    """{dataset id: sample key} for the ids of one file: :func:`safe_key` of the id, unless other ids of the
+    file have that safe key too (``a.b.c`` and ``a_b_c``). Then an id that is not itself that key gets
+    ``safe_key(id)`` cut to leave room for ``-`` + 8 hex digits of sha1(id): a key made from the id alone.
+    So an id that is a safe key is always its own key, ids that sanitise apart keep their readable keys,
+    and no two ids share one."""
+    plain = {name: safe_key(name) for name in ids}
+    shared = {key for key, count in Counter(plain.values()).items() if count > 1}
+    return {name: _digest_key(name) if key in shared and key != name else key for name, key in plain.items()}
+
+
+def _digest_key(name: str) -> str:
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:_ID_DIGEST_HEX]
+    return f"{safe_key(name)[: MAX_KEY_LENGTH - _ID_DIGEST_HEX - 1]}-{digest}"
+
+
+def _non_finite(raw: np.ndarray, array: np.ndarray) -> str | None:
+    """Why ``array`` (the dataset ``raw`` as it will be stored) cannot be imported, or None: NaN or inf
+    values, which every reader of the features refuses."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return None
+    bad_values, bad_rows = array.size - int(np.count_nonzero(finite)), int(np.count_nonzero(~finite.all(axis=1)))
+    where = f"{bad_values} of {array.size} values, in {bad_rows} of {len(array)} rows"
+    if np.isfinite(raw).all():
+        return (f"NaN or inf in the features ({where}): the file's {raw.dtype} values overflow {array.dtype}; "
+                "import with a wider --dtype")
+    return f"NaN or inf in the features ({where}); every reader skips such a sample: fix or drop the dataset"
+
+
 def _open_h5(path: Path, mode: str) -> h5py.File:
     try:
         return h5py.File(path, mode)
@@ -144,7 +183,8 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
 def _stored(array: np.ndarray, dtype: str | None) -> np.ndarray:
     """Keep float16/float32 as in the file (so export reproduces it bit for bit) unless ``dtype`` is given."""
     if dtype is not None:
-        return array.astype(dtype)
+        with np.errstate(over="ignore"):  # an overflow becomes inf, which _non_finite reports as the id's failure
+            return array.astype(dtype)
     return array if array.dtype.name in DTYPES else array.astype(np.float32)
 
 
@@ -239,14 +279,21 @@ def import_h5(
     try:
         with _open_h5(h5_path, "r") as h5:
             source_of = {name: f"{h5_path}#{name}" for name in names}
-            keys = assign_keys(((source_of[n], n) for n in names), taken=output.keys_by_source())
+            planned = {source_of[name]: key for name, key in dataset_keys(names).items()}
+            # assign_keys keeps the keys it is given (an earlier run's first) and refuses a clash
+            keys = assign_keys(((source_of[n], n) for n in names), taken={**planned, **output.keys_by_source()})
             done = output.done_sources()
             todo = [n for n in names if source_of[n] not in done]
+            failures: dict[str, str] = {}
             with output.shard_sink(shard_samples, shard_bytes) as sink:
                 for name in todo:
                     source, key = source_of[name], keys[source_of[name]]
                     raw = h5[name][()]
                     array = _stored(raw, dtype)
+                    if problem := _non_finite(raw, array):
+                        output.append([Record(key, source, "error", error=problem, original_name=name)])
+                        failures[name] = problem
+                        continue
                     if stream == TEXT_STREAM:
                         sample = _text_sample(key, name, source, array, raw.dtype.name, h5_path)
                         entry = Record(key, source, "ok", counts={TEXT_STREAM: 1}, dims=sample_dims(sample),
@@ -258,8 +305,8 @@ def import_h5(
                     sink.write(sample, entry)
         output.compact()
         output.write_summaries()
-        return ImportSummary(str(out_dir), len(names), len(todo), len(names) - len(todo), sink.committed,
-                             round(time.perf_counter() - started, 3), warnings)
+        return ImportSummary(str(out_dir), len(names), len(todo) - len(failures), len(names) - len(todo), sink.committed,
+                             round(time.perf_counter() - started, 3), warnings, failures)
     finally:
         output.close()
 

@@ -1,4 +1,5 @@
 """MAD-style HDF5 feature and language files <-> lamflow shards (import-h5 / export-h5), on real h5py files and tars."""
+import hashlib
 import json
 import re
 
@@ -172,3 +173,53 @@ def test_a_language_file_imported_as_video_is_flagged(language_file, mad_file, t
     assert "warning: 4 of 4 datasets are named by integers" in err and "import it with --stream text" in err
     # Frame files are not flagged, short or long: movie ids are not sentence ids.
     assert import_h5(mad_file[0], tmp_path / "frames", fps=5.0).warnings == []
+
+
+# ---- ids that sanitise to one key, and features that are not numbers ----
+
+def test_ids_that_sanitise_to_one_key_all_import_under_their_own_keys_and_export_back_exactly(tmp_path):
+    rng = np.random.default_rng(2)
+    data = {name: rng.standard_normal((5 + i, 16)).astype(np.float32)
+            for i, name in enumerate(["a.b.c", "a_b_c", "a b c", "movie.1"])}
+    path = tmp_path / "ids.h5"
+    with h5py.File(path, "w") as h5:
+        for name, array in data.items():
+            h5.create_dataset(name, data=array)
+    assert main(["import-h5", str(path), "--out", str(tmp_path / "out"), "--fps", "5"]) == 0
+
+    def digest(name):  # of the id alone: the same id gets the same key in every file where it clashes
+        return hashlib.sha1(name.encode()).hexdigest()[:8]
+
+    samples = read_samples(tmp_path / "out")
+    # a_b_c is a key already and keeps it; movie.1 clashes with nothing and keeps its readable key
+    assert {key: s["meta.json"]["original_name"] for key, s in samples.items()} == {
+        "a_b_c": "a_b_c", f"a_b_c-{digest('a.b.c')}": "a.b.c", f"a_b_c-{digest('a b c')}": "a b c", "movie_1": "movie.1"}
+    assert (import_h5(path, tmp_path / "out", fps=5.0).skipped_done) == 4  # resumes: the keys are the same again
+    assert main(["export-h5", str(tmp_path / "out"), "--out", str(tmp_path / "back.h5")]) == 0
+    with h5py.File(tmp_path / "back.h5", "r") as h5:
+        assert sorted(h5) == sorted(data)
+        for name, array in data.items():
+            assert np.array_equal(h5[name][()], array)
+
+
+def test_a_dataset_holding_nan_or_inf_is_a_failure_of_its_id_and_the_rest_is_imported(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    ok = rng.standard_normal((50, 16)).astype(np.float32)
+    one_inf, loud = ok.copy(), ok.copy()
+    one_inf[7, 3] = np.inf
+    loud[:2] = 1e6  # finite in the file, beyond float16's 65504
+    path = tmp_path / "frames.h5"
+    with h5py.File(path, "w") as h5:
+        for name, array in {"ok": ok, "all_nan": np.full((50, 16), np.nan, np.float32), "one_inf": one_inf, "loud": loud}.items():
+            h5.create_dataset(name, data=array)
+    assert main(["import-h5", str(path), "--out", str(tmp_path / "out"), "--fps", "5", "--dtype", "float16"]) == 0
+    out = capsys.readouterr().out
+    assert "imported 1 of 4 datasets (0 already done, 3 failed)" in out
+    assert "failed: all_nan: NaN or inf in the features (800 of 800 values, in 50 of 50 rows)" in out
+    assert "failed: one_inf: NaN or inf in the features (1 of 800 values, in 1 of 50 rows)" in out
+    assert "failed: loud: NaN or inf in the features (32 of 800 values, in 2 of 50 rows): the file's float32 values " \
+           "overflow float16; import with a wider --dtype" in out
+    assert list(read_samples(tmp_path / "out")) == ["ok"]
+    records = {r["original_name"]: r for r in map(json.loads, (tmp_path / "out" / "manifest.jsonl").read_text().splitlines())}
+    assert {name: r["status"] for name, r in records.items()} == {"ok": "ok", "all_nan": "error", "one_inf": "error", "loud": "error"}
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["failed"] == 3

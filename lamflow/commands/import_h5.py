@@ -6,6 +6,8 @@ import sys
 
 from lamflow.pipelines.settings import DTYPES
 
+SHOWN_FAILURES = 5  # the manifest holds every failure; a file of NaN datasets must not flood the terminal
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -21,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "meta.json texts [{id, tokens}]); point data.train_texts/data.val_texts at the output to give queries "
             "their tokens by sentence id. A dataset of more than 512 rows is refused as text (it is frames), and a "
             "file whose datasets look like sentences gets a warning when imported as video/audio. Ids are turned "
-            "into safe keys (the original id is kept in meta.json and used again by export-h5). Re-running resumes; "
+            "into safe keys, distinct ones for distinct ids (the original id is kept in meta.json and used again by "
+            "export-h5). A dataset holding NaN or inf is recorded as a failure of its id. Re-running resumes; "
             "different --stream/--fps/--dtype for the same --out is an error (use --overwrite)."
         ),
     )
@@ -57,6 +60,10 @@ def handle(args: argparse.Namespace) -> int:
         return 2
     for warning in summary.warnings:
         print(f"lamflow import-h5: warning: {warning}", file=sys.stderr)
-    print(f"{summary.out_dir}: imported {summary.imported} of {summary.datasets} datasets "
-          f"({summary.skipped_done} already done) into {len(summary.shards_written)} shard(s) in {summary.seconds:.1f} s")
-    return 0
+    print(f"{summary.out_dir}: imported {summary.imported} of {summary.datasets} datasets ({summary.skipped_done} "
+          f"already done, {len(summary.failures)} failed) into {len(summary.shards_written)} shard(s) in {summary.seconds:.1f} s")
+    for name, error in list(summary.failures.items())[:SHOWN_FAILURES]:
+        print(f"  failed: {name}: {error}")
+    if len(summary.failures) > SHOWN_FAILURES:
+        print(f"  all {len(summary.failures)} failures are in {summary.out_dir}/manifest.jsonl")
+    return 0  # failed datasets are recorded in the manifest, not a failed import
