@@ -155,10 +155,11 @@ def iter_jsonl(path: str | Path, what: str = "JSONL file") -> Iterator[tuple[int
     return parse_jsonl(_text(path, what), str(path))
 
 
-def parse_jsonl(text: str, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line of JSON-lines ``text`` read from ``source`` (named in
-    errors), for text that did not come from a local file (e.g. an fsspec URL)."""
-    for number, line in enumerate(text.splitlines(), start=1):
+def parse_jsonl(text: str | Iterable[str], source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of JSON-lines ``text`` (a string, or its lines, e.g. an
+    open file streamed) read from ``source`` (named in errors), for text that did not come from a local file
+    (e.g. an fsspec URL)."""
+    for number, line in enumerate(text.splitlines() if isinstance(text, str) else text, start=1):
         if not line.strip():
             continue
         try:

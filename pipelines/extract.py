@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from lamflow import __version__
-from lamflow.contract import Record, join_names, sample_dims
-from lamflow.errors import ConfigError
-from lamflow.pipelines.keys import assign_keys
-from lamflow.pipelines.manifest import OutputDir
+from lamflow.contract import MANIFEST, PARTITIONS_DIR, Record, join_names, output_dirs, partition_dir_name, sample_dims
+from lamflow.errors import ConfigError, LamflowError
+from lamflow.fileio import read_json
+from lamflow.pipelines.failures import FailureTally
+from lamflow.pipelines.manifest import OutputDir, SettingsMismatchError, settings_differences
+from lamflow.pipelines.plan import Partition, Plan, make_plan, refused_record
+from lamflow.pipelines.reorder import ReorderBuffer
 from lamflow.pipelines.settings import ClipSettings
 from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, ShardSink
-from lamflow.pipelines.sources import MEDIA_EXTENSIONS, Source, SourceError, expand_sources
+from lamflow.pipelines.sources import MEDIA_EXTENSIONS, Source, SourceError, iter_sources
 from lamflow.pipelines.texts import load_texts, texts_fingerprint
 from lamflow.pipelines.watchdog import CHECK_EVERY, DEFAULT_WORKER_TIMEOUT, WorkerWatchdog
 from lamflow.pipelines.worker import VideoOutcome, extract_video
@@ -39,6 +42,7 @@ TASKS_PER_THREAD = 2  # submitted-but-unfinished tasks per worker thread: keeps 
 WINDOW_WITHOUT_WORKERS = 64  # window while an external cluster has no workers yet (e.g. SLURM jobs queued)
 # Finished videos held back (at most this many windows) while an earlier, slower one is still running, so
 # samples reach the shards in input order: the same inputs give the same shards however workers finish.
+# They are spilled to disk as they arrive (reorder.py): a kill loses only what was in flight.
 REORDER_WINDOWS = 4
 
 
@@ -47,21 +51,23 @@ class ExtractionSummary:
     """What one run did (also stored as ``last_run`` in stats.json)."""
 
     out_dir: str
-    inputs: int  # media inputs named by SOURCES
+    inputs: int  # media inputs named by SOURCES (of this partition)
     attempted: int  # extracted in this run
     ok: int  # succeeded in this run
     failed: int  # failed in this run
     skipped_done: int  # already in a shard from an earlier run
     skipped_failed: int  # failed in an earlier run and not retried (see --retry-failed)
+    partition: str | None = None  # "K/N" of a partitioned run
     shards_written: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    plan_seconds: float = 0.0  # opening the output and deciding what to extract, before the first task
     videos_per_second: float = 0.0
     repairs: list[str] = field(default_factory=list)  # fixes applied after a killed run
     unmatched_text_keys: list[str] = field(default_factory=list)  # --texts video names that match no input
-    failures: dict[str, str] = field(default_factory=dict)  # source -> error, this run
+    failures: FailureTally = field(default_factory=FailureTally)  # this run's, by reason
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "failures"}
+        return {k: v for k, v in self.__dict__.items() if k != "failures"} | {"failures": self.failures.to_json()}
 
 
 def run_record(settings: ClipSettings, texts: str | Path | None) -> dict[str, Any]:
@@ -99,26 +105,30 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
         yield client
 
 
-def _record_of(outcome: VideoOutcome, names: dict[str, str]) -> Record:
+def _record_of(outcome: VideoOutcome, name: str) -> Record:
     if outcome.sample is None:
         return Record(outcome.key, outcome.source, "error", error=outcome.error,
-                      original_name=names[outcome.source], seconds=round(outcome.seconds, 3))
+                      original_name=name, seconds=round(outcome.seconds, 3))
     # featurize_video already counted the tokens per stream; the worker added source and original name
     return Record.from_meta(outcome.key, outcome.sample["meta.json"], sample_dims(outcome.sample),
                             seconds=round(outcome.seconds, 3))
 
 
-def _write(outcome: VideoOutcome, names: dict[str, str], sink: ShardSink, output: OutputDir,
-           summary: ExtractionSummary) -> None:
-    """One finished input into the output: its sample into the open shard, or its failure into the manifest."""
-    record = _record_of(outcome, names)
-    if outcome.sample is None:
-        output.append([record])  # failures are final at once: no shard to wait for
-        summary.failed += 1
-        summary.failures[outcome.source] = outcome.error or ""
-    else:
-        sink.write(outcome.sample, record)
-        summary.ok += 1
+def _write(outcome: VideoOutcome, name: str, sink: ShardSink, output: OutputDir, summary: ExtractionSummary) -> None:
+    """One finished input into the output: its sample into the open shard, or its failure into the manifest.
+    A sample the shard cannot take (the writer refuses it before writing a byte) is that input's failure."""
+    record = _record_of(outcome, name)
+    if outcome.sample is not None:
+        try:
+            sink.write(outcome.sample, record)
+            summary.ok += 1
+            return
+        except (LamflowError, ValueError) as error:
+            record = Record(outcome.key, outcome.source, "error", error=f"{type(error).__name__}: {error}",
+                            original_name=name, seconds=record.seconds)
+    output.append([record])  # failures are final at once: no shard to wait for
+    summary.failed += 1
+    summary.failures.add(record.source, record.error)
 
 
 def _outcome_of(future: Any, source: str, key: str) -> VideoOutcome:
@@ -128,8 +138,35 @@ def _outcome_of(future: Any, source: str, key: str) -> VideoOutcome:
     try:
         return future.result()
     except KilledWorker as error:
-        return VideoOutcome(source, key, None, f"worker died while extracting this input ({error}); "
+        return VideoOutcome(source, key, None, f"KilledWorker: worker died while extracting this input ({error}); "
                             "likely out of memory or a crash in a native library", 0.0)
+
+
+def partition_root(out_dir: str | Path, partition: Partition | None) -> Path:
+    """Where a run writes: ``out_dir``, or its partition's folder (see lamflow.contract)."""
+    out_dir = Path(out_dir)
+    if partition is None:
+        if (out_dir / PARTITIONS_DIR).is_dir():
+            raise ConfigError(f"{out_dir} is a partitioned tree ({PARTITIONS_DIR}/); extract into it with "
+                              "--partition K/N, or use another --out")
+        return out_dir
+    if (out_dir / MANIFEST).exists():
+        raise ConfigError(f"{out_dir} holds a single run's output; a partitioned run needs its own --out")
+    root = out_dir / PARTITIONS_DIR / partition_dir_name(partition.index, partition.count)
+    output_dirs(out_dir)  # refuses a tree of another partition count
+    return root
+
+
+def _check_sibling_settings(root: Path, record: dict[str, Any]) -> None:
+    """Partitions of one tree are one dataset: a partition may not use other settings than its siblings."""
+    for sibling in output_dirs(root.parent.parent):
+        if sibling != root and (sibling / "extraction.json").exists():
+            diffs = settings_differences(read_json(sibling / "extraction.json"), record)
+            if diffs:
+                raise SettingsMismatchError(
+                    f"{sibling} was extracted with different settings ({'; '.join(diffs)}); the partitions of "
+                    f"{root.parent.parent} form one dataset, so they take the same settings")
+            return
 
 
 def run_extraction(
@@ -148,8 +185,10 @@ def run_extraction(
     progress: bool = True,
     worker_timeout: float | None = DEFAULT_WORKER_TIMEOUT,
     cluster_status: Callable[[], str] | None = None,
+    partition: Partition | None = None,
 ) -> ExtractionSummary:
-    """Extract every input of ``sources`` into ``out_dir`` (resuming), return what this run did.
+    """Extract every input of ``sources`` (of ``partition``, when given) into ``out_dir`` (resuming), return
+    what this run did.
 
     Inputs already in a shard are skipped; inputs that failed before are skipped unless
     ``retry_failed``. ``task_resources`` (e.g. ``{"GPU": 1}``) restricts tasks to workers started with
@@ -162,36 +201,37 @@ def run_extraction(
     if texts and settings.kind != "video":
         raise SourceError(f"texts are embedded per video; an {settings.kind} run takes no --texts")
     started = time.perf_counter()
-    inputs: list[Source] = expand_sources(sources, extensions or MEDIA_EXTENSIONS[settings.kind])
+    root = partition_root(out_dir, partition)
+    record = run_record(settings, texts)
+    if partition is not None:
+        _check_sibling_settings(root, record)
+    exts = extensions or MEDIA_EXTENSIONS[settings.kind]
     texts_by_name = load_texts(texts) if texts else {}
-    output = OutputDir(Path(out_dir), run_record(settings, texts), overwrite=overwrite)
+    output = OutputDir(root, record, overwrite=overwrite)
     try:
-        done, failed = output.done_sources(), output.failed_sources()
-        names = {s.path: s.name for s in inputs}
-        keys = assign_keys(names.items(), taken=output.keys_by_source())
-        joined = join_names(texts_by_name, ((keys[s], names[s]) for s in names), what="--texts video")
+        plan = make_plan(lambda: iter_sources(sources, exts), output.index, output.root / MANIFEST, retry_failed,
+                         partition, set(texts_by_name) if texts else None)
+        joined = join_names(texts_by_name, plan.text_candidates, what="--texts video")
         texts_by_key = {key: texts_by_name[name] for key, name in joined.items()}
-        todo = [s for s in inputs if s.path not in done and (retry_failed or s.path not in failed)]
         summary = ExtractionSummary(
-            out_dir=str(out_dir),
-            inputs=len(inputs),
-            attempted=len(todo),
-            ok=0,
-            failed=0,
-            skipped_done=sum(s.path in done for s in inputs),
-            skipped_failed=sum(s.path in failed and not retry_failed for s in inputs),
-            repairs=list(output.repairs),
-            unmatched_text_keys=sorted(set(texts_by_name) - set(joined.values())),
+            out_dir=str(root), inputs=plan.inputs, attempted=plan.todo_count, ok=0, failed=0,
+            skipped_done=plan.skipped_done, skipped_failed=plan.skipped_failed,
+            partition=f"{partition.index}/{partition.count}" if partition else None,
+            repairs=list(output.repairs), unmatched_text_keys=sorted(set(texts_by_name) - set(joined.values())),
+            plan_seconds=round(time.perf_counter() - started, 3),
         )
-        if todo:
+        if plan.todo_count:
             with output.shard_sink(shard_samples, shard_bytes) as sink:
-                _run_tasks(todo, keys, names, settings, texts_by_key, sink, output, summary, workers, scheduler,
+                _run_tasks(plan, settings, texts_by_key, sink, output, summary, workers, scheduler,
                            task_resources, progress, worker_timeout, cluster_status)
             summary.shards_written = list(sink.committed)
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.videos_per_second = round(summary.attempted / summary.seconds, 3) if summary.seconds else 0.0
-        output.compact()
-        output.write_summaries(last_run=summary.to_json())
+        if plan.todo_count or output.repairs or not (output.root / "stats.json").exists():
+            # a pass over every record: skipped when a rerun found nothing to do, so a finished partition
+            # of 10^7 inputs reruns in plan time
+            output.compact()
+            output.write_summaries(last_run=summary.to_json())
         return summary
     finally:
         output.close()
@@ -203,9 +243,7 @@ def _window(threads: int) -> int:
 
 
 def _run_tasks(
-    todo: list[Source],
-    keys: dict[str, str],
-    names: dict[str, str],
+    plan: Plan,
     settings: ClipSettings,
     texts_by_key: dict[str, list[dict[str, str]]],
     sink: ShardSink,
@@ -224,51 +262,58 @@ def _run_tasks(
     with dask_client(workers, scheduler) as client:
         watchdog = WorkerWatchdog(client, worker_timeout, cluster_status)
         window = _window(sum(client.nthreads().values()))
-        queue = iter(enumerate(todo))
-        index_of: dict[Any, int] = {}  # running future -> input index
-        finished: dict[int, VideoOutcome] = {}  # done, waiting for every earlier input to be written
-        written = 0
+        queue = enumerate(plan.todo())
+        running: dict[Any, tuple[int, Source, str]] = {}  # future -> (input index, input, key)
+        names: dict[int, str] = {}  # input index -> name, for the inputs not yet written
+        buffer = ReorderBuffer(output.shards_dir)
+        bar = tqdm(total=plan.todo_count, unit=settings.kind, disable=not progress, file=sys.stderr, dynamic_ncols=True)
 
         def submit_next() -> bool:
-            index, source = next(queue, (None, None))
+            index, (source, key, refused) = next(queue, (None, (None, None, None)))
             if source is None:
                 return False
-            key = keys[source.path]
-            extra = {"original_name": names[source.path]}
+            names[index] = source.name
+            if refused:  # a key clash: recorded as this input's failure, nothing to compute
+                buffer.put(index, VideoOutcome(source.path, key, None, refused, 0.0))
+                bar.update(1)
+                return True
+            extra = {"original_name": source.name}
             if source.metadata:
                 extra["source_metadata"] = source.metadata
             future = client.submit(
                 extract_video, source.path, key, settings, texts_by_key.get(key), extra,
                 key=f"lamflow-extract-{key}-{uuid.uuid4().hex[:8]}", pure=False, resources=task_resources,
             )
-            index_of[future] = index
+            running[future] = (index, source, key)
             return True
 
-        for _ in range(window):
-            submit_next()
-        bar = tqdm(total=len(todo), unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         try:
-            while index_of:
+            for _ in range(window):
+                submit_next()
+            while running or buffer:
                 # Wake up at least every CHECK_EVERY seconds: a cluster without workers completes nothing.
                 try:
-                    done = wait(list(index_of), timeout=CHECK_EVERY, return_when="FIRST_COMPLETED").done
+                    done = wait(list(running), timeout=CHECK_EVERY, return_when="FIRST_COMPLETED").done if running else set()
                 except TimeoutError:
                     done = set()
                 if watchdog.due():
                     window = _window(watchdog.check())  # clusters grow and shrink (adaptive SLURM jobs)
-                for future in sorted(done, key=index_of.get):
-                    index = index_of.pop(future)
-                    source = todo[index]
-                    finished[index] = _outcome_of(future, source.path, keys[source.path])
+                for future in sorted(done, key=lambda f: running[f][0]):
+                    index, source, key = running.pop(future)
+                    buffer.put(index, _outcome_of(future, source.path, key))
                     future.release()
                     bar.update(1)
-                while written in finished:
-                    _write(finished.pop(written), names, sink, output, summary)
-                    written += 1
+                for index, outcome in buffer.ready():
+                    _write(outcome, names.pop(index), sink, output, summary)
                 # Keep `window` tasks running unless too many finished ones already wait for a slow one.
-                while len(index_of) < window and len(index_of) + len(finished) < REORDER_WINDOWS * window:
+                while len(running) < window and len(running) + len(buffer) < REORDER_WINDOWS * window:
                     if not submit_next():
                         break
                 bar.set_postfix(ok=summary.ok, failed=summary.failed, refresh=False)
         finally:
+            # Stopping early (no workers, Ctrl-C, an error): what finished is written now, out of order,
+            # rather than computed again by the next run.
+            for index, outcome in buffer.drain():
+                _write(outcome, names.pop(index), sink, output, summary)
+            buffer.close()
             bar.close()

@@ -23,13 +23,13 @@ from lamflow.contract import (
     SIZES,
     final_shards,
     iter_members,
-    latest_records,
     npy_header,
-    parse_manifest,
+    output_dirs,
 )
 from lamflow.errors import DataFileError
 from lamflow.fileio import read_json
-from lamflow.pipelines.manifest import MAX_LISTED_FAILURES
+from lamflow.pipelines.failures import FailureTally, format_failures
+from lamflow.pipelines.record_index import latest_records, read_index
 from lamflow.pipelines.shards import temp_shards
 
 
@@ -86,12 +86,14 @@ def _scan_shard(path: Path, streams: dict[str, StreamSummary], keys: Counter, no
 
 
 def inspect_output(path: str | Path) -> dict[str, Any]:
-    """Summarise an output directory, or a single shard file, as a JSON-friendly dict."""
+    """Summarise an output directory (a partitioned tree as one dataset), or a single shard file, as a
+    JSON-friendly dict."""
     path = Path(path)
     if path.is_file():
-        shards, root = [path], None
+        shards, roots = [path], []
     elif path.is_dir():
-        shards, root = final_shards(path / SHARDS_DIR), path
+        roots = output_dirs(path)
+        shards = [shard for root in roots for shard in final_shards(root / SHARDS_DIR)]
     else:
         raise DataFileError(f"{path} does not exist; give an output directory of `lamflow extract` or a shard .tar")
     streams: dict[str, StreamSummary] = {}
@@ -99,7 +101,8 @@ def inspect_output(path: str | Path) -> dict[str, Any]:
     notes: Counter = Counter()
     note_examples: dict[str, str] = {}
     damage: list[str] = []
-    per_shard = {shard.name: _scan_shard(shard, streams, keys, notes, note_examples, damage) for shard in shards}
+    per_shard = {_shard_label(shard, path): _scan_shard(shard, streams, keys, notes, note_examples, damage)
+                 for shard in shards}
     report: dict[str, Any] = {
         "path": str(path),
         "shards": len(shards),
@@ -111,36 +114,56 @@ def inspect_output(path: str | Path) -> dict[str, Any]:
         "note_examples": note_examples,
         "problems": damage + [f"key {k!r} appears {n} times" for k, n in keys.items() if n > 1],
     }
-    if root is not None:
-        _add_records(root, per_shard, report)
+    if roots:
+        report["partitions"] = len(roots) if roots != [path] else 0
+        failures = FailureTally()
+        for root in roots:
+            on_disk = {shard.name: per_shard[_shard_label(shard, path)] for shard in final_shards(root / SHARDS_DIR)}
+            _add_records(root, on_disk, report, failures)
+        if "inputs" in report:
+            report["failures"] = failures.to_json()
     return report
 
 
-def _add_records(root: Path, per_shard: dict[str, int], report: dict[str, Any]) -> None:
+def _shard_label(shard: Path, root: Path) -> str:
+    """A shard's name in the report: its file name, or its path under a partitioned tree's root."""
+    return shard.name if shard.parent.parent == root or root.is_file() else str(shard.relative_to(root))
+
+
+def _add_records(root: Path, on_disk: dict[str, int], report: dict[str, Any], failures: FailureTally) -> None:
+    """Add what ``root``'s records say (settings, inputs, failures) and their disagreements with ``on_disk``
+    ({shard file name: samples found}) to the report."""
     if (root / EXTRACTION).is_file():
         extraction = read_json(root / EXTRACTION)
         report["kind"] = extraction.get("kind")
         report["settings"] = extraction.get("settings")
     if (root / MANIFEST).is_file():
         try:
-            records, torn = parse_manifest(root / MANIFEST)
+            index, torn = read_index(root / MANIFEST)
+            records = latest_records(root / MANIFEST, index)
+            for name in ("inputs", "ok", "failed"):
+                report.setdefault(name, 0)
+            for record in records:
+                report["inputs"] += 1
+                if record.status == "error":
+                    report["failed"] += 1
+                    failures.add(record.source, record.error)
+                else:
+                    report["ok"] += 1
         except DataFileError as error:
-            records, torn = [], False
+            torn = False
             report["problems"].append(f"{error} (re-run extract to repair an interrupted run's manifest)")
         if torn:
-            report["problems"].append(f"{MANIFEST}: the last line was cut off by an interrupted run (re-run extract to fix)")
-        latest = latest_records(records)
-        failures = [r for r in latest.values() if r.status == "error"]
-        report["inputs"] = len(latest)
-        report["ok"] = len(latest) - len(failures)
-        report["failed"] = len(failures)
-        report["failures"] = {r.source: r.error for r in failures[:MAX_LISTED_FAILURES]}
-    if (root / SIZES).is_file() and read_json(root / SIZES) != per_shard:
-        report["problems"].append(f"{SIZES} disagrees with the shards on disk (an interrupted run? re-run extract to fix)")
+            report["problems"].append(f"{root / MANIFEST}: the last line was cut off by an interrupted run (re-run "
+                                      "extract to fix)")
+    if (root / SIZES).is_file():
+        if read_json(root / SIZES) != on_disk:
+            report["problems"].append(f"{root / SIZES} disagrees with the shards on disk (an interrupted run? re-run "
+                                      "extract to fix)")
     leftovers = [p.name for p in temp_shards(root / SHARDS_DIR)]
     if leftovers:
-        report["problems"].append(f"unfinished shards from an interrupted run: {leftovers} (re-running the extraction "
-                                  "keeps their finished samples)")
+        report["problems"].append(f"unfinished shards from an interrupted run in {root}: {leftovers} (re-running the "
+                                  "extraction keeps their finished samples)")
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -160,10 +183,9 @@ def format_report(report: dict[str, Any]) -> str:
     for lead, count in report["notes"].items():
         example = report["note_examples"][lead]  # whole: a note's colon is not its end
         lines.append(f"note ({count} samples): {example}" if count == 1 else f"note ({count} samples), e.g.: {example}")
-    for source, error in report.get("failures", {}).items():
-        lines.append(f"failed: {source}: {error}")
-    if report.get("failed", 0) > len(report.get("failures", {})):
-        lines.append(f"... {report['failed'] - len(report['failures'])} more failures in {MANIFEST}")
+    if report.get("failures"):
+        where = f"{MANIFEST} (status error){' of each partition' if report.get('partitions') else ''}"
+        lines += format_failures(report["failures"]["reasons"], report["failures"]["examples"], where)
     for problem in report["problems"]:
         lines.append(f"PROBLEM: {problem}")
     return "\n".join(lines)

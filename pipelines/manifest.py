@@ -23,28 +23,42 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 from lamflow import __version__
 from lamflow.contract import (
     EXTRACTION,
     FORMAT,
     MANIFEST,
+    META,
     SHARDS_DIR,
     SIZES,
     STATS,
     Record,
     final_shards,
-    parse_manifest,
+    sample_dims,
     shard_index,
 )
 from lamflow.errors import LamflowError
-from lamflow.fileio import commit_temp, final_path, read_json, write_json_atomic, write_jsonl_atomic
-from lamflow.pipelines.shards import ShardSink, salvage_temp_shard, temp_shards
+from lamflow.fileio import atomic_open, commit_temp, final_path, read_json, write_json_atomic
+from lamflow.pipelines.failures import FailureTally
+from lamflow.pipelines.record_index import (
+    INDEX_FILE,
+    OK,
+    appended,
+    latest_records,
+    manifest_lines,
+    read_index,
+    stable_hash,
+)
+from lamflow.pipelines.reorder import clear_spill, spilled_samples
+from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, ShardSink, salvage_temp_shard, temp_shards
 
 LOCK = ".lamflow.lock"
-MAX_LISTED_FAILURES = 100  # stats.json stays small on huge corpora; manifest.jsonl has every failure
-OUTPUT_FILES = (MANIFEST, STATS, SIZES, EXTRACTION)  # deletion order matters, see _delete_previous_output
+SAVE_INDEX_EVERY = 100_000  # manifest lines appended between index saves: bounds what a killed run's next open re-reads
+OUTPUT_FILES = (MANIFEST, INDEX_FILE, STATS, SIZES, EXTRACTION)  # deletion order matters, see _delete_previous_output
 
 
 class SettingsMismatchError(LamflowError, ValueError):
@@ -64,6 +78,13 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
         elif a != b:
             diffs.append(f"{prefix}{name}: {a!r} -> {b!r}")
     return diffs
+
+
+def settings_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """How two runs' extraction.json records differ in what decides the features (``lamflow_version`` and
+    ``runtime`` may differ: they change how fast, not what)."""
+    compared = [k for k in current if k not in ("lamflow_version", "runtime", "created", "format")]
+    return _differences({k: previous.get(k) for k in compared}, {k: current[k] for k in compared})
 
 
 class OutputDir:
@@ -102,10 +123,7 @@ class OutputDir:
         path = self.root / EXTRACTION
         record = {"format": FORMAT, **run_record}
         if path.exists():
-            previous = read_json(path)
-            previous_run = {k: previous.get(k) for k in record if k not in ("lamflow_version", "runtime")}
-            current_run = {k: record[k] for k in previous_run}
-            diffs = _differences(previous_run, current_run)
+            diffs = settings_differences(read_json(path), record)
             if diffs and self._holds_output():
                 raise SettingsMismatchError(
                     f"{self.root} was extracted with different settings ({'; '.join(diffs)}). Resuming would "
@@ -128,27 +146,55 @@ class OutputDir:
         return (manifest.exists() and manifest.stat().st_size > 0) or bool(final_shards(self.shards_dir))
 
     def _recover(self) -> None:
-        path = self.root / MANIFEST
-        records, torn = parse_manifest(path) if path.exists() else ([], False)
+        manifest = self.root / MANIFEST
+        self.index, torn = read_index(manifest)
+        self._saved_lines = self.index.lines if (self.root / INDEX_FILE).exists() else -1
         if torn:
             self.repairs.append("dropped a manifest line cut off by a killed run")
         existing = {p.name for p in final_shards(self.shards_dir)}
-        for record in records:
-            if record.status == "ok" and record.shard not in existing:
-                self.repairs.append(f"{record.source}: its shard {record.shard} was never completed")
-                continue
-            self._set_latest(record)
-        recorded = {r.shard for r in self.latest.values() if r.status == "ok"}
+        missing = [i for i, name in enumerate(self.index.shards) if name not in existing]
+        lost = (self.index.status == OK) & np.isin(self.index.shard, missing)
+        if lost.any():
+            per_shard = np.bincount(self.index.shard[lost], minlength=len(self.index.shards))
+            for shard_id in np.flatnonzero(per_shard):
+                self.repairs.append(f"{per_shard[shard_id]} record(s) name shard {self.index.shards[shard_id]}, which "
+                                    "was never completed: their inputs are extracted again")
+            self.index = self.index.without(lost)
+        recorded = {self.index.shards[i] for i in np.unique(self.index.shard[self.index.status == OK])}
         unrecorded = sorted(existing - recorded)
         if unrecorded:
             raise OutputDirError(
-                f"{self.shards_dir} holds shard(s) {unrecorded} whose samples are not in {MANIFEST} (was the "
+                f"{self.shards_dir} holds shard(s) {unrecorded[:5]} whose samples are not in {MANIFEST} (was the "
                 "manifest edited or deleted?); resuming would duplicate them. Delete those shards or rerun with --overwrite"
             )
-        if torn or self.repairs or len(self.latest) != len(records):
+        if torn or lost.any() or self.index.superseded:
             self.compact()
+        elif self._saved_lines != self.index.lines:
+            self._save_index()
         for temp in temp_shards(self.shards_dir):
             self._salvage(temp)
+        self._recover_spill()
+
+    def _recover_spill(self) -> None:
+        """Put the finished samples a killed run held back for input order (reorder.py) into a shard,
+        unless the run wrote them before it died."""
+        kept = 0
+        with self.shard_sink(DEFAULT_SHARD_SAMPLES, DEFAULT_SHARD_BYTES) as sink:
+            for sample in spilled_samples(self.root):
+                meta = sample.get(META)
+                if not isinstance(meta, dict) or "source" not in meta or self._is_done(meta["source"]):
+                    continue
+                fields = {name: value for name, value in sample.items() if not name.startswith("__")}
+                sink.write({"__key__": sample["__key__"], **fields},
+                           Record.from_meta(sample["__key__"], meta, sample_dims(fields)))
+                kept += 1
+        clear_spill(self.root)
+        if kept:
+            self.repairs.append(f"kept {kept} finished sample(s) that were waiting for an earlier input when the run stopped")
+
+    def _is_done(self, source: str) -> bool:
+        position = self.index.lookup(np.array([stable_hash(source)], np.uint64))[0]
+        return position >= 0 and self.index.status[position] == OK
 
     def _salvage(self, temp: Path) -> None:
         """Commit the complete samples of an unfinished shard (see the module docstring), in the order
@@ -162,25 +208,30 @@ class OutputDir:
             temp.unlink()
             self.repairs.append(f"deleted unfinished shard {temp.name}: no complete sample in it")
             return
-        for key, meta, dims in kept:
+        for key, meta, _ in kept:
             if "source" not in meta:
                 raise OutputDirError(f"{temp}: sample {key!r} has no source in its meta.json; move the file away "
                                      "or rerun with --overwrite")
-            self._set_latest(Record.from_meta(key, meta, dims, shard=final.name))
-        self.compact()
+        self.append(Record.from_meta(key, meta, dims, shard=final.name) for key, meta, dims in kept)
         commit_temp(final)
         self.repairs.append(f"kept the {len(kept)} finished sample(s) of unfinished shard {temp.name} as {final.name}")
 
     # -- queries -------------------------------------------------------------------------------------
+    def records(self) -> Iterator[Record]:
+        """The latest record of every input, in manifest order (streamed from the manifest)."""
+        return latest_records(self.root / MANIFEST, self.index)
+
     def done_sources(self) -> set[str]:
-        return {s for s, r in self.latest.items() if r.status == "ok"}
+        """Sources in a shard (a set of every such path: for small directories and tests; a plan at scale
+        looks hashes up in :attr:`index`)."""
+        return {r.source for r in self.records() if r.status == "ok"}
 
     def failed_sources(self) -> set[str]:
-        return {s for s, r in self.latest.items() if r.status == "error"}
+        return {r.source for r in self.records() if r.status == "error"}
 
     def keys_by_source(self) -> dict[str, str]:
         """Keys fixed by earlier runs (ok or failed: a retried input keeps its key)."""
-        return {s: r.key for s, r in self.latest.items()}
+        return {r.source: r.key for r in self.records()}
 
     def next_shard_index(self) -> int:
         shards = final_shards(self.shards_dir)
@@ -198,52 +249,74 @@ class OutputDir:
     def append(self, records: Iterable[Record]) -> None:
         """Append records durably: one write, then fsync (a kill can tear only the last line)."""
         records = list(records)
-        with open(self.root / MANIFEST, "a", encoding="utf-8") as handle:
+        path = self.root / MANIFEST
+        with open(path, "a", encoding="utf-8") as handle:
             handle.write("".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records))
             handle.flush()
             os.fsync(handle.fileno())
-        for record in records:
-            self._set_latest(record)
+            size = handle.tell()
+        self.index = appended(self.index, records, self.index.lines, size)
+        if self.index.lines - self._saved_lines >= SAVE_INDEX_EVERY:
+            self._save_index()
 
-    def _set_latest(self, record: Record) -> None:
-        # Re-insert at the end so the compacted manifest lists records in commit order: the records of
-        # one shard stay together and in the shard's tar order (readers rely on it).
-        self.latest.pop(record.source, None)
-        self.latest[record.source] = record
+    def _save_index(self) -> None:
+        self.index.save(self.root / MANIFEST)
+        self._saved_lines = self.index.lines
 
     def compact(self) -> None:
-        """Rewrite the manifest with one record (the latest) per input, atomically."""
-        write_jsonl_atomic(self.root / MANIFEST, (r.to_json() for r in self.latest.values()), sort_keys=True)
+        """Rewrite the manifest with one record (the latest) per input, atomically, streaming its lines."""
+        manifest = self.root / MANIFEST
+        latest = np.zeros(self.index.lines, bool)
+        latest[self.index.line] = True
+        with atomic_open(manifest, "wb") as handle:
+            if manifest.exists():
+                for number, (_, line) in enumerate(manifest_lines(manifest)):
+                    if number < len(latest) and latest[number]:
+                        handle.write(line + b"\n")
+            size = handle.tell()
+        renumbered = np.cumsum(latest) - 1  # a kept line's number in the new file
+        order = np.argsort(self.index.line, kind="stable")
+        line = np.empty_like(self.index.line)
+        line[order] = renumbered[self.index.line[order]]
+        self.index = dataclasses.replace(self.index, line=line, lines=len(self.index), covered=size)
+        self._save_index()
 
     def write_summaries(self, last_run: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write sizes.json ({shard: samples}) and stats.json from the manifest; returns the stats."""
-        ok = [r for r in self.latest.values() if r.status == "ok"]
-        failed = [r for r in self.latest.values() if r.status == "error"]
+        """Write sizes.json ({shard: samples}) and stats.json from the manifest (one streamed pass); returns the stats."""
         sizes: dict[str, int] = {}
-        for record in sorted(ok, key=lambda r: r.shard):
-            sizes[record.shard] = sizes.get(record.shard, 0) + 1
         tokens: dict[str, int] = {}
         widths: dict[str, dict[str, int]] = {}  # stream -> {width: samples}: more than one width is a mixed set
-        for record in ok:
+        failures = FailureTally()
+        inputs = ok = 0
+        duration = 0.0
+        for record in self.records():
+            inputs += 1
+            if record.status != "ok":
+                failures.add(record.source, record.error)
+                continue
+            ok += 1
+            sizes[record.shard] = sizes.get(record.shard, 0) + 1
+            duration += record.duration or 0.0
             for stream, count in record.counts.items():
                 tokens[stream] = tokens.get(stream, 0) + count
             for stream, dim in record.dims.items():
                 widths.setdefault(stream, {}).setdefault(str(dim), 0)
                 widths[stream][str(dim)] += 1
         stats = {
-            "inputs": len(self.latest),
-            "ok": len(ok),
-            "failed": len(failed),
+            "inputs": inputs,
+            "ok": ok,
+            "failed": inputs - ok,
             "shards": len(sizes),
-            "duration_seconds": round(sum(r.duration or 0.0 for r in ok), 3),
+            "duration_seconds": round(duration, 3),
             "tokens": tokens,
             "dims": widths,
-            "failures": {r.source: r.error for r in failed[:MAX_LISTED_FAILURES]},  # all are in the manifest
+            "failure_reasons": dict(failures.reasons.most_common()),
+            "failures": failures.examples,  # the first few; all are in the manifest
             "lamflow_version": __version__,
         }
         if last_run is not None:
             stats["last_run"] = last_run
-        write_json_atomic(self.root / SIZES, sizes)
+        write_json_atomic(self.root / SIZES, dict(sorted(sizes.items())))
         write_json_atomic(self.root / STATS, stats)
         return stats
 

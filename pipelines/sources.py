@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
+import dataclasses
 import os
 import posixpath
 import shutil
@@ -49,12 +49,18 @@ class SourceError(LamflowError, ValueError):
 @dataclass(frozen=True)
 class Source:
     """One media input: ``path`` (local absolute path or fsspec URL), ``name`` (its path relative to the
-    directory, glob or list file it came from, without the media extension; its key is made from it)
-    and metadata from a list file."""
+    directory, glob or list file it came from, without the media extension: annotations join on it),
+    ``key_name`` (the same path WITH its extension, or a list file's ``key`` column: its sample key is made
+    from it, so ``clip.mp4`` and ``clip.mkv`` side by side get two keys) and metadata from a list file."""
 
     path: str
     name: str = field(compare=False, hash=False)
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    key_name: str = field(default="", compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.key_name:
+            object.__setattr__(self, "key_name", self.name)
 
 
 def _stem(path: str) -> str:
@@ -65,16 +71,29 @@ def _stem(path: str) -> str:
     return f"{head}/{base}" if head else base
 
 
-def source_name(path: str, base: str | None = None) -> str:
-    """The name of the input at ``path`` found under ``base``: the relative path without its extension;
-    the file name without its extension when there is no base or ``path`` lies outside it."""
+def _relative_path(path: str, base: str | None) -> str:
+    """``path`` relative to ``base``; the file name when there is no base or ``path`` lies outside it."""
     path = (urlsplit(path).path if is_url(path) else path).replace("\\", "/").rstrip("/")
     if base is not None:
         base = (urlsplit(base).path if is_url(base) else base).replace("\\", "/").rstrip("/")
+        if base and path.startswith(base + "/") and "/." not in path:  # the common case, without relpath's cost
+            return path[len(base) + 1:]
         relative = posixpath.relpath(path, base) if base else path.lstrip("/")
         if not relative.startswith("../") and relative not in (".", ".."):
-            return _stem(relative)
-    return _stem(posixpath.basename(path))
+            return relative
+    return posixpath.basename(path)
+
+
+def source_name(path: str, base: str | None = None) -> str:
+    """The name of the input at ``path`` found under ``base``: the relative path without its extension;
+    the file name without its extension when there is no base or ``path`` lies outside it."""
+    return _stem(_relative_path(path, base))
+
+
+def _found(path: str, base: str | None = None) -> Source:
+    """The input at ``path`` found under ``base`` (a directory, a glob's folder, a list file's folder)."""
+    relative = _relative_path(path, base)
+    return Source(path, _stem(relative), key_name=relative)
 
 
 def _glob_base(pattern: str) -> str:
@@ -121,9 +140,6 @@ def _other_kind_hint(files: Sequence[str], extensions: Sequence[str]) -> str:
     return ""
 
 
-def _read_text(path: str) -> str:
-    with fsspec.open(path, "rt", encoding="utf-8") as handle:
-        return handle.read()
 
 
 def _path_column(columns: Sequence[str], list_file: str) -> str:
@@ -136,33 +152,40 @@ def _path_column(columns: Sequence[str], list_file: str) -> str:
     )
 
 
-def _rows_of_list_file(list_file: str) -> list[dict[str, Any]]:
-    text = _read_text(list_file)
-    if list_file.lower().endswith(".txt"):
-        lines = (line.strip() for line in text.splitlines())
-        return [{"path": line} for line in lines if line and not line.startswith(COMMENT)]
-    if list_file.lower().endswith(".csv"):
-        return list(csv.DictReader(io.StringIO(text)))
-    return [row for _, row in parse_jsonl(text, list_file)]
+def _rows_of_list_file(list_file: str) -> Iterator[dict[str, Any]]:
+    """The rows of a list file, streamed: a list of 10^7 inputs is never held as one text."""
+    with fsspec.open(list_file, "rt", encoding="utf-8", newline="") as handle:
+        if list_file.lower().endswith(".txt"):
+            for line in handle:
+                line = line.strip()
+                if line and not line.startswith(COMMENT):
+                    yield {"path": line}
+        elif list_file.lower().endswith(".csv"):
+            yield from csv.DictReader(handle)
+        else:
+            yield from (row for _, row in parse_jsonl(handle, list_file))
 
 
-def _expand_list_file(list_file: str) -> list[Source]:
+def _expand_list_file(list_file: str) -> Iterator[Source]:
     base_dir = posixpath.dirname(list_file) if is_url(list_file) else os.path.dirname(list_file)
-    sources = []
+    txt = list_file.lower().endswith(".txt")
     for number, row in enumerate(_rows_of_list_file(list_file), start=1):
+        if txt:  # the common huge case, kept lean: no metadata, no column lookup
+            yield _found(_join(base_dir, row["path"]), base_dir)
+            continue
         column = _path_column(list(row), list_file)
         value = row[column]
         if not isinstance(value, str) or not value.strip():
             raise SourceError(f"{list_file}: row {number} has an empty {column!r} value; give a media path")
         metadata = {k: v for k, v in row.items() if k != column}
-        path = _join(base_dir, value.strip())
+        found = _found(_join(base_dir, value.strip()), base_dir)
         key = metadata.get("key")
-        name = str(key) if key not in (None, "") else source_name(path, base_dir)
-        sources.append(Source(path, name, metadata))
-    return sources
+        if key not in (None, ""):
+            found = Source(found.path, str(key), metadata, key_name=str(key))
+        yield dataclasses.replace(found, metadata=metadata)
 
 
-def _expand_one(spec: str, extensions: Sequence[str]) -> list[Source]:
+def _expand_one(spec: str, extensions: Sequence[str]) -> Iterator[Source]:
     path = _normalise(spec)
     fs, root = _fs(path)
     if any(c in spec for c in _GLOB_CHARS) and not fs.exists(root):
@@ -171,7 +194,7 @@ def _expand_one(spec: str, extensions: Sequence[str]) -> list[Source]:
             raise SourceError(f"glob {spec!r} matched no files and no file has that exact name; check the pattern "
                               "(quote it so the shell leaves it)")
         base = _glob_base(path)
-        return [Source(p, source_name(p, base)) for p in (_as_source_path(fs, f, path) for f in found)]
+        return (_found(p, base) for p in (_as_source_path(fs, f, path) for f in found))
     if not fs.exists(root):
         raise SourceError(f"source {spec!r} does not exist; give a media file, a directory, a glob or a list file")
     if fs.isdir(root):
@@ -182,10 +205,10 @@ def _expand_one(spec: str, extensions: Sequence[str]) -> list[Source]:
                 f"directory {spec!r} holds no files with a media extension {list(extensions)}"
                 f"{_other_kind_hint(files, extensions)}; pass --extensions to widen the search"
             )
-        return [Source(p, source_name(p, path)) for p in (_as_source_path(fs, f, path) for f in found)]
+        return (_found(p, path) for p in (_as_source_path(fs, f, path) for f in found))
     if _has_extension(path, LIST_EXTENSIONS):
         return _expand_list_file(path)
-    return [Source(path, source_name(path))]
+    return iter([_found(path)])
 
 
 def expand_sources(specs: Sequence[str], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Source]:
@@ -196,13 +219,19 @@ def expand_sources(specs: Sequence[str], extensions: Sequence[str] = VIDEO_EXTEN
     metadata of its first appearance. Raises :class:`SourceError` for a missing path, an empty glob or
     directory, or a list file without a path column.
     """
+    seen: dict[str, Source] = {}
+    for source in iter_sources(specs, extensions):
+        seen.setdefault(source.path, source)
+    return list(seen.values())
+
+
+def iter_sources(specs: Sequence[str], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> Iterator[Source]:
+    """The inputs of SOURCES as :func:`expand_sources` finds them, streamed and NOT de-duplicated (a path
+    reached twice comes twice): a run over 10^7 inputs de-duplicates by hash instead of holding every path."""
     if not specs:
         raise SourceError("no SOURCES given; pass media files, directories, globs or list files")
-    seen: dict[str, Source] = {}
     for spec in specs:
-        for source in _expand_one(spec, extensions):
-            seen.setdefault(source.path, source)
-    return list(seen.values())
+        yield from _expand_one(spec, extensions)
 
 
 @contextlib.contextmanager

@@ -52,12 +52,13 @@ def corpus(tmp_path_factory):
 
 
 def read_shards(out: Path) -> dict[str, dict]:
-    """Every sample of ``out`` through the plain webdataset library, keyed; asserts keys are unique."""
+    """Every sample of ``out`` through the plain webdataset library, by input name (``talk`` for talk.mp4:
+    what annotations join on); asserts keys are unique."""
     urls = sorted(str(p) for p in (out / "shards").glob("*.tar"))
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
     keys = [s["__key__"] for s in samples]
     assert len(keys) == len(set(keys)), f"duplicate samples: {keys}"
-    return {s["__key__"]: s for s in samples}
+    return {s["meta.json"]["original_name"]: s for s in samples}
 
 
 def manifest(out: Path) -> list[dict]:
@@ -92,6 +93,8 @@ def test_every_input_becomes_one_sample_with_timestamped_streams(corpus, tmp_pat
 
     samples = read_shards(out)
     assert sorted(samples) == ["short", "silent", "talk", "tone"]
+    # the key is made from the name with its extension, so clip.mkv beside clip.mp4 stays extractable
+    assert sorted(s["__key__"] for s in samples.values()) == ["short_mkv", "silent_mp4", "talk_mp4", "tone_wav"]
     talk = samples["talk"]
     assert talk["video.npy"].shape == (3, 64) and talk["video.npy"].dtype == np.float16
     assert np.allclose(talk["video_ts.npy"], [0, 1, 2])
@@ -107,8 +110,8 @@ def test_every_input_becomes_one_sample_with_timestamped_streams(corpus, tmp_pat
     assert "text.npy" not in samples["short"]
 
     records = manifest(out)
-    assert sorted(r["key"] for r in records) == sorted(samples) and {r["status"] for r in records} == {"ok"}
-    assert {r["key"]: r["counts"]["video"] for r in records}["talk"] == 3
+    assert sorted(r["original_name"] for r in records) == sorted(samples) and {r["status"] for r in records} == {"ok"}
+    assert {r["key"]: r["counts"]["video"] for r in records}["talk_mp4"] == 3
     sizes = json.loads((out / "sizes.json").read_text())
     assert sizes == {"shard-000000.tar": 3, "shard-000001.tar": 1}
     assert json.loads((out / "stats.json").read_text())["ok"] == 4
@@ -128,7 +131,7 @@ def test_corrupt_inputs_are_recorded_and_retry_failed_reattempts_only_them(corpu
 
     first = run_extraction([str(videos)], out, TINY, scheduler=scheduler, progress=False)
     assert (first.ok, first.failed) == (1, 3)
-    status = {r["key"]: r for r in manifest(out)}
+    status = {r["original_name"]: r for r in manifest(out)}
     assert status["good"]["status"] == "ok"
     for key in ("empty", "truncated", "garbage"):
         assert status[key]["status"] == "error" and str(videos / f"{key}.mp4") in status[key]["error"]
@@ -141,7 +144,7 @@ def test_corrupt_inputs_are_recorded_and_retry_failed_reattempts_only_them(corpu
     assert (retried.attempted, retried.ok, retried.failed) == (3, 1, 2)
     records = manifest(out)
     assert len(records) == 4  # one record per input, the latest
-    assert {r["key"]: r["status"] for r in records} == {"good": "ok", "empty": "ok", "truncated": "error", "garbage": "error"}
+    assert {r["original_name"]: r["status"] for r in records} == {"good": "ok", "empty": "ok", "truncated": "error", "garbage": "error"}
     assert sorted(read_shards(out)) == ["empty", "good"]
     assert_manifest_lists_each_shard_in_tar_order(out)
 
@@ -166,7 +169,7 @@ def test_samples_reach_the_shards_in_input_order_whatever_order_workers_finish(t
     out = tmp_path / "out"
     run_extraction([str(videos)], out, TINY, scheduler=scheduler, shard_samples=2, progress=False)
     layout = {p.name: [s["__key__"] for s in read_samples(p, {"meta.json"})] for p in sorted((out / "shards").glob("*.tar"))}
-    assert layout == {"shard-000000.tar": ["a_slow", "b_quick"], "shard-000001.tar": ["c_quick"]}
+    assert layout == {"shard-000000.tar": ["a_slow_mp4", "b_quick_mp4"], "shard-000001.tar": ["c_quick_mp4"]}
     assert_manifest_lists_each_shard_in_tar_order(out)
 
 
@@ -212,26 +215,47 @@ def test_keys_come_from_each_input_alone_are_safe_and_keep_the_original_name(cor
     out = tmp_path / "out"
     assert run_extraction([str(videos)], out, TINY, scheduler=scheduler, progress=False).ok == len(names)
     samples = read_shards(out)
-    assert sorted(samples) == ["a_dup", "b_dup", "cafe", "my_clip_v1__final_", "x_y"]
-    originals = sorted(s["meta.json"]["original_name"] for s in samples.values())
-    assert originals == sorted(["my clip.v1 (final)", "a/dup", "b/dup", "café", "x.y"])
+    assert sorted(s["__key__"] for s in samples.values()) == [
+        "a_dup_mkv", "b_dup_mkv", "cafe_mkv", "my_clip_v1__final__mkv", "x_y_mkv"]
+    assert sorted(samples) == sorted(["my clip.v1 (final)", "a/dup", "b/dup", "café", "x.y"])  # the original names
     # The same input alone gets the same key: keys never depend on the rest of the run.
     alone = tmp_path / "alone"
     run_extraction([str(videos / "b")], alone, TINY, scheduler=scheduler, progress=False)
-    assert list(read_shards(alone)) == ["dup"]  # relative to the directory given: b/ itself
+    assert [s["__key__"] for s in read_shards(alone).values()] == ["dup_mkv"]  # relative to the directory given: b/
     run_extraction([str(videos / "b" / "dup.mkv")], tmp_path / "file", TINY, scheduler=scheduler, progress=False)
-    assert list(read_shards(tmp_path / "file")) == ["dup"]
+    assert [s["__key__"] for s in read_shards(tmp_path / "file").values()] == ["dup_mkv"]
 
 
-def test_inputs_that_would_share_a_key_or_an_ambiguous_texts_name_stop_the_run_before_any_work(corpus, tmp_path, scheduler):
-    for name in ["same/x.y.mkv", "same/x_y.mkv", "nested/a/clip.mkv", "nested/b/clip.mkv"]:
+def test_two_files_of_one_name_both_extract_and_only_true_key_clashes_are_recorded_failures(corpus, tmp_path, scheduler):
+    """clip.mkv beside clip.mp4 (downloaded corpora) get keys clip_mkv and clip_mp4; 'x y.mkv' and 'x_y.mkv'
+    would share a key whatever the rule: both are recorded failures naming each other, and the run goes on."""
+    for name in ["same/clip.mkv", "same/clip.mp4", "same/x y.mkv", "same/x_y.mkv", "same/other.mkv"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes((corpus / "short.mkv").read_bytes())
-    with pytest.raises(SourceError, match=r"'x_y' <- .*x\.y\.mkv, .*x_y\.mkv"):
-        run_extraction([str(tmp_path / "same")], tmp_path / "out", TINY, scheduler=scheduler, progress=False)
+    out = tmp_path / "out"
+    summary = run_extraction([str(tmp_path / "same")], out, TINY, scheduler=scheduler, progress=False)
+    assert (summary.ok, summary.failed) == (3, 2)
+    keys = [s["__key__"] for shard in sorted((out / "shards").glob("*.tar")) for s in read_samples(shard, {"meta.json"})]
+    assert sorted(keys) == ["clip_mkv", "clip_mp4", "other_mkv"]
+    refused = {r["source"]: r["error"] for r in manifest(out) if r["status"] == "error"}
+    assert sorted(refused) == [str(tmp_path / "same/x y.mkv"), str(tmp_path / "same/x_y.mkv")]
+    for error in refused.values():
+        assert error.startswith("KeyClash: key 'x_y_mkv' would name 2 inputs") and "x y.mkv" in error and "x_y.mkv" in error
+    # a new input may not take a key already in a shard either; the rerun extracts nothing twice
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more/x_y.mkv").write_bytes((corpus / "short.mkv").read_bytes())
+    again = run_extraction([str(tmp_path / "same"), str(tmp_path / "more" / "x_y.mkv")], out, TINY,
+                           scheduler=scheduler, progress=False, retry_failed=True)
+    assert (again.ok, again.skipped_done) == (0, 3) and again.failed == 3
+
+
+def test_an_annotation_naming_two_files_of_one_name_is_refused_naming_both(corpus, tmp_path, scheduler):
+    for name in ["nested/a/clip.mkv", "nested/b/clip.mkv"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes((corpus / "short.mkv").read_bytes())
     texts = tmp_path / "texts.jsonl"
     texts.write_text(json.dumps({"vid": "clip", "qid": 1, "query": "a clip"}) + "\n")
-    with pytest.raises(LamflowError, match=r"--texts video name 'clip' names 2 samples \(a_clip, b_clip\)"):
+    with pytest.raises(LamflowError, match=r"--texts video name 'clip' names 2 samples \(a_clip_mkv, b_clip_mkv\)"):
         run_extraction([str(tmp_path / "nested")], tmp_path / "out2", TINY, scheduler=scheduler, progress=False, texts=texts)
     assert not (tmp_path / "out2" / "shards").exists() or not list((tmp_path / "out2" / "shards").iterdir())
 
@@ -302,9 +326,9 @@ def test_an_unfinished_shard_keeps_every_complete_sample(tmp_path, cut):
     reopened.close()
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-000000.tar"]
     samples = read_shards(out)  # plain webdataset reads the salvaged shard
-    assert list(samples) == [v.key for v in videos[:3]]
+    assert [s["__key__"] for s in samples.values()] == [v.key for v in videos[:3]]
     for video in videos[:3]:
-        assert np.array_equal(samples[video.key]["video.npy"], contract_sample(video)["video.npy"])
+        assert np.array_equal(samples[video.name]["video.npy"], contract_sample(video)["video.npy"])
     by_key = {r["key"]: r for r in manifest(out)}
     assert by_key["clip1_v1"]["original_name"] == "clip1.v1" and by_key["clip1_v1"]["duration"] == 3.0
     assert by_key["clip1_v1"]["dims"] == sample_dims(contract_sample(videos[1]))  # widths from the .npy headers
@@ -355,7 +379,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result_re_extracting_
     assert any(repair.startswith("kept the") for repair in summary["repairs"]), summary["repairs"]
     assert_same_samples(read_shards(reference), read_shards(resumed))
     records = manifest(resumed)
-    assert sorted(r["key"] for r in records) == [f"v{i}" for i in range(total)]
+    assert sorted(r["key"] for r in records) == sorted(f"v{i}_mp4" for i in range(total))
     assert {r["status"] for r in records} == {"ok"}
     assert_manifest_lists_each_shard_in_tar_order(resumed)
     sizes = json.loads((resumed / "sizes.json").read_text())
