@@ -4,8 +4,8 @@ Writes ``--shards`` shards of ``--samples`` samples (``--sample-kb`` KiB of floa
 writer ``lamflow extract`` uses (OutputDir + ShardSink), in a folder on the disk to measure (``--dir``), and
 times apart the sample writes (into the page cache, flushed per sample) and each commit: end the tar and fsync
 it, append and fsync the records, sync the tar again (already clean), rename it, fsync the folder. Without
-the fsyncs a commit is a rename and a few KiB of writes, so the commit time is the price of durability; it
-grows with what the page cache still holds of the shard, so large shards pay for their bytes.
+the fsyncs a commit is a truncate, a rename and a few KiB of writes, so most of its time is the price of
+durability; that grows with what the page cache still holds of the shard: large shards pay for their bytes.
 
     python benchmarks/fsync_commit.py [--shards 10] [--samples 100] [--sample-kb 256] [--dir /path/on/the/disk] [--json]
 """
