@@ -10,7 +10,7 @@ import sys
 from typing import Callable
 
 from lamflow.errors import LamflowError
-from lamflow.pipelines.settings import DTYPES, FRAME_RULES, ClipSettings, ExtractSettings, ImageSettings
+from lamflow.pipelines.settings import DTYPES, FRAME_RULES, PRESETS, ClipSettings, ExtractSettings, ImageSettings
 from lamflow.pipelines.watchdog import DEFAULT_WORKER_TIMEOUT
 
 _DEFAULTS = ExtractSettings()
@@ -117,6 +117,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="queries/captions to embed with the CLIP text tower: jsonl with a video column "
                                "(key or vid), a text column (text, query or caption) and an id column (id, qid "
                                "or sen_id) — e.g. a QVHighlights annotation file")
+    features.add_argument("--preset", choices=PRESETS, default=_DEFAULTS.preset,
+                          help="reproduce a published extractor's video and text features instead of lamflow's own: "
+                               "moment_detr = jayleicn/moment_detr's run_on_video (one raw CLIP feature per 2-s clip, "
+                               "query tokens before the text projection), what its checkpoints and QD-DETR/CG-DETR were "
+                               "trained on; it sets --fps 0.5 and --dtype float32 (README: Features for published models)")
     compute = parser.add_argument_group("compute (may change between resumed runs)")
     compute.add_argument("--workers", type=int, default=1,
                          help="worker processes of the embedded local Dask cluster (default 1; ignored with --scheduler)")
