@@ -40,9 +40,9 @@ def save_masks(
     padding = np.zeros((samples, length), bool) if key_padding_mask is None else key_padding_mask.cpu().numpy()
     if padding.shape != (samples, length):
         raise ValueError(f"key_padding_mask has shape {padding.shape}, expected {(samples, length)} to match the masks")
-    for name, start, end in segments:
-        if not 0 <= start <= end <= length:
-            raise ValueError(f"segment {name!r} [{start}, {end}) lies outside the mask length {length}")
+    outside = _segment_outside(segments, length)
+    if outside:
+        raise ValueError(outside)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
@@ -71,5 +71,22 @@ def load_masks(path: str | Path) -> SavedMasks:
         raise DataFileError(f"mask file {path} cannot be read without unpickling or is damaged ({error})") from None
     if masks.ndim not in (4, 5) or masks.shape[-1] != masks.shape[-2]:
         raise DataFileError(f"{path}: masks must be (samples, layers, [heads,] L, L), got shape {masks.shape}")
+    samples, length = masks.shape[0], masks.shape[-1]
+    if bounds.shape != (len(names), 2):
+        raise DataFileError(f"{path}: segment_bounds must be one [start, end) pair per segment name "
+                            f"({len(names)} names), got shape {bounds.shape}")
     segments = [(str(n), int(s), int(e)) for n, (s, e) in zip(names, bounds)]
+    outside = _segment_outside(segments, length)  # a boundary off the mask would be drawn nowhere, silently
+    if outside:
+        raise DataFileError(f"{path}: {outside}")
+    if padding.shape != (samples, length):
+        raise DataFileError(f"{path}: padding has shape {padding.shape}, expected {(samples, length)} to match the masks")
     return SavedMasks(masks=masks, segments=segments, padding=padding)
+
+
+def _segment_outside(segments: Sequence[tuple[str, int, int]], length: int) -> str | None:
+    """What is wrong when a segment does not lie within the L positions of the masks, else None."""
+    for name, start, end in segments:
+        if not 0 <= start <= end <= length:
+            return f"segment {name!r} [{start}, {end}) lies outside the mask length {length}"
+    return None

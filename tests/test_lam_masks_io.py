@@ -79,3 +79,22 @@ def test_save_rejects_segments_outside_the_mask(tmp_path):
     masks, pad = encoder_masks()
     with pytest.raises(ValueError, match="segment 'audio'"):
         save_masks(tmp_path / "m.npz", masks, [("audio", 10, 20)], pad)
+
+
+def write_npz(path, masks, names, bounds, padding):
+    np.savez(path, masks=masks, segment_names=np.array(names), segment_bounds=np.array(bounds), padding=padding)
+    return path
+
+
+@pytest.mark.parametrize("names, bounds, padding, fragment", [
+    (["text", "video"], [[0, 2], [2, 9]], np.zeros((1, 4), bool), "segment 'video' [2, 9) lies outside the mask length 4"),
+    (["text", "video"], [[0, 2]], np.zeros((1, 4), bool), "one [start, end) pair per segment name (2 names)"),
+    (["text"], [[0, 4]], np.zeros((1, 6), bool), "padding has shape (1, 6), expected (1, 4)"),
+], ids=["segment outside the mask", "a segment without bounds", "padding of another length"])
+def test_viz_masks_refuses_a_file_whose_segments_or_padding_do_not_fit_the_masks(tmp_path, capsys, names, bounds,
+                                                                              padding, fragment):
+    path = write_npz(tmp_path / "bad.npz", np.ones((1, 1, 4, 4), np.float32), names, bounds, padding)
+    assert main(["viz-masks", str(path), "--out", str(tmp_path / "png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lamflow viz-masks: error: {path}: ") and fragment in err and err.count("\n") == 1
+    assert not (tmp_path / "png").exists()  # refused before anything is drawn
