@@ -52,6 +52,17 @@ def test_train_bad_config_values(capsys, toy, tmp_path, override, fragment):
     assert_one_line(*run(capsys, *train_args(toy, override, f"run.out_dir={tmp_path}")), "train", fragment)
 
 
+@pytest.mark.parametrize("override, fragment", [
+    ("model.input_dims={text: 12, video: 16}", "model.input_dims has no feature width for stream(s) ['audio']"),
+    ("model.encoder.attention=flex", "model.encoder.attention=flex cannot train on cpu"),
+])
+def test_train_config_that_cannot_run_here_fails_before_reading_any_data(capsys, toy, tmp_path, override, fragment):
+    # Shards that do not exist: an error about them would mean the config was checked only after reading data.
+    args = train_args(toy, override, "run.device=cpu", f"run.out_dir={tmp_path}")
+    args[2] = f"data.train_shards={tmp_path / 'no_shards'}"
+    assert_one_line(*run(capsys, *args), "train", fragment)
+
+
 def test_train_data_that_cannot_train(capsys, toy, tmp_path):
     code, err = run(capsys, *train_args(toy, "data.loader.streams=[text,video,depth]", f"run.out_dir={tmp_path / 'a'}"))
     assert_one_line(code, err, "train", "stream(s) ['depth'] are not in the shards")

@@ -185,7 +185,7 @@ def test_every_size_rate_and_probability_is_range_checked(override, message):
 
 
 def test_config_survives_a_round_trip_through_plain_data():
-    config = load_config(CONFIGS / "qvhighlights_lam.yaml", ["model.input_dims={video: 8}"])
+    config = load_config(CONFIGS / "qvhighlights_lam.yaml", ["model.input_dims={text: 12, video: 8, audio: 4}"])
     assert config_from_dict(config_to_dict(config)) == config
     assert yaml.safe_load(yaml.safe_dump(config_to_dict(config))) == config_to_dict(config)
 

@@ -5,10 +5,13 @@ import dataclasses
 import functools
 from typing import Any
 
+import torch
+
 from lamflow.contract import TEXT_STREAM
 from lamflow.datasets.loader import StreamingLoader
 from lamflow.datasets.texts import TextStore
 from lamflow.errors import ConfigError
+from lamflow.lam.attention import flex_unavailable_reason
 from lamflow.train.config import GENERATION_TASKS, DataConfig, TrainConfig
 from lamflow.train.model import MultimodalLAMModel
 
@@ -113,6 +116,17 @@ def resolve_vocabulary(config: TrainConfig, task: Any) -> list[int] | None:
     if config.model.caption_vocabulary == "full":
         return list(range(vocabulary_size()))
     return sorted(task.token_ids() | {start_id(), end_id()})
+
+
+def check_attention(config: TrainConfig, device: torch.device, training: bool) -> None:
+    """model.encoder.attention=flex where it cannot run (training on CPU: no FlexAttention backward there)
+    is a ConfigError before any data is read, not a traceback at the first forward pass."""
+    encoder = config.model.encoder
+    if encoder.mask == "none" or encoder.attention != "flex":
+        return  # vanilla attention never takes the flex path; "auto" picks one that runs
+    reason = flex_unavailable_reason(device, needs_grad=training)
+    if reason:
+        raise ConfigError(f"model.encoder.attention=flex cannot {'train' if training else 'run'} on {device}: {reason}")
 
 
 def build_model(config: TrainConfig, input_dims: dict[str, int], num_classes: int | None,

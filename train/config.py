@@ -280,10 +280,19 @@ class TrainConfig:
     def validate(self) -> None:
         for section in (self.data, self.model, self.optim, self.run):
             section.validate()
-        unknown = sorted(set(self.model.downsample) - set(self.data.loader.streams))
+        streams = self.data.loader.streams
+        if self.model.input_dims != "auto":
+            missing = [name for name in streams if name not in self.model.input_dims]
+            if missing:
+                raise ConfigError(
+                    f"model.input_dims has no feature width for stream(s) {missing} of data.loader.streams "
+                    f"{list(streams)}; add e.g. {{{missing[0]}: 512}}, or set model.input_dims=auto to read the widths "
+                    "from the shards"
+                )
+        unknown = sorted(set(self.model.downsample) - set(streams))
         if unknown:
             raise ConfigError(
-                f"model.downsample names stream(s) {unknown} that are not in data.loader.streams {list(self.data.loader.streams)}"
+                f"model.downsample names stream(s) {unknown} that are not in data.loader.streams {list(streams)}"
             )
         encoder, fixed = self.model.encoder, self.data.loader.fixed_lengths
         if encoder.mask != "none" and encoder.generator == "fixed":

@@ -163,7 +163,7 @@ def predict_checkpoint(checkpoint: str | Path, split: str, out: str | Path, over
 
     ``overrides`` (``key=value``) change the stored config, e.g. ``data.val_shards=/other/shards``.
     """
-    from lamflow.train.build import build_loader, build_model, build_task
+    from lamflow.train.build import build_loader, build_model, build_task, check_attention
     from lamflow.train.checkpoint import load_checkpoint
     from lamflow.train.config import apply_override
     from lamflow.train.distributed import init_distributed, shutdown
@@ -175,6 +175,7 @@ def predict_checkpoint(checkpoint: str | Path, split: str, out: str | Path, over
     config.validate()
     ctx = init_distributed(config.run.device)
     try:
+        check_attention(config, ctx.device, training=False)
         task = build_task(config.data, split, mode="eval")
         model = build_model(config, state["input_dims"], state["num_classes"], state.get("vocabulary")).to(ctx.device)
         model.load_state_dict(state["model"])

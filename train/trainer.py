@@ -35,6 +35,7 @@ from lamflow.train.build import (
     build_loader,
     build_model,
     build_task,
+    check_attention,
     resolve_input_dims,
     resolve_num_classes,
     resolve_vocabulary,
@@ -128,6 +129,7 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
     # One intra-op thread pool per process must not oversubscribe the node's cores.
     torch.set_num_threads(run.threads or max(1, len(os.sched_getaffinity(0)) // ctx.local_world_size))
     _seed_everything(run.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+    check_attention(config, ctx.device, training=True)
 
     # ---- data and model
     train_task = build_task(config.data, "train")
