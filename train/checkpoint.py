@@ -5,6 +5,9 @@ python data (so ``torch.load(weights_only=True)`` reads it): the model and optim
 the loader position, every rank's RNG states, the step and the run's config. It is written atomically
 (``lamflow.fileio.atomic_open``), so a reader sees the old checkpoint or the new one, never half a file.
 
+A checkpoint never makes lamflow run a command: :func:`checkpoint_config` refuses a stored shard spec that
+would (webdataset runs ``pipe:CMD`` urls in a shell); such a spec must come from the command line.
+
 Resuming (:func:`find_resume_checkpoint`) takes the newest checkpoint that loads; one that does not (a
 truncated or corrupt file, one holding pickled objects) is reported and skipped. Its config must equal the
 current one except for :data:`RESUMABLE_FIELDS`, which say how long the run goes and how it reports, not
@@ -18,13 +21,14 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 from lamflow.errors import LamflowError
 from lamflow.fileio import atomic_open
+from lamflow.train.config import TrainConfig, apply_override, config_from_dict
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
 TRAINING_STATE_KEYS = ("step", "model", "optimizer", "scheduler", "loader", "rng", "config")
@@ -42,6 +46,8 @@ RESUMABLE_FIELDS = frozenset({
     "run.checkpoint_every",
     "run.keep_checkpoints",
 })
+# Data fields holding shard specs, which webdataset opens: a "pipe:CMD" url among them runs CMD in a shell.
+SHARD_SPEC_FIELDS = ("data.train_shards", "data.val_shards", "data.train_texts", "data.val_texts")
 BAD_SUFFIX = ".bad"  # an unreadable checkpoint is renamed step-N.pt.bad: kept for inspection, never loaded again
 
 
@@ -121,6 +127,33 @@ def load_training_state(path: str | Path, map_location: str | torch.device = "cp
     if missing:
         raise CheckpointError(f"checkpoint {path} is not a lamflow training checkpoint (it lacks {', '.join(missing)})")
     return state
+
+
+def checkpoint_config(path: str | Path, state: dict[str, Any], overrides: Iterable[str] = ()) -> TrainConfig:
+    """The run config stored in checkpoint ``path`` (its loaded ``state``), changed by ``key=value``
+    ``overrides`` (the command line's), validated.
+
+    A stored shard spec that would run a shell command (a ``pipe:`` url, see :data:`SHARD_SPEC_FIELDS`) is
+    a :class:`CheckpointError` unless an override replaces it: whoever wrote the file must not choose a
+    command for the reader to run.
+    """
+    config = config_from_dict(state["config"], source=f"{path} (stored config)")
+    overrides = list(overrides)
+    for override in overrides:
+        apply_override(config, override)
+    config.validate()
+    given = {override.split("=", 1)[0].strip() for override in overrides}
+    stored = flatten(state["config"])
+    for name in SHARD_SPEC_FIELDS:
+        spec = str(stored.get(name) or "")
+        # Any "pipe:" at all, not only a leading one: a brace pattern can expand to a pipe: url.
+        if name not in given and "pipe:" in spec.lower():
+            raise CheckpointError(
+                f"checkpoint {path} stores {name}={spec!r}, which would run a shell command; lamflow never runs "
+                f"a command named in a data file. Give the shards on the command line instead ({name}=DIR, or "
+                "the same pipe: spec if you trust it)"
+            )
+    return config
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

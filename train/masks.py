@@ -7,8 +7,7 @@ import torch
 
 from lamflow.lam import save_masks
 from lamflow.train.build import build_loader, build_model, build_task
-from lamflow.train.checkpoint import load_checkpoint
-from lamflow.train.config import config_from_dict
+from lamflow.train.checkpoint import checkpoint_config, load_checkpoint
 
 
 @torch.no_grad()
@@ -16,7 +15,7 @@ def checkpoint_masks(checkpoint: str | Path, out: str | Path, split: str = "val"
     """Run the model of ``checkpoint`` on item ``item`` of ``split`` (eval order) and save its per-layer
     masks with the stream boundaries to ``out`` (.npz). Raises ValueError for a mask="none" model."""
     state = load_checkpoint(checkpoint)
-    config = config_from_dict(state["config"], source=f"{checkpoint} (stored config)")
+    config = checkpoint_config(checkpoint, state)
     if config.model.encoder.mask == "none":
         raise ValueError(f"{checkpoint} is a mask='none' (vanilla attention) model: it has no LAM masks to dump")
     config.data.eval_batch_size = 1  # one item per batch: no padding from other items in the heatmaps

@@ -21,7 +21,7 @@ from lamflow.datasets.caption_text import decode_caption
 from lamflow.datasets.captioning import CaptioningTask
 from lamflow.datasets.qvhighlights_format import CLIP_SECONDS
 from lamflow.fileio import write_jsonl_atomic
-from lamflow.train.config import GENERATION_TASKS, DataConfig, ModelConfig, config_from_dict
+from lamflow.train.config import GENERATION_TASKS, DataConfig, ModelConfig
 from lamflow.train.distributed import all_gather_objects, autocast, to_device
 from lamflow.train.heads import decode_moments
 
@@ -161,18 +161,15 @@ def _caption_metrics(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, 
 def predict_checkpoint(checkpoint: str | Path, split: str, out: str | Path, overrides: Iterable[str] = ()) -> Path:
     """Rebuild the model of ``checkpoint``, predict every item of ``split`` and write ``out`` (jsonl).
 
-    ``overrides`` (``key=value``) change the stored config, e.g. ``data.val_shards=/other/shards``.
+    ``overrides`` (``key=value``) change the stored config, e.g. ``data.val_shards=/other/shards``; a stored
+    ``pipe:`` shard spec is refused unless an override replaces it (``checkpoint_config``).
     """
     from lamflow.train.build import build_loader, build_model, build_task, check_attention
-    from lamflow.train.checkpoint import load_checkpoint
-    from lamflow.train.config import apply_override
+    from lamflow.train.checkpoint import checkpoint_config, load_checkpoint
     from lamflow.train.distributed import init_distributed, shutdown
 
     state = load_checkpoint(checkpoint)
-    config = config_from_dict(state["config"], source=f"{checkpoint} (stored config)")
-    for override in overrides:
-        apply_override(config, override)
-    config.validate()
+    config = checkpoint_config(checkpoint, state, overrides)
     ctx = init_distributed(config.run.device)
     try:
         check_attention(config, ctx.device, training=False)
