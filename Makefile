@@ -10,13 +10,15 @@ export HF_HUB_OFFLINE ?= 1
 setup: $(STAMP)
 
 # Debian packages: ffmpeg (decoding), a Java runtime (pycocoevalcap's PTB tokenizer and METEOR: lamflow eval
-# captioning), slurm-wlm + munge (the test suite runs a one-node SLURM, tests/test_slurm.py).
+# captioning), slurm-wlm + munge (the test suite runs a one-node SLURM, tests/test_slurm.py), strace (tests/test_durability.py
+# checks the order of fsyncs and renames).
 $(STAMP): requirements/cpu.txt requirements/cluster.txt setup.py
 	@missing=""; \
 	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
 	command -v java >/dev/null 2>&1 || missing="$$missing default-jre-headless"; \
 	command -v slurmctld >/dev/null 2>&1 || missing="$$missing slurm-wlm"; \
 	command -v munged >/dev/null 2>&1 || missing="$$missing munge"; \
+	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 	  echo "== installing Debian$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -128,7 +128,9 @@ def safe_key(name: str) -> str:
     of the full name, so two long names sharing a prefix stay distinct. The result depends on ``name``
     alone, never on what else is in a run.
     """
-    folded = "".join(c for c in unicodedata.normalize("NFKD", name) if unicodedata.category(c) != "Mn")
+    # ASCII has nothing to fold (NFKD leaves it as it is): skip the per-character pass, 10^7 names are common
+    folded = name if name.isascii() else "".join(
+        c for c in unicodedata.normalize("NFKD", name) if unicodedata.category(c) != "Mn")
     key = _UNSAFE.sub("_", folded) or "video"
     if len(key) > MAX_KEY_LENGTH:
         digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:_DIGEST_HEX]

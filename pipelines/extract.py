@@ -23,14 +23,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 from lamflow import __version__
 from lamflow.contract import MANIFEST, PARTITIONS_DIR, Record, join_names, output_dirs, partition_dir_name, sample_dims
-from lamflow.errors import ConfigError, LamflowError
+from lamflow.errors import ConfigError
 from lamflow.fileio import read_json
 from lamflow.pipelines.failures import FailureTally
 from lamflow.pipelines.manifest import OutputDir, SettingsMismatchError, settings_differences
 from lamflow.pipelines.plan import Partition, Plan, make_plan, refused_record
 from lamflow.pipelines.reorder import ReorderBuffer
 from lamflow.pipelines.settings import ClipSettings
-from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, ShardSink
+from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, ShardSink, UnwritableSampleError
 from lamflow.pipelines.sources import MEDIA_EXTENSIONS, Source, SourceError, iter_sources
 from lamflow.pipelines.texts import load_texts, texts_fingerprint
 from lamflow.pipelines.watchdog import CHECK_EVERY, DEFAULT_WORKER_TIMEOUT, WorkerWatchdog
@@ -123,7 +123,7 @@ def _write(outcome: VideoOutcome, name: str, sink: ShardSink, output: OutputDir,
             sink.write(outcome.sample, record)
             summary.ok += 1
             return
-        except (LamflowError, ValueError) as error:
+        except UnwritableSampleError as error:
             record = Record(outcome.key, outcome.source, "error", error=f"{type(error).__name__}: {error}",
                             original_name=name, seconds=record.seconds)
     output.append([record])  # failures are final at once: no shard to wait for
@@ -230,7 +230,8 @@ def run_extraction(
         if plan.todo_count or output.repairs or not (output.root / "stats.json").exists():
             # a pass over every record: skipped when a rerun found nothing to do, so a finished partition
             # of 10^7 inputs reruns in plan time
-            output.compact()
+            if output.index.superseded:
+                output.compact()
             output.write_summaries(last_run=summary.to_json())
         return summary
     finally:

@@ -42,7 +42,7 @@ from lamflow.contract import (
     shard_index,
 )
 from lamflow.errors import LamflowError
-from lamflow.fileio import atomic_open, commit_temp, final_path, read_json, write_json_atomic
+from lamflow.fileio import atomic_open, commit_temp, final_path, fsync_dir, mkdir_durable, read_json, write_json_atomic
 from lamflow.pipelines.failures import FailureTally
 from lamflow.pipelines.record_index import (
     INDEX_FILE,
@@ -96,7 +96,7 @@ class OutputDir:
         output of other settings and ``overwrite`` is False; with ``overwrite`` that output is deleted."""
         self.root = Path(root)
         self.shards_dir = self.root / SHARDS_DIR
-        self.root.mkdir(parents=True, exist_ok=True)
+        mkdir_durable(self.root)
         self._lock = open(self.root / LOCK, "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -106,7 +106,7 @@ class OutputDir:
         if overwrite:
             self._delete_previous_output()
         self._check_or_write_run_record(run_record)
-        self.shards_dir.mkdir(exist_ok=True)
+        mkdir_durable(self.shards_dir)
         self.latest: dict[str, Record] = {}  # source -> latest record
         self.repairs: list[str] = []  # what was fixed after a killed run (for the user)
         self._recover()
@@ -250,11 +250,14 @@ class OutputDir:
         """Append records durably: one write, then fsync (a kill can tear only the last line)."""
         records = list(records)
         path = self.root / MANIFEST
+        created = not path.exists()
         with open(path, "a", encoding="utf-8") as handle:
             handle.write("".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records))
             handle.flush()
             os.fsync(handle.fileno())
             size = handle.tell()
+        if created:  # a new file's name is durable once its folder is synced: a crash must not lose it
+            fsync_dir(self.root)
         self.index = appended(self.index, records, self.index.lines, size)
         if self.index.lines - self._saved_lines >= SAVE_INDEX_EVERY:
             self._save_index()

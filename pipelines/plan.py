@@ -116,30 +116,37 @@ def make_plan(sources: Callable[[], Iterable[Source]], index: RecordIndex, manif
     wanted_keys = {k for name in text_names or () for k in (name, safe_key(name))}
     candidates: list[tuple[str, str]] = []
     for chunk in _chunks(sources()):
-        keys = [input_key(s) for s in chunk]
-        key_hashes = stable_hashes(keys)
-        mine = partition.mask(key_hashes) if partition else np.ones(len(chunk), bool)
-        source_hashes = stable_hashes(s.path for s, m in zip(chunk, mine) if m)
+        source_hashes = stable_hashes(s.path for s in chunk)
+        positions = index.lookup(source_hashes)
+        # An input with a record keeps its recorded key (and is in this partition: its record is here); only
+        # the others need their key made, and its hash decides their partition.
+        new = np.flatnonzero(positions < 0)
+        keys = {i: input_key(chunk[i]) for i in new}
+        key_hashes = index.at(positions, "key_hash", 0)
+        key_hashes[new] = stable_hashes(keys.values())
+        if partition:
+            mine = positions >= 0
+            mine[new] = partition.mask(key_hashes[new])
+            source_hashes, key_hashes, positions = source_hashes[mine], key_hashes[mine], positions[mine]
+            chunk = [s for s, m in zip(chunk, mine) if m]
+            keys = {j: keys[i] for j, i in enumerate(np.flatnonzero(mine)) if i in keys}
         source_chunks.append(source_hashes)
-        key_chunks.append(key_hashes[mine])
-        chosen = [(s, k) for (s, k), m in zip(zip(chunk, keys), mine) if m]
+        key_chunks.append(key_hashes)
         if retry_failed:
-            positions = index.lookup(source_hashes)
             for i in np.flatnonzero(positions >= 0):
                 if index.status[positions[i]] == ERROR:
-                    retry_keys[int(source_hashes[i])] = _recorded_key(chosen[i][0], int(index.key_hash[positions[i]]))
+                    retry_keys[int(source_hashes[i])] = _recorded_key(chunk[i], int(index.key_hash[positions[i]]))
         if text_names:
-            candidates += [(k, s.name) for s, k in chosen
-                           if s.name in text_names or k in wanted_keys or s.name.rsplit("/", 1)[-1] in text_names]
+            for i, s in enumerate(chunk):
+                key = keys.get(i) or input_key(s)
+                if s.name in text_names or key in wanted_keys or s.name.rsplit("/", 1)[-1] in text_names:
+                    candidates.append((key, s.name))
     source_hash = np.concatenate(source_chunks) if source_chunks else np.zeros(0, np.uint64)
     key_hash = np.concatenate(key_chunks) if key_chunks else np.zeros(0, np.uint64)
     source_hash, first = np.unique(source_hash, return_index=True)  # a path given twice is one input
     key_hash = key_hash[first]
-    positions = index.lookup(source_hash)
-    status = index.at(positions, "status", 0)
+    status = index.at(index.lookup(source_hash), "status", 0)
     todo = (status == 0) | ((status == ERROR) & retry_failed)
-    # a retried input keeps its recorded key (an older version's key rule may have made it)
-    key_hash = np.where(positions >= 0, index.at(positions, "key_hash", 0), key_hash)
     unknown = [h for h, k in retry_keys.items() if k is None]
     if unknown:
         for h, record in find_records(manifest, unknown).items():
