@@ -148,13 +148,22 @@ class _Lines:
     lines_read: int = 0  # blank lines included: they are lines of the file, but no record
     bytes_read: int = 0
 
-    def add(self, record: Record, line: int) -> None:
-        self.source_hash.append(stable_hash(record.source))
-        self.key_hash.append(stable_hash(record.key))
-        self.status.append(_STATUS.get(record.status, ERROR))
+    def add(self, source: str, key: str, status: str, shard: str | None, line: int) -> None:
+        self.source_hash.append(stable_hash(source))
+        self.key_hash.append(stable_hash(key))
+        self.status.append(_STATUS.get(status, ERROR))
         self.line.append(line)
         # interned: a shard's name is one object for its 1000 records
-        self.shard_names.append(None if record.status != "ok" or not record.shard else _intern(record.shard))
+        self.shard_names.append(None if status != "ok" or not shard else _intern(shard))
+
+    def add_line(self, line: bytes, manifest: Path, number: int) -> None:
+        """One manifest line, reading only the four fields the index keeps (no Record: 10^7 lines)."""
+        try:
+            data = json.loads(line)
+            self.add(data["source"], data["key"], data["status"], data.get("shard"), number)
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as error:
+            raise DataFileError(f"{manifest}:{number + 1}: not a valid manifest record ({type(error).__name__}: "
+                                f"{error}); fix the line or re-run the extraction with --overwrite") from None
 
 
 _interned: dict[str, str] = {}
@@ -213,7 +222,7 @@ def read_index(manifest: Path) -> tuple[RecordIndex, bool]:
         lines.lines_read += 1
         lines.bytes_read = offset + len(line) + 1 - index.covered
         if line.strip():
-            lines.add(parse_line(line, manifest, number + 1), number)
+            lines.add_line(line, manifest, number)
     updated = index.merged(lines)
     return updated, updated.covered < size
 
@@ -251,7 +260,7 @@ def appended(index: RecordIndex, records: list[Record], first_line: int, size_af
     ``size_after`` bytes long)."""
     lines = _Lines(lines_read=len(records), bytes_read=size_after - index.covered)
     for offset, record in enumerate(records):
-        lines.add(record, first_line + offset)
+        lines.add(record.source, record.key, record.status, record.shard, first_line + offset)
     return index.merged(lines)
 
 

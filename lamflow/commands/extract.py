@@ -9,7 +9,10 @@ import sys
 
 from typing import Callable
 
+from lamflow.contract import MANIFEST
 from lamflow.errors import LamflowError
+from lamflow.pipelines.failures import format_failures
+from lamflow.pipelines.plan import Partition
 from lamflow.pipelines.settings import DTYPES, FRAME_RULES, PRESETS, ClipSettings, ExtractSettings, ImageSettings
 from lamflow.pipelines.watchdog import DEFAULT_WORKER_TIMEOUT
 
@@ -32,6 +35,13 @@ def _resources(text: str) -> dict[str, float]:
         if not sep or not name.strip():
             raise argparse.ArgumentTypeError(f"--task-resources expects NAME=AMOUNT[,NAME=AMOUNT], got {text!r}")
     return resources
+
+
+def _partition(text: str) -> Partition:
+    try:
+        return Partition.parse(text)
+    except LamflowError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -143,6 +153,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument("--shard-samples", type=int, default=1000, help="videos per shard at most (default 1000)")
     output.add_argument("--shard-bytes", type=float, default=1e9,
                         help="start a new shard once a shard reaches this many bytes (default 1e9)")
+    output.add_argument("--partition", metavar="K/N", type=_partition,
+                        help="extract only partition K (0..N-1) of N: the inputs whose key hashes to K, the same "
+                             "ones on every run, into OUT/partitions/part-K-of-N/ as an independent, resumable run "
+                             "with its own client (e.g. one SLURM array task each, cluster/extract_array.sbatch). "
+                             "Every reader (train, predict, inspect, export) takes OUT as one dataset")
     output.add_argument("--retry-failed", action="store_true",
                         help="extract inputs that failed in an earlier run again (default: skip them)")
     output.add_argument("--overwrite", action="store_true",
@@ -192,7 +207,7 @@ def handle(args: argparse.Namespace, cluster_status: Callable[[], str] | None = 
         shard_samples=args.shard_samples, shard_bytes=int(args.shard_bytes), retry_failed=args.retry_failed,
         texts=args.texts, overwrite=args.overwrite, extensions=extensions,
         task_resources=args.task_resources, progress=not args.no_progress,
-        worker_timeout=args.worker_timeout or None, cluster_status=cluster_status,
+        worker_timeout=args.worker_timeout or None, cluster_status=cluster_status, partition=args.partition,
     )
     for repair in summary.repairs:
         print(f"resumed after an interrupted run: {repair}", file=sys.stderr)
@@ -200,14 +215,15 @@ def handle(args: argparse.Namespace, cluster_status: Callable[[], str] | None = 
         shown = ", ".join(summary.unmatched_text_keys[:5])
         print(f"note: {len(summary.unmatched_text_keys)} video(s) in --texts match no input ({shown} ...)", file=sys.stderr)
     if args.json:
-        print(json.dumps(summary.to_json() | {"failures": summary.failures}, indent=2))
+        print(json.dumps(summary.to_json(), indent=2))
     else:
         print(f"{summary.out_dir}: {summary.ok} extracted, {summary.failed} failed, {summary.skipped_done} already "
               f"done, {summary.skipped_failed} failed before (use --retry-failed) of {summary.inputs} inputs; "
               f"{len(summary.shards_written)} shard(s) written in {summary.seconds:.1f} s "
               f"({summary.videos_per_second:.2f} {settings.kind}s/s)")
-        for source, error in summary.failures.items():
-            print(f"  failed: {source}: {error}")
+        where = f"{summary.out_dir}/{MANIFEST} (lamflow inspect {args.out} counts them by reason)"
+        for line in format_failures(summary.failures.reasons, summary.failures.examples, where):
+            print(line)
     if settings.pretrained == "none" and summary.ok:
         print("WARNING: features were computed with RANDOM CLIP weights (--pretrained none).", file=sys.stderr)
     return 0  # failed inputs are recorded in the manifest, not a failed run
