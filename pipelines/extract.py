@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from lamflow import __version__
 from lamflow.contract import MANIFEST, PARTITIONS_DIR, Record, join_names, output_dirs, partition_dir_name, sample_dims
-from lamflow.errors import ConfigError
+from lamflow.errors import ConfigError, DataFileError
 from lamflow.fileio import read_json
 from lamflow.pipelines.failures import FailureTally
 from lamflow.pipelines.manifest import OutputDir, SettingsMismatchError, settings_differences
@@ -153,7 +153,10 @@ def partition_root(out_dir: str | Path, partition: Partition | None) -> Path:
     if (out_dir / MANIFEST).exists():
         raise ConfigError(f"{out_dir} holds a single run's output; a partitioned run needs its own --out")
     root = out_dir / PARTITIONS_DIR / partition_dir_name(partition.index, partition.count)
-    output_dirs(out_dir)  # refuses a tree of another partition count
+    counts = {p.name.rsplit("-of-", 1)[1] for p in output_dirs(out_dir) if p != out_dir} - {root.name.rsplit("-of-", 1)[1]}
+    if counts:
+        raise DataFileError(f"{out_dir / PARTITIONS_DIR} holds partitions of {int(counts.pop())} and {partition.count} "
+                            "parts; one tree takes one --partition K/N count (use another --out for another N)")
     return root
 
 
