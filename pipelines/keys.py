@@ -1,11 +1,10 @@
-"""Sample keys of a run: each input's key comes from its own name alone, never from the rest of the run.
+"""Sample keys of a feature-file import (``import-h5``, ``import-npz``): each id's key comes from the id alone.
 
-An input's name is its path relative to the directory, glob or list file it came from, without the
-media extension (``part1/clip`` for ``videos/part1/clip.mp4`` given as ``videos/``), or the ``key``
-column of a list file. Its key is :func:`lamflow.contract.safe_key` of that name. So the same input
-gets the same key whatever else is extracted with it, and annotations join on the recorded name.
-Two inputs whose names give one key (``x.m4a`` and ``x.mp3``; ``a b.mp4`` and ``a_b.mp4``) are refused
-before any work, naming both: choosing which one gets the key would depend on the run.
+A feature file names its samples by ids (a movie id, a sentence id); each id's key is
+:func:`lamflow.contract.safe_key` of it, unless an earlier run recorded another (kept: resuming never
+renames a sample). Two ids whose keys would clash are refused here, naming both; pipelines/feature_files.py
+first gives clashing ids distinct keys made from each id alone. (Media inputs get their keys in plan.py,
+from the input's name with its extension, and a clash there is a recorded failure of those inputs.)
 """
 from __future__ import annotations
 

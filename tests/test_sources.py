@@ -7,6 +7,7 @@ import fsspec
 import pytest
 
 from lamflow.pipelines.keys import assign_keys
+from lamflow.pipelines.plan import input_key
 from lamflow.pipelines.sources import SourceError, expand_sources, local_copy, source_name
 from lamflow.pipelines.texts import load_texts
 from real_data import QVHIGHLIGHTS
@@ -156,9 +157,9 @@ def test_names_and_keys_come_from_each_input_alone(tree):
     together = expand_sources([str(tree)])
     assert {s.name for s in alone} == {"b", "D", "deeper/c"}
     assert {s.name for s in together} == {"a", "sub/b", "sub/D", "sub/deeper/c"}
-    assert assign_keys((s.path, s.name) for s in together) == {
-        str(tree / "a.mp4"): "a", str(tree / "sub/b.mkv"): "sub_b", str(tree / "sub/D.MOV"): "sub_D",
-        str(tree / "sub/deeper/c.webm"): "sub_deeper_c"}
+    assert {s.path: input_key(s) for s in together} == {
+        str(tree / "a.mp4"): "a_mp4", str(tree / "sub/b.mkv"): "sub_b_mkv", str(tree / "sub/D.MOV"): "sub_D_MOV",
+        str(tree / "sub/deeper/c.webm"): "sub_deeper_c_webm"}
     assert [s.name for s in expand_sources([str(tree / "sub" / "*.mkv")])] == ["b"]
 
 
