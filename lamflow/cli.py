@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "make_demo_data",
     "extract",
     "import_h5",
+    "import_npz",
+    "export",
     "export_h5",
     "inspect",
     "configs",

@@ -106,10 +106,10 @@ def check_import_arguments(stream: str, fps: float | None, dtype: str | None, wh
 def check_array(shape: tuple[int, ...], dtype: np.dtype, where: str, expected: str, ndim: int = 2) -> None:
     """Refuse, naming ``where``, an array that is not a non-empty numeric array of ``ndim`` axes or that
     declares more than MAX_ARRAY_BYTES; ``expected`` says what the layout holds instead."""
+    if dtype.kind not in "fiu":  # first: an object array (a pickle) is refused for what it is
+        raise DataFileError(f"{where} has dtype {dtype}; expected numeric features")
     if len(shape) != ndim:
         raise DataFileError(f"{where} has shape {tuple(shape)}; {expected}")
-    if dtype.kind not in "fiu":
-        raise DataFileError(f"{where} has dtype {dtype}; expected numeric features")
     if 0 in shape:
         raise DataFileError(f"{where} is empty (shape {tuple(shape)}); {expected}, with at least one row and one "
                             "feature: remove or re-extract it")
@@ -293,9 +293,7 @@ def stream_arrays(shards: list[Path], stream: str) -> Iterator[tuple[str, str, d
     """(name, key, meta, array) of ``stream`` for every sample: named by the sample's original name (the id
     of an import, the file stem of a video), or by its key where two samples share a name. A sample without
     the stream is a DataFileError naming what it holds."""
-    metas = {s["__key__"]: s[META] for shard in shards for s in read_samples(shard, {META})}
-    originals = {key: str(meta.get("original_name") or key) for key, meta in metas.items()}
-    shared = {name for name, n in Counter(originals.values()).items() if n > 1}
+    names = sample_names(shards)
     for shard in shards:
         for sample in read_samples(shard):
             key, meta = sample["__key__"], sample[META]
@@ -303,7 +301,16 @@ def stream_arrays(shards: list[Path], stream: str) -> Iterator[tuple[str, str, d
                 held = sorted(name[: -len(".npy")] for name in sample if is_token_field(name))
                 raise DataFileError(f"{shard}: sample {key!r} has no {stream} stream (it holds {held}); "
                                     "export a stream the samples hold with --stream")
-            yield key if originals[key] in shared else originals[key], key, meta, sample[tokens_field(stream)]
+            yield names[key], key, meta, sample[tokens_field(stream)]
+
+
+def sample_names(shards: list[Path]) -> dict[str, str]:
+    """{key: the name a file layout stores the sample under}: its original name (the id of an import, the
+    file stem of a video), or its key where two samples share an original name. Reads only meta.json."""
+    metas = {s["__key__"]: s[META] for shard in shards for s in read_samples(shard, {META})}
+    originals = {key: str(meta.get("original_name") or key) for key, meta in metas.items()}
+    shared = {name for name, n in Counter(originals.values()).items() if n > 1}
+    return {key: key if name in shared else name for key, name in originals.items()}
 
 
 def text_arrays(shards: list[Path]) -> Iterator[tuple[str, str, dict, np.ndarray, np.ndarray | None]]:

@@ -35,8 +35,8 @@ import torch
 
 from lamflow.pipelines.clip_encoder import ClipEncoder, ClipWeightsError
 from lamflow.pipelines.decode import DecodeLog, MediaInfo, iter_filtered_frames
+from lamflow.pipelines.settings import MOMENT_DETR as PRESET
 
-PRESET = "moment_detr"
 CLIP_SECONDS = 2.0  # one feature per clip of this length (QVHighlights' clip ids count them)
 SIZE = 224  # the crop: the model must take 224 x 224 inputs
 SHORT_MARGIN_S = 0.1  # a video shorter than one clip plus this is sampled faster (see frame_rate)

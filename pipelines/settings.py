@@ -17,8 +17,9 @@ from lamflow.errors import ConfigError
 FRAME_RULES = ("start", "middle")
 # Presets reproduce another extractor's video and text features (pipelines/moment_detr.py). Each fixes the
 # fields below; a field left at lamflow's default takes the preset's value, any other value is refused.
+MOMENT_DETR = "moment_detr"
 PRESET_FIELDS: dict[str, dict[str, Any]] = {
-    "moment_detr": {"fps": 0.5, "frame_rule": "start", "dtype": "float32"},  # one frame per 2-s clip, float32 files
+    MOMENT_DETR: {"fps": 0.5, "frame_rule": "start", "dtype": "float32"},  # one frame per 2-s clip, float32 files
 }
 PRESETS = tuple(PRESET_FIELDS)
 DTYPES = ("float16", "float32")

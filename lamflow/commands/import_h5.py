@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any, Callable
 
 from lamflow.pipelines.settings import DTYPES
 
@@ -29,41 +30,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("h5", metavar="FILE.h5", help="MAD-style HDF5 file: one 2-D dataset per video id or sentence id")
+    add_import_options(parser, "datasets", "in the file, required for video/audio (e.g. 5 for MAD's CLIP frames)")
+    parser.set_defaults(func=handle)
+
+
+def add_import_options(parser: argparse.ArgumentParser, items: str, fps_help: str) -> None:
+    """The options every feature-file import takes (import-h5, import-npz); ``items`` names what it imports."""
     parser.add_argument("--out", required=True, help="output directory (shards/, manifest.jsonl, ...)")
     parser.add_argument("--stream", choices=("video", "audio", "text"), default="video",
-                        help="which stream the datasets are (default video; text for sentence token features)")
-    parser.add_argument("--fps", type=float, default=None,
-                        help="feature rows per second in the file, required for video/audio (e.g. 5 for MAD's CLIP "
-                             "frames); not for text")
+                        help=f"which stream the {items} are (default video; text for query/sentence token features)")
+    parser.add_argument("--fps", type=float, default=None, help=f"feature rows per second {fps_help}; not for text")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="dtype to store (default: keep the file's float16/float32; other types become float32)")
-    parser.add_argument("--shard-samples", type=int, default=1000, help="datasets per shard at most (default 1000)")
+    parser.add_argument("--shard-samples", type=int, default=1000, help=f"{items} per shard at most (default 1000)")
     parser.add_argument("--shard-bytes", type=float, default=1e9, help="start a new shard at this size (default 1e9)")
     parser.add_argument("--overwrite", action="store_true", help="delete OUT's previous shards and records first")
-    parser.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     from lamflow.pipelines.h5io import import_h5
+
+    return run_import(args, "import-h5", import_h5, args.h5, "e.g. 5 for MAD's CLIP frames", "datasets")
+
+
+def run_import(args: argparse.Namespace, command: str, importer: Callable[..., Any], source: str, fps_example: str,
+               items: str) -> int:
+    """What every feature-file import command does with its parsed options (import-h5, import-npz): the
+    --fps rule, the import, one line of summary and the first failures. ``items`` names what was imported."""
     from lamflow.pipelines.manifest import OutputDirError, SettingsMismatchError
 
     if args.stream != "text" and args.fps is None:
-        print(f"lamflow import-h5: error: --fps is required for --stream {args.stream} (feature rows per second, "
-              "e.g. 5 for MAD's CLIP frames)", file=sys.stderr)
+        print(f"lamflow {command}: error: --fps is required for --stream {args.stream} (feature rows per second, "
+              f"{fps_example})", file=sys.stderr)
         return 2
     try:
-        summary = import_h5(args.h5, args.out, stream=args.stream, fps=args.fps, dtype=args.dtype,
-                            shard_samples=args.shard_samples, shard_bytes=int(args.shard_bytes),
-                            overwrite=args.overwrite)
+        summary = importer(source, args.out, stream=args.stream, fps=args.fps, dtype=args.dtype,
+                           shard_samples=args.shard_samples, shard_bytes=int(args.shard_bytes), overwrite=args.overwrite)
     except (SettingsMismatchError, OutputDirError, ValueError, FileNotFoundError) as error:
-        print(f"lamflow import-h5: error: {error}", file=sys.stderr)
+        print(f"lamflow {command}: error: {error}", file=sys.stderr)
         return 2
     for warning in summary.warnings:
-        print(f"lamflow import-h5: warning: {warning}", file=sys.stderr)
-    print(f"{summary.out_dir}: imported {summary.imported} of {summary.datasets} datasets ({summary.skipped_done} "
+        print(f"lamflow {command}: warning: {warning}", file=sys.stderr)
+    print(f"{summary.out_dir}: imported {summary.imported} of {summary.datasets} {items} ({summary.skipped_done} "
           f"already done, {len(summary.failures)} failed) into {len(summary.shards_written)} shard(s) in {summary.seconds:.1f} s")
     for name, error in list(summary.failures.items())[:SHOWN_FAILURES]:
         print(f"  failed: {name}: {error}")
     if len(summary.failures) > SHOWN_FAILURES:
         print(f"  all {len(summary.failures)} failures are in {summary.out_dir}/manifest.jsonl")
-    return 0  # failed datasets are recorded in the manifest, not a failed import
+    return 0  # failed items are recorded in the manifest, not a failed import
