@@ -115,6 +115,16 @@ def timestamps_field(stream: str) -> str:
 
 
 # ---- keys ------------------------------------------------------------------------------------------------
+# Media file extensions: what `lamflow extract` searches folders for (by the run's kind), and what a key made
+# from a file name ends with (``clip.mp4`` -> ``clip_mp4``), so a shard set without recorded names still joins
+# on the name without it (rule 5 of join_names).
+VIDEO_EXTENSIONS = (
+    ".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp", ".ogv",
+)
+# What Pillow decodes for an image run (``lamflow extract --media image``; pipelines/images.py).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".aac", ".opus")  # audio-only inputs (--extensions)
+_KEY_EXTENSIONS = {e[1:].lower() for e in (*VIDEO_EXTENSIONS, *IMAGE_EXTENSIONS, *AUDIO_EXTENSIONS)}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 MAX_KEY_LENGTH = 120  # keeps member names (key + ".video_ts.npy") well under filesystem limits
 _DIGEST_HEX = 8
@@ -364,7 +374,9 @@ def join_names(annotated: Iterable[str], samples: Iterable[tuple[str, str]], wha
     4. it is that last component plus an extension and the key ends with ``_`` + :func:`safe_key` of it: the
        input's file name (``clip.mp4`` names the ``part1/clip`` whose key is ``part1_clip_mp4``, not the
        one from ``part1/clip.mkv``). A key cut to :data:`MAX_KEY_LENGTH` ends with a digest instead, so such
-       an input is named by rules 1-3 only.
+       an input is named by rules 1-3 only;
+    5. :func:`safe_key` of it, ``_`` and a media extension is the key: the name without its extension, in a
+       shard set that records no names (tar urls: names are keys; ``clip`` names ``clip_mp4``).
 
     A name that names two samples under its deciding rule (``clip`` when ``clip.mkv`` and ``clip.mp4`` were
     both extracted), or a sample named by two names, is an :class:`AmbiguousJoin` listing the candidates' keys:
@@ -375,14 +387,18 @@ def join_names(annotated: Iterable[str], samples: Iterable[tuple[str, str]], wha
     by_name: dict[str, list[str]] = {}
     by_key: dict[str, list[str]] = {}
     by_last: dict[str, list[str]] = {}
+    by_stem: dict[str, list[str]] = {}  # key less its media-extension suffix (rule 5)
     for key, name in samples:
         by_name.setdefault(name, []).append(key)
         by_key.setdefault(key, []).append(key)
         by_last.setdefault(_last_component(name), []).append(key)
+        stem, _, extension = key.rpartition("_")
+        if stem and extension.lower() in _KEY_EXTENSIONS:
+            by_stem.setdefault(stem, []).append(key)
     joined: dict[str, str] = {}
     for wanted in dict.fromkeys(annotated):
         candidates = (by_name.get(wanted) or by_key.get(wanted) or by_key.get(safe_key(wanted))
-                      or by_last.get(wanted) or _by_file_name(wanted, by_last))
+                      or by_last.get(wanted) or _by_file_name(wanted, by_last) or by_stem.get(safe_key(wanted)) or [])
         if len(candidates) > 1:
             raise AmbiguousJoin(
                 f"{what} name {wanted!r} names {len(candidates)} samples ({', '.join(sorted(candidates)[:5])}); "

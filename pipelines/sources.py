@@ -26,14 +26,10 @@ from urllib.parse import urlsplit
 
 import fsspec
 
+from lamflow.contract import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from lamflow.errors import LamflowError
 from lamflow.fileio import parse_jsonl
 
-VIDEO_EXTENSIONS = (
-    ".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp", ".ogv",
-)
-# What Pillow decodes for an image run (``lamflow extract --media image``; pipelines/images.py).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MEDIA_EXTENSIONS = {"video": VIDEO_EXTENSIONS, "image": IMAGE_EXTENSIONS}  # by the run's kind (settings.kind)
 LIST_EXTENSIONS = (".txt", ".csv", ".jsonl")
 # Accepted names of the column holding the media path in .csv / .jsonl list files, in priority order.

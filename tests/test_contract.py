@@ -115,3 +115,15 @@ def test_a_file_name_with_its_extension_names_that_one_file():
         join_names(["clip.mkv"], [("part1_clip_mkv", "part1/clip"), ("part2_clip_mkv", "part2/clip")])
     long = "x" * 200  # its key is cut and ends with a digest: the full path with its extension still names it
     assert join_names([f"{long}.mp4"], [(safe_key(f"{long}.mp4"), long)]) == {safe_key(f"{long}.mp4"): f"{long}.mp4"}
+
+
+def test_shards_without_recorded_names_join_on_the_name_without_its_media_extension():
+    """Tar urls give keys only: a key made from clip.mp4 (clip_mp4) is still named by 'clip', and 'clip' for
+    clip_mkv and clip_mp4 is ambiguous; a key that merely starts like the name (clip_2) is not named by it."""
+    from lamflow.contract import AmbiguousJoin, join_names
+
+    samples = [("clip_mp4", "clip_mp4"), ("NUsG9BgSes0_210_0_360_0_mp4", "NUsG9BgSes0_210_0_360_0_mp4"), ("other_2", "other_2")]
+    assert join_names(["clip", "NUsG9BgSes0_210.0_360.0", "other"], samples) == {
+        "clip_mp4": "clip", "NUsG9BgSes0_210_0_360_0_mp4": "NUsG9BgSes0_210.0_360.0"}
+    with pytest.raises(AmbiguousJoin, match=r"'clip' names 2 samples \(clip_mkv, clip_mp4\)"):
+        join_names(["clip"], [("clip_mp4", "clip_mp4"), ("clip_mkv", "clip_mkv")])
