@@ -199,14 +199,14 @@ def openai_state_dict(seed: int, vision_width: int = 128, vision_layers: int = 2
 
 
 # ---- StartEndDataset: how its training reads a feature folder ------------------------------------------------
-def _l2_normalize(array: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+def l2_normalize(array: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     return array / (np.linalg.norm(array, axis=-1, keepdims=True) + eps)
 
 
 def load_video_features(feature_dirs: list[Path], vid: str, max_v_l: int = 75) -> np.ndarray:
     """_get_video_feat_by_vid: each dir's {vid}.npz 'features' as float32, cut to max_v_l, L2-normalised, all
     cut to the shortest and concatenated along the feature axis."""
-    features = [_l2_normalize(np.load(Path(d) / f"{vid}.npz")["features"][:max_v_l].astype(np.float32))
+    features = [l2_normalize(np.load(Path(d) / f"{vid}.npz")["features"][:max_v_l].astype(np.float32))
                 for d in feature_dirs]
     shortest = min(len(f) for f in features)
     return np.concatenate([f[:shortest] for f in features], axis=1)
@@ -219,4 +219,4 @@ def load_query_features(query_dir: Path, qid: int, feature_type: str = "last_hid
     feature = np.load(Path(query_dir) / f"qid{qid}.npz")[feature_type].astype(np.float32)
     if feature_type == "last_hidden_state":
         feature = feature[:max_q_l]
-    return _l2_normalize(feature)
+    return l2_normalize(feature)

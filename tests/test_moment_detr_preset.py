@@ -54,7 +54,8 @@ def make_video(path, size, stored, rate, seconds, pix_fmt):
 
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory):
-    """The videos, the weights, lamflow's extraction with the preset (samples by video name), and the reference model."""
+    """lamflow's extraction of the videos with the preset (samples by video name), and the reference extractor's
+    features of the same videos and queries with the same weights."""
     root = tmp_path_factory.mktemp("moment_detr")
     (root / "videos").mkdir()
     for name, (size, stored, rate, seconds, container, pix_fmt) in VIDEOS.items():
@@ -69,16 +70,15 @@ def extracted(tmp_path_factory):
                  "--no-progress"]) == 0
     urls = sorted(str(p) for p in (out / "shards").glob("*.tar"))
     samples = {s["meta.json"]["original_name"]: s for s in wds.WebDataset(urls, shardshuffle=False).decode()}
-    return {"root": root, "samples": samples, "model": reference.OpenAIClip(state)}
-
-
-def video_path(extracted, name):
-    return extracted["root"] / "videos" / f"{name}.{VIDEOS[name][4]}"
+    model = reference.OpenAIClip(state)
+    videos = {name: reference.encode_video(root / "videos" / f"{name}.{VIDEOS[name][4]}", model) for name in VIDEOS}
+    queries = dict(zip((q["qid"] for q in QUERIES), reference.encode_queries([q["query"] for q in QUERIES], model)))
+    return {"out": out, "samples": samples, "videos": videos, "queries": queries}
 
 
 @pytest.mark.parametrize("name", VIDEOS)
 def test_each_video_has_moment_detr_clip_count_and_features(extracted, name):
-    theirs = reference.encode_video(video_path(extracted, name), extracted["model"])
+    theirs = extracted["videos"][name]
     sample = extracted["samples"][name]
     ours = sample["video.npy"]
     clips, rate = EXPECTED_CLIPS[name]
@@ -99,18 +99,30 @@ def test_the_short_video_rule_is_noted_where_it_applied(extracted):
 
 
 def test_queries_have_moment_detr_last_hidden_state_and_pooler_output(extracted):
-    theirs = dict(zip((q["qid"] for q in QUERIES), reference.encode_queries([q["query"] for q in QUERIES], extracted["model"])))
     for query in QUERIES:
         sample = extracted["samples"][query["vid"]]
         row = [text["id"] for text in sample["meta.json"]["texts"]].index(str(query["qid"]))
         tokens = sample["meta.json"]["texts"][row]["tokens"]
-        hidden, pooled = theirs[query["qid"]]
+        hidden, pooled = extracted["queries"][query["qid"]]
         assert hidden.shape == (tokens, 128)  # start token to end token, before the projection (width 128)
         assert relative_error(sample["text.npy"][row, :tokens], hidden) < RELATIVE
         assert not sample["text.npy"][row, tokens:].any()  # padding past the text's tokens
         assert pooled.shape == (64,) and relative_error(sample["text_pooled.npy"][row], pooled) < RELATIVE
     provenance = extracted["samples"]["wide_odd_ntsc"]["meta.json"]["provenance"]["text"]
     assert provenance["preset"] == "moment_detr" and provenance["normalisation"] == "none"
+
+
+def test_an_export_is_what_moment_detr_trains_on(extracted, tmp_path, capsys):
+    assert main(["export", str(extracted["out"]), "--layout", "moment_detr", "--out", str(tmp_path)]) == 0
+    assert "warning" not in capsys.readouterr().err  # the preset's features are the published kind
+    for name, theirs in extracted["videos"].items():  # read as StartEndDataset reads them: L2-normalised rows
+        loaded = reference.load_video_features([tmp_path / "clip_features"], name)
+        assert loaded.shape == theirs.shape and relative_error(loaded, reference.l2_normalize(theirs)) < RELATIVE
+    for qid, (hidden, pooled) in extracted["queries"].items():
+        tokens = reference.load_query_features(tmp_path / "clip_text_features", qid)
+        assert tokens.shape == hidden.shape and relative_error(tokens, reference.l2_normalize(hidden)) < RELATIVE
+        pooler = reference.load_query_features(tmp_path / "clip_text_features", qid, "pooler_output")
+        assert relative_error(pooler, reference.l2_normalize(pooled)) < RELATIVE
 
 
 def test_the_preset_sets_fps_and_dtype_and_refuses_other_values(tmp_path, media, capsys):

@@ -153,7 +153,7 @@ def test_an_export_is_what_moment_detrs_dataset_reads(features, imported, tmp_pa
         assert video.shape == (rows, SLOWFAST_D + CLIP_D) and video.dtype == np.float32
         expected = np.concatenate([features["slowfast"][query["vid"]][:rows].astype(np.float32),
                                    features["clip"][query["vid"]]], axis=1)
-        np.testing.assert_allclose(video[:, SLOWFAST_D:], reference._l2_normalize(expected[:, SLOWFAST_D:]), rtol=1e-6)
+        np.testing.assert_allclose(video[:, SLOWFAST_D:], reference.l2_normalize(expected[:, SLOWFAST_D:]), rtol=1e-6)
         tokens = reference.load_query_features(out / "clip_text_features", query["qid"])
         pooled = reference.load_query_features(out / "clip_text_features", query["qid"], "pooler_output")
         assert tokens.shape == (len(features["texts"][query["qid"]][0]), TEXT_D) and tokens.dtype == np.float32
