@@ -3,12 +3,17 @@
 - :func:`preflight` submits the worker job script with ``sbatch --test-only`` before anything starts: a
   request the cluster cannot satisfy (an unknown gres, partition or account, a walltime over the limit)
   becomes one clear error instead of dask-jobqueue retrying a failing ``sbatch`` forever.
-- :class:`WorkerJobs` follows every job the run submitted (``squeue`` for current and recently ended jobs,
-  ``sacct`` where accounting is on) and describes them in one line, e.g. ``SLURM jobs: 14 RUNNING;
-  12, 13 TIMEOUT (TimeLimit)``: the "waiting for workers" lines and the no-worker error quote it.
-  Jobs that end by walltime, preemption or a node failure are replaced by adaptive scaling; a job
-  cancelled by someone else (``scancel``) is not: the run's maximum drops by one, and once every job is
-  cancelled the run stops at once with that line (finished videos kept) instead of resubmitting.
+- :class:`WorkerJobs` keeps the run's jobs: it follows every job the run submitted (``squeue`` for current
+  and recently ended jobs, ``sacct`` where accounting is on), and while the extraction has work it submits
+  a replacement for every job that ended (walltime, workers retired at their lifetime, preemption, node
+  failure), so the wanted number of jobs is always queued or running. It does not trust dask's adaptive
+  scaling for this: adapt compares its target with the jobs the cluster *plans*, and a job that ended on
+  its own stays planned (distributed drops a lost job only when a worker's name equals the job's, which
+  is never true for jobs of several worker processes, dask-jobqueue#611), so adapt sees nothing missing
+  and submits nothing. A job cancelled by someone else (``scancel``) or that failed (its script or worker
+  exited with an error: a replacement would fail the same way) is not replaced: the wanted number drops
+  by one, and once no job is left the run stops at once, describing them in one line, e.g. ``SLURM jobs:
+  14 RUNNING; 12, 13 TIMEOUT (TimeLimit)``, as the "waiting for workers" lines and the no-worker error do.
 """
 from __future__ import annotations
 
@@ -26,6 +31,10 @@ from lamflow.pipelines.watchdog import NoWorkersError
 FINAL_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "ENDED", "FAILED", "NODE_FAIL",
                           "OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "TIMEOUT"})
 _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+# Ended jobs that are not replaced, and why: a replacement would be cancelled again or fail the same way.
+NOT_REPLACED = {"CANCELLED": "was cancelled outside this run",
+                "FAILED": "failed (see its output in --log-directory)",
+                "BOOT_FAIL": "failed to boot its node"}
 QUERY_TIMEOUT = 60  # seconds for one squeue/sacct/sbatch call: a slurmctld that slow is a problem to report
 
 
@@ -85,32 +94,41 @@ class JobState:
 
 
 class WorkerJobs:
-    """The SLURM jobs of one dask-jobqueue cluster; :meth:`status` is the extraction's ``cluster_status``.
+    """The SLURM jobs of one dask-jobqueue cluster, kept at ``wanted`` queued or running jobs while the
+    extraction has work: :meth:`status` is the extraction's ``cluster_status``, called every few seconds
+    until the last video is written, so replacing jobs stops with the work.
 
-    Create it first, build the cluster with ``job_cls=worker_jobs.job_class()``, then set ``cluster``.
+    Create it first, build the cluster with ``job_cls=worker_jobs.job_class()``, then :meth:`start` it.
     """
 
-    def __init__(self, minimum: int, maximum: int,
+    def __init__(self, wanted: int,
                  say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> None:
         self.cluster: Any = None
-        self.minimum, self.maximum = minimum, maximum
+        self.wanted = wanted
         self.say = say
+        # Written by the cluster's event loop (job_class) and read here: iterate over copies.
         self.jobs: dict[str, JobState] = {}  # every job this run submitted, in submission order
-        self.cancelled_here: set[str] = set()  # jobs the cluster itself ended (scale-down, shutdown)
+        self.job_of: dict[str, str] = {}  # the cluster's name of a job -> its latest SLURM job id
+        self.cancelled_here: set[str] = set()  # jobs the cluster itself cancelled
         self._not_replaced: set[str] = set()
 
     def job_class(self) -> type:
-        """dask-jobqueue's SLURMJob, noting every job the cluster cancels because it no longer wants it
-        (adaptive scale-down, shutdown). A job that ended otherwise is still wanted when the cluster
-        cleans it up; if SLURM says it was CANCELLED, someone else cancelled it."""
+        """dask-jobqueue's SLURMJob, noting every job it submits and every job the cluster cancels (an ended
+        job dropped, a job whose worker was lost for ``distributed.deploy.lost-worker-timeout``, shutdown):
+        a job SLURM says was CANCELLED that the cluster never cancelled was cancelled by someone else."""
         from dask_jobqueue.slurm import SLURMJob
         from distributed.core import Status
 
         jobs = self
 
         class TrackedSLURMJob(SLURMJob):
+            async def start(self) -> None:
+                await super().start()
+                jobs.jobs.setdefault(str(self.job_id), JobState("SUBMITTED"))
+                jobs.job_of[self.name] = str(self.job_id)
+
             async def close(self) -> None:
-                if self.job_id and (jobs.cluster is None or self.name not in jobs.cluster.worker_spec):
+                if self.job_id:
                     jobs.cancelled_here.add(str(self.job_id))
                 await super().close()
                 # dask-jobqueue's close leaves the status "running", which distributed's cluster shutdown
@@ -119,33 +137,54 @@ class WorkerJobs:
 
         return TrackedSLURMJob
 
-    def scale(self) -> None:
-        """(Re)start adaptive scaling between the current minimum and maximum number of jobs."""
-        self.cluster.adapt(minimum_jobs=min(self.minimum, self.maximum), maximum_jobs=self.maximum)
+    def start(self, cluster: Any) -> None:
+        """Submit the wanted jobs of ``cluster`` (built with :meth:`job_class`)."""
+        self.cluster = cluster
+        cluster.scale(jobs=self.wanted)
 
     def status(self) -> str:
-        """Refresh what SLURM says about the jobs, apply the no-replacement rule, describe them in one line.
-        Raises NoWorkersError once every job was cancelled and none may replace them."""
-        for job_id in [job.job_id for job in list(self.cluster.workers.values()) if job.job_id]:
-            self.jobs.setdefault(str(job_id), JobState("SUBMITTED"))
+        """Refresh what SLURM says about the jobs, replace the ones that ended (except cancelled or failed
+        ones: the wanted number drops instead), describe them in one line. Raises NoWorkersError once no
+        job is left and none will replace them."""
         self._refresh()
-        for job_id, state in self.jobs.items():
-            if state.state == "CANCELLED" and job_id not in self.cancelled_here and job_id not in self._not_replaced:
+        for job_id, state in list(self.jobs.items()):
+            if job_id in self._not_replaced or job_id in self.cancelled_here:
+                continue
+            if state.state in NOT_REPLACED:
                 self._not_replaced.add(job_id)
-                self.maximum = max(0, self.maximum - 1)
-                self.scale()
-                self.say(f"SLURM job {job_id} was cancelled outside this run: not replaced "
-                         f"(at most {self.maximum} worker job(s) from now on)")
-        if self.maximum == 0 and all(state.state in FINAL_STATES for state in self.jobs.values()):
-            raise NoWorkersError(f"every worker job was cancelled and none will replace them ({self.describe()}). "
-                                 "Finished videos are saved: run the same command again to continue.")
+                self.wanted = max(0, self.wanted - 1)
+                self.say(f"SLURM job {job_id} {NOT_REPLACED[state.state]}: not replaced "
+                         f"(at most {self.wanted} worker job(s) from now on)")
+        if self.wanted == 0 and all(state.state in FINAL_STATES for state in list(self.jobs.values())):
+            raise NoWorkersError(f"every worker job was cancelled or failed and none will replace them "
+                                 f"({self.describe()}). Finished videos are saved: run the same command again "
+                                 "to continue.")
+        self._replace_ended()
         return self.describe()
+
+    def _replace_ended(self) -> None:
+        """Swap the jobs SLURM says ended for new ones in the cluster's plan, until ``wanted`` are planned."""
+        ended = [name for name, job_id in list(self.job_of.items())
+                 if name in self.cluster.worker_spec and self.jobs[job_id].state in FINAL_STATES]
+        if ended:
+            self.cluster.sync(self._replace, ended)
+
+    async def _replace(self, ended: list[str]) -> None:
+        """In one step of the cluster's event loop (no scaling runs between), so that the new jobs get new
+        names: distributed closes a job whose worker left some seconds ago by its *name*, and would close a
+        replacement that took the old name instead."""
+        spec = self.cluster.worker_spec
+        for _ in range(self.wanted - (len(spec) - len(ended))):
+            spec.update(self.cluster.new_worker_spec())  # named while the ended jobs still hold their names
+        for name in ended:
+            del spec[name]
+        await self.cluster  # close the ended jobs' objects, submit the new ones
 
     def describe(self) -> str:
         if not self.jobs:
             return "no SLURM worker job submitted yet"
         groups: dict[str, list[str]] = {}
-        for job_id, state in self.jobs.items():
+        for job_id, state in list(self.jobs.items()):
             groups.setdefault(str(state), []).append(job_id)
         parts = []
         for state, ids in groups.items():
@@ -154,7 +193,7 @@ class WorkerJobs:
         return "SLURM jobs: " + "; ".join(parts)
 
     def _refresh(self) -> None:
-        open_ids = [job_id for job_id, state in self.jobs.items() if state.state not in FINAL_STATES]
+        open_ids = [job_id for job_id, state in list(self.jobs.items()) if state.state not in FINAL_STATES]
         listed: set[str] = set()
         # squeue knows running jobs and, for MinJobAge seconds, ended ones; sacct (accounting) knows the rest.
         for command in (["squeue", "--noheader", "--states=all", "--format=%i|%T|%r"],
