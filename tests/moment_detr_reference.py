@@ -6,7 +6,9 @@ jayleicn/moment_detr, ``run_on_video/data_utils.py`` (VideoLoader, Preprocessing
 ffmpeg-python filter chain as it calls them, numpy/torch preprocessing, and the CLIP forward in plain torch
 on an OpenAI-format state dict, with the architecture read from the state dict's shapes as its
 ``build_model`` does. Only the BPE tokenizer is open_clip's, a copy of the same OpenAI tokenizer and vocabulary.
-Tests compare lamflow's ``--preset moment_detr`` against this.
+Tests compare lamflow's ``--preset moment_detr`` against this. ``load_video_features`` and
+``load_query_features`` re-implement how ``moment_detr/start_end_dataset.py`` reads a feature folder, for the
+tests of exports.
 """
 from __future__ import annotations
 
