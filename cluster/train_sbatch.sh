@@ -23,31 +23,15 @@ set -euo pipefail
 CONFIG=${1:?usage: sbatch cluster/train_sbatch.sh CONFIG.yaml [key=value ...]}
 shift
 
-# The project's venv, used without activation: $LAMFLOW_VENV, else .venv in this script's repository.
-# sbatch runs a spool copy of the script; scontrol knows where the original is.
+# sbatch runs a spool copy of the script; scontrol knows where the original is, beside allocation.sh.
 script=$0
 if [[ -n ${SLURM_JOB_ID:-} ]]; then
     submitted=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n 1)
     [[ -f $submitted ]] && script=$submitted
 fi
-VENV=${LAMFLOW_VENV:-$(cd "$(dirname "$script")/.." && pwd)/.venv}
-PYTHON=$VENV/bin/python
-if [[ ! -x $PYTHON ]]; then
-    echo "train_sbatch.sh: error: no Python at $PYTHON; set LAMFLOW_VENV to the project's virtual environment" >&2
-    exit 2
-fi
+source "$(dirname "$script")/allocation.sh"  # PYTHON, GPUS
 
 # Processes per node: the node's GPUs as SLURM granted them; without GPUs, --ntasks-per-node CPU processes.
-if [[ -n ${SLURM_GPUS_ON_NODE:-} ]]; then
-    GPUS=$SLURM_GPUS_ON_NODE
-elif [[ -n ${SLURM_GPUS_PER_NODE:-} ]]; then
-    GPUS=${SLURM_GPUS_PER_NODE##*:}  # "4" or "a100:4"
-elif [[ -n ${CUDA_VISIBLE_DEVICES:-} && ${CUDA_VISIBLE_DEVICES} != NoDevFiles ]]; then
-    IFS=, read -ra visible <<< "$CUDA_VISIBLE_DEVICES"
-    GPUS=${#visible[@]}
-else
-    GPUS=0
-fi
 if (( GPUS > 0 )); then
     NPROC=$GPUS
 else

@@ -1,6 +1,7 @@
 """cluster/ on a real single-node SLURM (Debian slurm-wlm + munge, started and stopped by the fixture):
 extraction whose jobs end at their walltime or retire before it and are replaced until the run finishes,
-a scancel, a gres the cluster lacks, and training under sbatch that survives a requeue. Real daemons,
+a scancel, a gres the cluster lacks, a partitioned extraction as a job array, and training under sbatch
+that survives a requeue. Real daemons,
 real dask-jobqueue jobs, real torchrun; nothing is mocked. No result depends on this machine's speed: the
 waits are long enough for a loaded machine and end early when their condition holds."""
 import json
@@ -15,12 +16,13 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 from contract_shards import write_toy_qvhighlights
+from lamflow.pipelines.plan import Partition
 from lamflow.pipelines.shards import complete_samples
 from lamflow.train.run_log import read_metrics
 from media import make_media
 from slurm_localhost import LocalSlurm
 
-from lamflow.contract import MANIFEST, safe_key
+from lamflow.contract import MANIFEST, output_dirs, partition_dir_name, safe_key
 from lamflow.fileio import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,6 +202,53 @@ def test_a_gres_the_cluster_lacks_is_one_clear_error_before_any_job(slurm, video
     assert not {j["id"] for j in slurm.jobs()} - before  # no job was submitted (earlier ones may change state)
 
 
+def wait_for(condition, what: str, timeout: float = HANG) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def sbatch_array(slurm: LocalSlurm, tasks: str, count: int, videos: Path, out: Path) -> str:
+    """cluster/extract_array.sbatch for array tasks ``tasks`` of ``count`` partitions, one core each; returns the
+    array's job id once every task has ended, each COMPLETED."""
+    job = slurm.run("sbatch", "--parsable", f"--array={tasks}", "--cpus-per-task=1", "--time=10",
+                    f"--chdir={out.parent}", f"--output={out.parent}/array-%A_%a.out", "--export=ALL,HF_HUB_OFFLINE=1",
+                    str(REPO / "cluster" / "extract_array.sbatch"), str(count), str(videos), "--out", str(out),
+                    "--clip-model", "lamflow-tiny", "--fps", "2", "--no-progress").stdout.strip()
+
+    def states() -> list[str]:
+        answer = slurm.run("squeue", "--noheader", "--states=all", f"--jobs={job}", "--format=%T").stdout
+        return answer.split()
+
+    wait_for(lambda: states() and all(state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for state in states()),
+             f"array job {job}")
+    assert set(states()) == {"COMPLETED"}, [path.read_text() for path in out.parent.glob(f"array-{job}_*.out")]
+    return job
+
+
+def unfinished_partitions(out: Path, count: int) -> str:
+    done = subprocess.run([sys.executable, str(REPO / "cluster" / "unfinished_partitions.py"), str(out), str(count)],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_an_array_task_extracts_its_partition_and_resubmitting_the_unfinished_ones_completes_the_tree(
+        slurm, videos, tmp_path):
+    out = tmp_path / "out"
+    first = sbatch_array(slurm, "0", 2, videos, out)  # task 1 never ran, as if it had been preempted or failed
+    assert "partition 0/2, --workers 1" in (tmp_path / f"array-{first}_0.out").read_text()  # its allocation's core
+    assert unfinished_partitions(out, 2) == "1"
+
+    sbatch_array(slurm, unfinished_partitions(out, 2), 2, videos, out)
+    assert unfinished_partitions(out, 2) == ""
+    parts = output_dirs(out)
+    assert [part.name for part in parts] == [partition_dir_name(k, 2) for k in range(2)]
+    keys = [shard_keys(part) for part in parts]
+    assert sorted(keys[0] + keys[1]) == KEYS  # every video in one partition, none in both
+    assert all(Partition(k, 2).holds(key) for k in range(2) for key in keys[k])
+
+
 def sbatch_training(slurm: LocalSlurm, toy, run_dir: Path, rdzv_port: int) -> str:
     """cluster/train_sbatch.sh under sbatch: 100 steps of a tiny model on the toy shards, CPU only."""
     overrides = [f"data.train_shards={toy.shards}", f"data.train_annotations={toy.train_annotations}",
@@ -215,13 +264,6 @@ def sbatch_training(slurm: LocalSlurm, toy, run_dir: Path, rdzv_port: int) -> st
                      str(REPO / "cluster" / "train_sbatch.sh"), str(REPO / "train" / "configs" / "qvhighlights_lam.yaml"),
                      *overrides)
     return done.stdout.strip()
-
-
-def wait_for(condition, what: str, timeout: float = HANG) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_train_sbatch_trains_on_cpu_and_every_requeued_attempt_continues_from_its_checkpoint(slurm, tmp_path):
