@@ -45,7 +45,8 @@ def test_quick_corpus_writes_mp4s_annotations_texts_and_schedule(corpus):
     videos = sorted(result.videos_dir.glob("*.mp4"))
     assert len(videos) == config.train_videos + config.val_videos == len(document["videos"])
     assert result.videos_generated == len(videos) and result.videos_reused == 0
-    assert not list(result.videos_dir.glob("*.part")), "temporary files must be renamed or removed"
+    # Each video is rendered under a temporary name (fileio.temp_path) and renamed: none may be left behind.
+    assert sorted(p.name for p in result.videos_dir.iterdir()) == sorted(Path(v["file"]).name for v in document["videos"])
     probe = subprocess.run(
         ["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,width,height,sample_rate",
          "-show_entries", "format=duration", "-of", "json", str(videos[0])],
