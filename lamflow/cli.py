@@ -63,16 +63,10 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
     return args
 
 
-def _report(command: str, message: str) -> None:
-    """Print one error line; under torchrun only rank 0 speaks, so N ranks do not print N copies."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"lamflow {command}: error: {message}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. User errors (:class:`LamflowError`, and a path the system cannot read or write)
     become one line and exit status 2; Ctrl-C becomes one line and 130; anything else is a bug and keeps
-    its traceback."""
+    its traceback. Under torchrun only the rank that failed first reports (see :func:`_failed_first`)."""
     parser = build_parser()
     args = parse_arguments(parser, argv)
     if not getattr(args, "func", None):
@@ -80,19 +74,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except LamflowError as error:
-        _report(args.command, str(error))
-        return 2
-    except OSError as error:
-        if error.filename is None:  # not about a path the user gave: a bug, keep the traceback
-            raise
-        # A path that cannot be read or written (no such folder, no permission, a full disk) is the
-        # user's to fix, whatever command met it.
-        _report(args.command, f"{error.filename}: {error.strerror or error}")
-        return 2
     except KeyboardInterrupt:
-        _report(args.command, "interrupted")
+        if _failed_first():
+            _report(args.command, "interrupted")
         return 130
+    except Exception as error:
+        message = _user_error(error)
+        if not _failed_first():
+            return 1 if message is None else 2  # another rank failed first: its report is the job's
+        if message is None:
+            raise  # a bug: the traceback is the report
+        _report(args.command, message)
+        return 2
+
+
+def _user_error(error: Exception) -> str | None:
+    """The one-line message of an error the user can fix, or None for a bug."""
+    if isinstance(error, LamflowError):
+        return str(error)
+    # A path that cannot be read or written (no such folder, no permission, a full disk) is the user's to
+    # fix, whatever command met it; an OSError about no path is a bug.
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return None
+
+
+def _failed_first() -> bool:
+    """Whether this process reports its failure: always, except under torchrun, where the rank that failed
+    first reports (tagged with its rank) and the others, failing with it or because of it (a peer gone
+    from a collective), stop quietly, so that N ranks do not print N copies or N tracebacks."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return True
+    from lamflow.train.distributed import claim_failure  # torch: only under torchrun, where it is loaded anyway
+
+    return claim_failure()
+
+
+def _report(command: str, message: str) -> None:
+    rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+    print(f"lamflow {command}: error: {rank}{message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """One error path: every user error of every subcommand is one line `lamflow <command>: error: ...` and exit 2.
 
 A traceback is for bugs only. These run `lamflow.cli.main` in this process (what the console script runs),
-so each case costs milliseconds, plus one real torchrun case: only rank 0 speaks.
+so each case costs milliseconds, plus real torchrun cases: the rank that fails first speaks, once.
 """
 import io
 import json
@@ -133,17 +133,47 @@ def test_missing_inputs_of_other_commands(capsys, args, command, fragment):
     assert_one_line(*run(capsys, *args), command, fragment)
 
 
-def test_under_torchrun_only_rank_0_prints_the_error(toy, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
+def torchrun_train(toy, tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lamflow",
-         *train_args(toy, "data.loader.streams=[text,video,depth]", f"run.out_dir={tmp_path}", "run.device=cpu")],
-        capture_output=True, text=True, timeout=180, env=env,
+         *train_args(toy, f"run.out_dir={tmp_path / 'run'}", "run.device=cpu", *overrides)],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def lamflow_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("lamflow train: error:")]
+
+
+def no_traceback_of_a_rank(stderr: str) -> bool:
+    """The one traceback is torchrun's own report that a worker failed (ChildFailedError)."""
+    return stderr.count("Traceback (most recent call last)") == 1 and "ChildFailedError" in stderr
+
+
+def test_under_torchrun_an_error_of_every_rank_is_printed_once(toy, tmp_path):
+    result = torchrun_train(toy, tmp_path, "data.loader.streams=[text,video,depth]")
     assert result.returncode != 0
-    ours = [line for line in result.stderr.splitlines() if line.startswith("lamflow train: error:")]
-    assert len(ours) == 1 and "['depth']" in ours[0]
-    assert "lamflow/datasets" not in result.stderr and "loader.py" not in result.stderr  # no traceback of ours
+    (line,) = lamflow_lines(result.stderr)
+    assert line.startswith(("lamflow train: error: rank 0: ", "lamflow train: error: rank 1: ")) and "['depth']" in line
+    assert no_traceback_of_a_rank(result.stderr)
+
+
+def test_under_torchrun_an_error_of_rank_1_alone_is_printed_by_rank_1_and_the_others_stop_quietly(tmp_path):
+    # Validation deals one shard per rank (vid002's to rank 0, vid003's to rank 1); the query of vid003 names a
+    # text its sample does not hold, so only rank 1 fails, while rank 0 waits for it in a collective.
+    toy = write_toy_qvhighlights(tmp_path / "toy", videos=4, val_videos=2, per_shard=1)
+    val = [json.loads(line) for line in toy.val_annotations.read_text().splitlines()]
+    assert [q["vid"] for q in val] == ["vid002", "vid003"]
+    val[1]["qid"] = 2003
+    annotations = tmp_path / "val.jsonl"
+    annotations.write_text("".join(json.dumps(q) + "\n" for q in val))
+    result = torchrun_train(toy, tmp_path, f"data.val_shards={toy.shards}", f"data.val_annotations={annotations}",
+                            "data.eval_batch_size=1", "optim.max_steps=1")
+    assert result.returncode != 0
+    (line,) = lamflow_lines(result.stderr)
+    assert line.startswith("lamflow train: error: rank 1: qid 2003 (vid 'vid003'): no text tokens for this query")
+    # Rank 0 lost its peer in a collective: it stops without a word.
+    assert no_traceback_of_a_rank(result.stderr) and "gloo" not in result.stderr.lower()
 
 
 def test_a_path_the_system_cannot_write_is_one_line_too(capsys, tmp_path):

@@ -3,12 +3,18 @@
 Launched by ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) this joins a process group: NCCL when the
 run uses CUDA, gloo on CPU. Started as a plain process it runs alone and every collective is a no-op, so
 the trainer has a single code path.
+
+A job reports one failure, by the rank that failed first (:func:`claim_failure`): the others, failing with
+it or because of it (a collective whose peer is gone), stay quiet.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -55,6 +61,53 @@ def init_distributed(device: str = "auto") -> DistContext:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=torch_device if use_cuda else None)
     return DistContext(rank, world_size, local_rank, local_world_size, torch_device)
+
+
+@contextlib.contextmanager
+def process_group(device: str = "auto") -> Iterator[DistContext]:
+    """:func:`init_distributed` for the duration of a block, then :func:`shutdown`. A failure in the block is
+    claimed (:func:`claim_failure`) and the group left to the process's exit: the peers notice the failure
+    only then, after it is claimed and reported, so each knows that it fails because of another rank's (and
+    a reporting rank is not killed by torchrun, which stops the others once one exits, before it reports)."""
+    ctx = init_distributed(device)
+    try:
+        yield ctx
+    except BaseException:
+        claim_failure()
+        raise
+    shutdown()
+
+
+# Whether this process failed first in its job (claim_failure's answer, asked once).
+_failed_first: bool | None = None
+
+
+def claim_failure() -> bool:
+    """Record that this process fails; True if it is the first of its torchrun job (attempt) to do so, and
+    so the one to report the error. Counted in the job's store (torchrun's, at MASTER_ADDR:MASTER_PORT),
+    once per process. True outside torchrun, and when the store cannot be reached: a duplicate line is
+    better than none."""
+    global _failed_first
+    if _failed_first is None:
+        distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+        _failed_first = not distributed or _count_failure() in (None, 1)
+        if distributed and _failed_first:
+            # torchrun stops the other ranks with SIGTERM as soon as one exits: a rank failing after this one
+            # (quietly) must not get this one stopped before it has reported.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return _failed_first
+
+
+def _count_failure() -> int | None:
+    """How many processes of the job have failed, this one included (None: the store is out of reach)."""
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=timedelta(seconds=10))
+        # A restarted job (torchrun --max-restarts) keeps its store: count per attempt.
+        key = f"lamflow/failures/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}"
+        return int(store.add(key, 1))
+    except (KeyError, ValueError, RuntimeError):  # no torchrun address, or nothing listening there
+        return None
 
 
 def shutdown() -> None:

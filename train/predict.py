@@ -166,12 +166,11 @@ def predict_checkpoint(checkpoint: str | Path, split: str, out: str | Path, over
     """
     from lamflow.train.build import build_loader, build_model, build_task, check_attention
     from lamflow.train.checkpoint import checkpoint_config, load_checkpoint
-    from lamflow.train.distributed import init_distributed, shutdown
+    from lamflow.train.distributed import process_group
 
     state = load_checkpoint(checkpoint)
     config = checkpoint_config(checkpoint, state, overrides)
-    ctx = init_distributed(config.run.device)
-    try:
+    with process_group(config.run.device) as ctx:
         check_attention(config, ctx.device, training=False)
         task = build_task(config.data, split, mode="eval")
         model = build_model(config, state["input_dims"], state["num_classes"], state.get("vocabulary")).to(ctx.device)
@@ -182,5 +181,3 @@ def predict_checkpoint(checkpoint: str | Path, split: str, out: str | Path, over
         if ctx.is_main:
             write_jsonl_atomic(out, rows)
         return Path(out)
-    finally:
-        shutdown()

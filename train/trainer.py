@@ -55,9 +55,8 @@ from lamflow.train.distributed import (
     all_gather_objects,
     autocast,
     barrier,
-    init_distributed,
     mean_over_ranks,
-    shutdown,
+    process_group,
     sum_over_ranks,
     to_device,
 )
@@ -84,12 +83,8 @@ def train(config: TrainConfig, require_checkpoint: bool = False) -> dict[str, An
     Returns the last logged training and validation records (rank 0; {} elsewhere); a run stopped by
     SIGTERM/SIGUSR1 (after saving a checkpoint) also returns ``{"stopped_by": "SIGTERM"}`` on every rank.
     """
-    ctx = init_distributed(config.run.device)
-    try:
-        with _StopRequest() as stop:
-            return _train(config, require_checkpoint, ctx, stop)
-    finally:
-        shutdown()
+    with process_group(config.run.device) as ctx, _StopRequest() as stop:
+        return _train(config, require_checkpoint, ctx, stop)
 
 
 class _StopRequest:
