@@ -67,11 +67,11 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_again_with_one_curve
 def test_a_changed_config_is_refused_naming_the_differing_fields(toy, tmp_path):
     out = tmp_path / "run"
     train(load_config(CONFIG, overrides(toy, out, "optim.max_steps=1")))
-    changed = load_config(CONFIG, overrides(toy, out, "optim.max_steps=1", "model.encoder.dim=32", "optim.lr=1e-3"))
+    changed = load_config(CONFIG, overrides(toy, out, "optim.max_steps=1", "model.encoder.dim=32", "optim.weight_decay=0.1"))
     with pytest.raises(ResumeError) as refused:
         train(changed)
     message = str(refused.value)
-    assert "model.encoder.dim: 16 -> 32" in message and "optim.lr: 0.0003 -> 0.001" in message
+    assert "model.encoder.dim: 16 -> 32" in message and "optim.weight_decay: 0.05 -> 0.1" in message
     assert "step-00000001.pt" in message and "new run.out_dir" in message
     assert "optim.max_steps" in message  # what may change is listed
 

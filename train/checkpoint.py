@@ -10,8 +10,9 @@ would (webdataset runs ``pipe:CMD`` urls in a shell); such a spec must come from
 
 Resuming (:func:`find_resume_checkpoint`) takes the newest checkpoint that loads; one that does not (a
 truncated or corrupt file, one holding pickled objects) is reported and skipped. Its config must equal the
-current one except for :data:`RESUMABLE_FIELDS`, which say how long the run goes and how it reports, not
-what it computes: a checkpoint of another model, data or optimizer is refused with the differing fields.
+current one except for :data:`RESUMABLE_FIELDS`, which say how long the run goes and how it reports (and
+the learning rate, warm-up and precision a diverged run is told to change): a checkpoint of another model,
+data or optimizer is refused with the differing fields.
 """
 from __future__ import annotations
 
@@ -33,10 +34,15 @@ from lamflow.train.config import TrainConfig, apply_override, config_from_dict
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
 TRAINING_STATE_KEYS = ("step", "model", "optimizer", "scheduler", "loader", "rng", "config")
 # Config fields a resumed run may change: how long it runs (optim.max_steps extends or shortens the cosine
-# from the resumed step on), where and how often it reports, evaluates and checkpoints, and how fast it
-# evaluates. Everything else decides what the run computes, so a difference refuses the resume.
+# from the resumed step on), where and how often it reports, evaluates and checkpoints, how fast it
+# evaluates, and the three knobs a diverged run is told to turn (peak learning rate, warm-up, mixed
+# precision: it continues from its last checkpoint with them changed). Everything else decides what the
+# run computes, so a difference refuses the resume.
 RESUMABLE_FIELDS = frozenset({
     "optim.max_steps",
+    "optim.lr",
+    "optim.warmup_steps",
+    "run.amp",
     "data.eval_batch_size",
     "run.out_dir",
     "run.progress",
@@ -49,6 +55,7 @@ RESUMABLE_FIELDS = frozenset({
 # Data fields holding shard specs, which webdataset opens: a "pipe:CMD" url among them runs CMD in a shell.
 SHARD_SPEC_FIELDS = ("data.train_shards", "data.val_shards", "data.train_texts", "data.val_texts")
 BAD_SUFFIX = ".bad"  # an unreadable checkpoint is renamed step-N.pt.bad: kept for inspection, never loaded again
+DIVERGED_SUFFIX = ".diverged"  # one holding the weights of a run that diverged: never resumed from again
 
 
 class CheckpointError(LamflowError, ValueError):
@@ -68,8 +75,12 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if CHECKPOINT_PATTERN.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+    return sorted((p for p in folder.iterdir() if CHECKPOINT_PATTERN.match(p.name)), key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a checkpoint file named ``step-N.pt``."""
+    return int(CHECKPOINT_PATTERN.match(path.name).group(1))
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
@@ -220,10 +231,11 @@ def find_resume_checkpoint(folder: str | Path, config: dict[str, Any],
     return point
 
 
-def set_aside(path: Path) -> Path:
-    """Rename an unreadable checkpoint to ``step-N.pt.bad``: kept for inspection, but no longer the
-    "newest" checkpoint that pruning keeps and a later resume tries first."""
-    target = path.with_name(path.name + BAD_SUFFIX)
+def set_aside(path: Path, suffix: str = BAD_SUFFIX) -> Path:
+    """Rename a checkpoint that must not be resumed (unreadable: ``step-N.pt.bad``; diverged:
+    :data:`DIVERGED_SUFFIX`): kept for inspection, but no longer the "newest" checkpoint that pruning keeps
+    and a later resume tries first."""
+    target = path.with_name(path.name + suffix)
     path.replace(target)
     return target
 

@@ -33,3 +33,16 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` following :class:`WarmupCosine`; call ``.step()`` once per optimizer step."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, max_steps, min_ratio))
+
+
+def resume_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict, peak_lr: float) -> None:
+    """Continue a checkpoint's schedule from its position (``state["last_epoch"]``) with the current
+    config's shape (warm-up, max_steps) and peak learning rate, which may all change on resume: the
+    learning rate of the next step and every later one follows them (the optimizer's param groups
+    are set too, since their stored ``lr`` is the checkpoint's). Unchanged, every value is the one the
+    uninterrupted run would have used."""
+    lrs = [peak_lr * schedule(state["last_epoch"]) for schedule in scheduler.lr_lambdas]
+    scheduler.load_state_dict({**state, "base_lrs": [peak_lr] * len(lrs), "_last_lr": lrs,
+                               "lr_lambdas": [None] * len(lrs)})
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["initial_lr"], group["lr"] = peak_lr, lr

@@ -41,10 +41,13 @@ from lamflow.train.build import (
     resolve_vocabulary,
 )
 from lamflow.train.checkpoint import (
+    DIVERGED_SUFFIX,
     ResumeError,
     capture_rng_state,
     checkpoint_path,
+    checkpoint_step,
     find_resume_checkpoint,
+    list_checkpoints,
     restore_rng_state,
     save_checkpoint,
     set_aside,
@@ -63,7 +66,7 @@ from lamflow.train.distributed import (
 from lamflow.train.losses import TASK_LOSSES
 from lamflow.train.predict import gather_predictions, predict, score
 from lamflow.train.run_log import RunLog, read_metrics
-from lamflow.train.schedule import build_scheduler
+from lamflow.train.schedule import build_scheduler, resume_scheduler
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -73,7 +76,8 @@ SKIP_COUNTERS = ("skipped_corrupt", "skipped_width", "skipped_empty", "read_erro
 
 
 class TrainingDiverged(LamflowError, RuntimeError):
-    """The gradients stayed NaN/inf for run.max_nonfinite_steps steps in a row."""
+    """The gradients stayed NaN/inf for run.max_nonfinite_steps steps in a row, or an update made the weights
+    NaN/inf (they are never checkpointed)."""
 
 
 def train(config: TrainConfig, require_checkpoint: bool = False) -> dict[str, Any]:
@@ -163,7 +167,7 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
         path, state = point.path, point.state
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        resume_scheduler(scheduler, state["scheduler"], optim.lr)
         train_loader.load_state_dict(state["loader"])
         step = int(state["step"])
         if len(state["rng"]) == ctx.world_size:
@@ -203,8 +207,8 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
                 "step": step,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                # The schedule's shape (warm-up, max_steps) comes from the resumed run's config, so a run
-                # can be extended with optim.max_steps=...; only the position (last_epoch) is restored.
+                # The schedule's shape (warm-up, max_steps) and peak learning rate come from the resumed
+                # run's config (see resume_scheduler); only the position (last_epoch) is restored.
                 "scheduler": {**scheduler.state_dict(), "lr_lambdas": [None]},
                 "loader": train_loader.state_dict(),
                 "rng": rng_states,
@@ -229,8 +233,24 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
             last["val"] = record
         barrier()
 
+    def diverged(problem: str, bad_from: int) -> TrainingDiverged:
+        """The error that stops a diverged run whose weights went bad with step ``bad_from``'s. Rank 0 sets
+        aside the checkpoints holding them, so that the advice can be followed: the same command, with a
+        field changed that may change on resume (checkpoint.RESUMABLE_FIELDS), continues from one before."""
+        found = list_checkpoints(checkpoints)
+        good = [path for path in found if checkpoint_step(path) < bad_from]
+        if ctx.is_main:
+            for path in found[len(good):]:
+                set_aside(path, DIVERGED_SUFFIX)
+        since = (f"it continues from {good[-1].name}, the newest checkpoint from before" if good else
+                 "it starts again at step 0, as no checkpoint was saved before")
+        kept = f" (the later ones are renamed *{DIVERGED_SUFFIX})" if len(good) < len(found) else ""
+        return TrainingDiverged(f"{problem}: training diverged. Lower optim.lr, raise optim.warmup_steps or set "
+                                f"run.amp=off, and run the same command with that change: {since}{kept}")
+
     # ---- the loop: one iteration = one optimizer step over grad_accum micro-batches
     model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
     nonfinite_steps = nonfinite_in_a_row = 0
     while step < optim.max_steps:
         started = time.perf_counter()
@@ -248,7 +268,7 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
                 (terms["loss"] / optim.grad_accum).backward()
             for name, value in terms.items():
                 terms_sum[name] = terms_sum.get(name, 0.0) + value.detach().float() / optim.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip or float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, optim.grad_clip or float("inf"))
         lr = scheduler.get_last_lr()[0]
         # NaN/inf gradients never reach the weights: the step is skipped and counted (DDP has averaged the
         # gradients, so every rank sees the same norm and skips together); a run that keeps producing them
@@ -256,16 +276,18 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
         if torch.isfinite(grad_norm):
             optimizer.step()
             nonfinite_in_a_row = 0
+            # A finite but huge update can still overflow the weights: stop before they reach a checkpoint.
+            if not torch.isfinite(torch.nn.utils.get_total_norm(parameters, norm_type=float("inf"))):
+                raise diverged(f"the update of step {step + 1} (gradient norm {float(grad_norm):.3g}, learning rate "
+                               f"{lr:.3g}) made the weights NaN/inf", bad_from=step + 1)
         else:
             nonfinite_steps += 1
             nonfinite_in_a_row += 1
             log.warning("step %d: gradient norm is %s; the update is skipped", step + 1, float(grad_norm))
             if nonfinite_in_a_row >= run.max_nonfinite_steps:
-                raise TrainingDiverged(
-                    f"the gradients were NaN/inf in {nonfinite_in_a_row} steps in a row (up to step {step + 1}); the inputs "
-                    "are checked for non-finite values, so training diverged: lower optim.lr, raise optim.warmup_steps, "
-                    "or set run.amp=off"
-                )
+                # The weights that gave them are those after the last step before the streak, still unchanged.
+                raise diverged(f"the gradients were NaN/inf in {nonfinite_in_a_row} steps in a row (up to step {step + 1}); "
+                               "the inputs are checked for non-finite values", bad_from=step + 1 - nonfinite_in_a_row)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1

@@ -20,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "predictions/val-step-*.jsonl (official format) and config.yaml. "
             "The same command starts a run and continues it: when RUN.out_dir has checkpoints, training resumes "
             "from the newest readable one (model, optimizer, schedule, loader position, RNG) if its config matches "
-            "(optim.max_steps and how often the run reports may change: RESUMABLE_FIELDS in "
-            "lamflow/train/checkpoint.py); otherwise it starts at step 0. SIGTERM or SIGUSR1 "
+            "(optim.max_steps, optim.lr, optim.warmup_steps, run.amp and how often the run reports may change: "
+            "RESUMABLE_FIELDS in lamflow/train/checkpoint.py); otherwise it starts at step 0. SIGTERM or SIGUSR1 "
             "(scancel, requeue, a walltime warning) saves a checkpoint after the current step and exits with "
             "status 128+signal, so a requeued job continues where it stopped."
         ),
