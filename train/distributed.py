@@ -14,7 +14,7 @@ import os
 import signal
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -144,11 +144,24 @@ def sum_over_ranks(counts: dict[str, int]) -> dict[str, int]:
     if not dist.is_initialized():
         return dict(counts)
     names = sorted(counts)
-    # NCCL reduces GPU tensors only; gloo reduces CPU tensors.
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    values = torch.tensor([counts[name] for name in names], dtype=torch.int64, device=device)
+    values = torch.tensor([counts[name] for name in names], dtype=torch.int64, device=_reduce_device())
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return dict(zip(names, values.tolist()))
+
+
+def any_over_ranks(flags: Sequence[bool]) -> list[bool]:
+    """Element-wise "on any rank" of per-rank flags (e.g. "got a stop signal", "has batches left"); every
+    rank gets the result. A collective: every rank calls it at the same point."""
+    if not dist.is_initialized():
+        return list(flags)
+    values = torch.tensor([int(flag) for flag in flags], dtype=torch.int64, device=_reduce_device())
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in values.tolist()]
+
+
+def _reduce_device() -> torch.device:
+    """Where python numbers are put to be reduced: NCCL reduces GPU tensors only, gloo CPU tensors."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def autocast(device: torch.device, amp: str) -> torch.autocast:

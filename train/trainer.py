@@ -9,7 +9,9 @@ logged (exactly, on CPU).
 One command serves the first submission of a cluster job and every requeue: a run directory with
 checkpoints of the same config is resumed, one without starts at step 0 (see checkpoint.py for what
 "same config" allows). SIGTERM and SIGUSR1 (scancel, requeue, preemption, a walltime warning) stop every
-rank after its current step with a checkpoint, so the next attempt loses no finished step.
+rank within one micro-batch or validation batch, with a checkpoint of the last finished step: torchrun
+kills its workers 30 s after forwarding the signal, so neither a long step nor a validation pass is waited
+for; the next attempt loses no finished step and runs none twice.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -56,6 +58,7 @@ from lamflow.train.config import TrainConfig, config_to_dict
 from lamflow.train.distributed import (
     DistContext,
     all_gather_objects,
+    any_over_ranks,
     autocast,
     barrier,
     mean_over_ranks,
@@ -92,11 +95,14 @@ def train(config: TrainConfig, require_checkpoint: bool = False) -> dict[str, An
 
 
 class _StopRequest:
-    """Turns the STOP_SIGNALS into a flag the loop checks between steps (a signal must not interrupt a
-    step or a checkpoint write half way). Installed for the duration of one ``train`` call."""
+    """Turns the STOP_SIGNALS into a flag that the ranks vote on before every micro-batch and validation
+    batch (a signal must not interrupt a backward pass or a checkpoint write half way, and every rank must
+    stop at the same point: what follows, a checkpoint, is a collective). Installed for the duration of one
+    ``train`` call."""
 
     def __init__(self) -> None:
         self.signal: signal.Signals | None = None
+        self.stopped = False  # the ranks agreed to stop: the same on every rank, and final
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopRequest":
@@ -112,13 +118,29 @@ class _StopRequest:
     def _handle(self, number: int, _frame: Any) -> None:
         self.signal = self.signal or signal.Signals(number)
 
-    def agreed(self, ctx: DistContext) -> bool:
-        """True on every rank once any rank got a stop signal (ranks must stop at the same step: saving
-        is a collective)."""
-        if not ctx.distributed:
-            return self.signal is not None
-        asked = torch.tensor([0.0 if self.signal is None else 1.0], device=ctx.device)
-        return bool(mean_over_ranks(asked).item() > 0)
+    def agreed(self) -> bool:
+        """True on every rank once any rank got a stop signal. A collective every rank calls at the same
+        point, until it returns True (from then on it answers without one)."""
+        return self._vote(busy=False)[0]
+
+    def batches(self, loader: Iterable[dict]) -> Iterator[dict]:
+        """``loader``'s batches until every rank has run out, or the ranks agree to stop (then
+        :attr:`stopped` is True). Validation gives ranks different numbers of batches, so a rank that
+        has run out keeps voting until the others are done too."""
+        pending = iter(loader)
+        while not self.stopped:
+            batch = next(pending, None)
+            stop, busy = self._vote(busy=batch is not None)
+            if stop or not busy:
+                return
+            if batch is not None:
+                yield batch
+
+    def _vote(self, busy: bool) -> tuple[bool, bool]:
+        if self.stopped:
+            return True, busy
+        self.stopped, busy = any_over_ranks([self.signal is not None, busy])
+        return self.stopped, busy
 
 
 def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop: _StopRequest) -> dict[str, Any]:
@@ -198,10 +220,17 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
     last: dict[str, Any] = {}
     saved_step = step if point.path is not None else None
 
-    def save() -> None:
+    def position() -> dict[str, Any]:
+        """Where the next step starts: the loader position, this rank's RNG states, and the model's buffers
+        (running statistics, which every forward pass updates). A step dropped half way is undone to here,
+        so a checkpoint of the last finished step lets the next attempt continue exactly."""
+        return {"loader": train_loader.state_dict(), "rng": capture_rng_state(),
+                "buffers": [buffer.detach().clone() for buffer in model.buffers()]}
+
+    def save(at: dict[str, Any]) -> None:
         nonlocal saved_step
         # Every rank's RNG is gathered (a collective: all ranks call save at the same step).
-        rng_states = all_gather_objects(capture_rng_state())
+        rng_states = all_gather_objects(at["rng"])
         if ctx.is_main:
             save_checkpoint(checkpoints, step, {
                 "step": step,
@@ -210,7 +239,7 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
                 # The schedule's shape (warm-up, max_steps) and peak learning rate come from the resumed
                 # run's config (see resume_scheduler); only the position (last_epoch) is restored.
                 "scheduler": {**scheduler.state_dict(), "lr_lambdas": [None]},
-                "loader": train_loader.state_dict(),
+                "loader": at["loader"],
                 "rng": rng_states,
                 "config": config_to_dict(config),
                 "input_dims": input_dims,
@@ -222,16 +251,22 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
         barrier()
 
     def evaluate() -> None:
-        rows = gather_predictions(
-            predict(model, val_loader, val_task, config.data, config.model, ctx.device, run.amp, class_names),
-            config.data.task,
-        )
+        """Score the validation split at ``step``; abandoned (nothing written) when the ranks agree to stop."""
+        rows = predict(model, stop.batches(val_loader), val_task, config.data, config.model, ctx.device, run.amp,
+                       class_names)
+        if stop.stopped:
+            return
+        rows = gather_predictions(rows, config.data.task)
         if ctx.is_main:
             write_jsonl_atomic(_predictions_file(out_dir, step), rows)
             record = {"step": step, "split": "val", "items": len(rows), **score(rows, config.data)}
             run_log.write(record)
             last["val"] = record
         barrier()
+
+    def evaluation_due() -> bool:
+        return val_loader is not None and step > 0 and (
+            step == optim.max_steps or bool(run.eval_every and step % run.eval_every == 0))
 
     def diverged(problem: str, bad_from: int) -> TrainingDiverged:
         """The error that stops a diverged run whose weights went bad with step ``bad_from``'s. Rank 0 sets
@@ -248,15 +283,15 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
         return TrainingDiverged(f"{problem}: training diverged. Lower optim.lr, raise optim.warmup_steps or set "
                                 f"run.amp=off, and run the same command with that change: {since}{kept}")
 
-    # ---- the loop: one iteration = one optimizer step over grad_accum micro-batches
-    model.train()
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    nonfinite_steps = nonfinite_in_a_row = 0
-    while step < optim.max_steps:
-        started = time.perf_counter()
-        samples = 0
+    def accumulate() -> tuple[dict[str, torch.Tensor], int] | None:
+        """One step's gradients over grad_accum micro-batches: the mean loss terms and the samples seen;
+        None when the ranks agree to stop first (they vote before each micro-batch: a long step is not
+        waited for)."""
         terms_sum: dict[str, torch.Tensor] = {}
+        samples = 0
         for micro in range(optim.grad_accum):
+            if stop.agreed():
+                return None
             batch = to_device(next(batches), ctx.device)
             samples += len(batch["sample_ids"])
             # DDP all-reduces gradients on every backward unless told not to: sync on the last micro-batch only.
@@ -268,6 +303,24 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
                 (terms["loss"] / optim.grad_accum).backward()
             for name, value in terms.items():
                 terms_sum[name] = terms_sum.get(name, 0.0) + value.detach().float() / optim.grad_accum
+        return terms_sum, samples
+
+    # ---- the loop: one iteration = one optimizer step over grad_accum micro-batches
+    model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    nonfinite_steps = nonfinite_in_a_row = 0
+    if evaluation_due() and not _predictions_file(out_dir, step).exists():
+        evaluate()  # resumed from a checkpoint whose evaluation did not finish (stopped, or killed after the save)
+    next_step = position()
+    while step < optim.max_steps:
+        started = time.perf_counter()
+        accumulated = accumulate()
+        if accumulated is None:  # the unfinished step is dropped: the next attempt runs it whole
+            optimizer.zero_grad(set_to_none=True)
+            for buffer, before in zip(model.buffers(), next_step["buffers"]):
+                buffer.copy_(before)
+            break
+        terms_sum, samples = accumulated
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, optim.grad_clip or float("inf"))
         lr = scheduler.get_last_lr()[0]
         # NaN/inf gradients never reach the weights: the step is skipped and counted (DDP has averaged the
@@ -291,6 +344,7 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        next_step = position()
 
         elapsed = time.perf_counter() - started
         samples_per_s = samples * ctx.world_size / elapsed
@@ -308,21 +362,17 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
                 run_log.write(record)
                 last["train"] = record
         if step == optim.max_steps or (run.checkpoint_every and step % run.checkpoint_every == 0):
-            save()
-        if val_loader is not None and (step == optim.max_steps or (run.eval_every and step % run.eval_every == 0)):
+            save(next_step)
+        if evaluation_due():
             evaluate()
-        if stop.agreed(ctx):
-            if saved_step != step:
-                save()
-            last["stopped_by"] = stop.signal.name if stop.signal else "a signal to another rank"
-            if ctx.is_main:
-                log.warning("stopped by %s at step %d: %s saved; run the same command to continue",
-                            last["stopped_by"], step, checkpoint_path(checkpoints, step).name)
-            break
+    if stop.stopped:
+        if saved_step != step:
+            save(next_step)
+        last["stopped_by"] = stop.signal.name if stop.signal else "a signal to another rank"
+        if ctx.is_main:
+            log.warning("stopped by %s at step %d: %s saved; run the same command to continue",
+                        last["stopped_by"], step, checkpoint_path(checkpoints, step).name)
     progress.close()
-    if "stopped_by" not in last and step == optim.max_steps and val_loader is not None \
-            and not _predictions_file(out_dir, step).exists():
-        evaluate()  # resumed after the final checkpoint but before the final evaluation finished
     if run_log:
         if "train" not in last and run_log.path.exists():  # nothing left to train: the run's last records
             for record in read_metrics(run_log.path):

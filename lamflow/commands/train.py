@@ -22,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "from the newest readable one (model, optimizer, schedule, loader position, RNG) if its config matches "
             "(optim.max_steps, optim.lr, optim.warmup_steps, run.amp and how often the run reports may change: "
             "RESUMABLE_FIELDS in lamflow/train/checkpoint.py); otherwise it starts at step 0. SIGTERM or SIGUSR1 "
-            "(scancel, requeue, a walltime warning) saves a checkpoint after the current step and exits with "
-            "status 128+signal, so a requeued job continues where it stopped."
+            "(scancel, requeue, a walltime warning) stops every rank within a micro-batch or validation batch, "
+            "saves a checkpoint of the last finished step and exits with status 128+signal, so a requeued job "
+            "continues where it stopped."
         ),
     )
     parser.add_argument("config", help="CONFIG.yaml with data/model/optim/run sections, or a shipped config's name")
