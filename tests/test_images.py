@@ -61,7 +61,7 @@ def test_an_image_folder_becomes_patch_token_samples_named_by_class_folder(extra
     records = read_jsonl(train / "manifest.jsonl")
     assert len(records) == 3 * TRAIN_PER_CLASS and {r["status"] for r in records} == {"ok"}
     first = records[0]
-    assert (first["key"], first["original_name"]) == ("blue_blue_00", "blue/blue_00")
+    assert (first["key"], first["original_name"]) == ("blue_blue_00_jpg", "blue/blue_00")
     assert first["counts"] == {"image": TOKENS} and first["dims"] == {"image": WIDTH} and first["duration"] == 0.0
     extraction = read_json(train / "extraction.json")
     assert extraction["kind"] == "image"
