@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "top 5 class names, best first) and their scores. For captioning: one {\"vid\", \"caption\"} line per "
             "video (`lamflow eval captioning`); for audio description one {\"ad_id\", \"caption\"} line per AD "
             "(`lamflow eval ad`), written by the model's beam search (model.beam_size; 1 = greedy). "
-            "Works under torchrun too (each rank predicts a share; rank 0 writes the file)."
+            "Works under torchrun too (each rank predicts a share; rank 0 writes the file). A shard spec that runs "
+            "a command (pipe:CMD) is taken from the key=value changes only, never from the checkpoint's config."
         ),
     )
     parser.add_argument("checkpoint", help="checkpoint file written by lamflow train")
