@@ -114,8 +114,9 @@ class WorkerJobs:
 
     def job_class(self) -> type:
         """dask-jobqueue's SLURMJob, noting every job it submits and every job the cluster cancels (an ended
-        job dropped, a job whose worker was lost for ``distributed.deploy.lost-worker-timeout``, shutdown):
-        a job SLURM says was CANCELLED that the cluster never cancelled was cancelled by someone else."""
+        job dropped, a job whose worker was lost for ``distributed.deploy.lost-worker-timeout``, shutdown)
+        while SLURM had not cancelled it yet: a job SLURM says was CANCELLED that the cluster never
+        cancelled was cancelled by someone else."""
         from dask_jobqueue.slurm import SLURMJob
         from distributed.core import Status
 
@@ -128,12 +129,22 @@ class WorkerJobs:
                 jobs.job_of[self.name] = str(self.job_id)
 
             async def close(self) -> None:
-                if self.job_id:
+                if self.job_id and not await self.cancelled_already():
                     jobs.cancelled_here.add(str(self.job_id))
                 await super().close()
                 # dask-jobqueue's close leaves the status "running", which distributed's cluster shutdown
                 # asserts against when a job object is still referenced (e.g. from an error's traceback).
                 self.status = Status.closed
+
+            async def cancelled_already(self) -> bool:
+                """Whether SLURM says someone cancelled the job before this close (asked without blocking the
+                event loop the scheduler runs on)."""
+                try:
+                    answer = await self._call(["squeue", "--noheader", "--states=all", f"--jobs={self.job_id}",
+                                               "--format=%T"])
+                except (RuntimeError, OSError):
+                    return False  # squeue failed: the cancel about to be sent is this run's
+                return answer.split() == ["CANCELLED"]
 
         return TrackedSLURMJob
 
