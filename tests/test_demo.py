@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+from lamflow.demo.report import SECTIONS
 from lamflow.train.config import load_config
 
 from lamflow.fileio import read_jsonl
@@ -121,7 +122,7 @@ def test_captioning_demo_reuses_the_shards_and_reports_beside_the_moment_retriev
         metrics = json.loads((out / "report" / "captioning" / f"metrics_{name}.json").read_text())
         assert metrics["num_videos"] == len(val_vids) == 4 and math.isfinite(metrics["CIDEr"])
         # The report's rows are the evaluator's numbers (of the first seed, the one captioning trains).
-        assert reported[name]["0"] == {key: metrics[key] for key in ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")}
+        assert reported[name]["0"] == {key: metrics[key] for key in SECTIONS["captioning"].metrics}
     predictions = out / "runs" / "captioning_lam" / "predictions" / "val-step-00000005.jsonl"  # the first seed's
     assert {line["vid"] for line in read_jsonl(predictions)} == val_vids
     summary = (out / "report" / "summary.md").read_text()
