@@ -209,11 +209,12 @@ def run_extraction(
     if partition is not None:
         _check_sibling_settings(root, record)
     exts = extensions or MEDIA_EXTENSIONS[settings.kind]
+    passes = [iter_sources(sources, exts)]  # the first pass is made here: a missing SOURCE fails before OUT is made
     texts_by_name = load_texts(texts) if texts else {}
     output = OutputDir(root, record, overwrite=overwrite)
     try:
-        plan = make_plan(lambda: iter_sources(sources, exts), output.index, output.root / MANIFEST, retry_failed,
-                         partition, set(texts_by_name) if texts else None)
+        plan = make_plan(lambda: passes.pop() if passes else iter_sources(sources, exts), output.index,
+                         output.root / MANIFEST, retry_failed, partition, set(texts_by_name) if texts else None)
         joined = join_names(texts_by_name, plan.text_candidates, what="--texts video")
         texts_by_key = {key: texts_by_name[name] for key, name in joined.items()}
         summary = ExtractionSummary(

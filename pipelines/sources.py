@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import itertools
 import os
 import posixpath
 import shutil
@@ -229,11 +230,12 @@ def expand_sources(specs: Sequence[str], extensions: Sequence[str] = VIDEO_EXTEN
 
 def iter_sources(specs: Sequence[str], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> Iterator[Source]:
     """The inputs of SOURCES as :func:`expand_sources` finds them, streamed and NOT de-duplicated (a path
-    reached twice comes twice): a run over 10^7 inputs de-duplicates by hash instead of holding every path."""
+    reached twice comes twice): a run over 10^7 inputs de-duplicates by hash instead of holding every path.
+    A missing path, an empty glob or folder raises here, before anything is read (a list file's rows are
+    checked as they stream)."""
     if not specs:
         raise SourceError("no SOURCES given; pass media files, directories, globs or list files")
-    for spec in specs:
-        yield from _expand_one(spec, extensions)
+    return itertools.chain.from_iterable([_expand_one(spec, extensions) for spec in specs])
 
 
 @contextlib.contextmanager

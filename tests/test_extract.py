@@ -418,3 +418,10 @@ def test_existing_scheduler_workers_load_the_model_once_each(corpus, tmp_path):
     for c in counters.values():
         assert c["encoder_loads"] == (1 if c["videos"] else 0)
     assert len(read_shards(tmp_path / "out")) == 6
+
+
+def test_a_missing_source_fails_before_the_output_directory_is_made(tmp_path):
+    """Sources are streamed, but a SOURCE that names nothing is found before OUT is created or recorded."""
+    with pytest.raises(SourceError, match="does not exist"):
+        run_extraction([str(tmp_path / "no_such_video.mp4")], tmp_path / "out", TINY, progress=False)
+    assert not (tmp_path / "out").exists()
