@@ -7,7 +7,7 @@
 #
 # Safe to requeue: the same command starts the run and continues it (lamflow train resumes from the
 # newest checkpoint in run.out_dir). SIGTERM from scancel, `scontrol requeue` or preemption reaches the
-# trainer, which saves a checkpoint after its current step and exits (within KillWait); --signal=B:USR1
+# trainer, which drops its unfinished step, checkpoints the last finished one within a second and exits; --signal=B:USR1
 # warns this script before the walltime: it stops the trainer the same way, then requeues the job.
 #SBATCH --job-name=lamflow-train
 #SBATCH --nodes=1

@@ -302,7 +302,7 @@ def _run_tasks(
                 except TimeoutError:
                     done = set()
                 if watchdog.due():
-                    window = _window(watchdog.check())  # clusters grow and shrink (adaptive SLURM jobs)
+                    window = _window(watchdog.check())  # clusters grow and shrink (SLURM jobs end and are replaced)
                 for future in sorted(done, key=lambda f: running[f][0]):
                     index, source, key = running.pop(future)
                     buffer.put(index, _outcome_of(future, source.path, key))
