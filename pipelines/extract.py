@@ -27,7 +27,7 @@ from lamflow.errors import ConfigError, DataFileError
 from lamflow.fileio import read_json
 from lamflow.pipelines.failures import FailureTally
 from lamflow.pipelines.manifest import OutputDir, SettingsMismatchError, settings_differences
-from lamflow.pipelines.plan import Partition, Plan, make_plan, refused_record
+from lamflow.pipelines.plan import Partition, Plan, make_plan
 from lamflow.pipelines.reorder import ReorderBuffer
 from lamflow.pipelines.settings import ClipSettings
 from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, ShardSink, UnwritableSampleError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable, Mapping
+from typing import Mapping
 
 SHOWN_FAILURES = 5  # examples printed after the counts
 _EXCEPTION_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*(?:Error|Exception|Worker|Timeout|Exit))\b")
@@ -32,11 +32,6 @@ class FailureTally:
         self.reasons[failure_reason(error)] += 1
         if len(self.examples) < SHOWN_FAILURES:
             self.examples[source] = error or ""
-
-    def update(self, failures: Iterable[tuple[str, str | None]]) -> "FailureTally":
-        for source, error in failures:
-            self.add(source, error)
-        return self
 
     @property
     def total(self) -> int:

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from lamflow.contract import Record, safe_key
+from lamflow.contract import safe_key
 from lamflow.errors import ConfigError
 from lamflow.pipelines.record_index import ERROR, OK, RecordIndex, find_records, stable_hash, stable_hashes
 from lamflow.pipelines.sources import Source
@@ -188,7 +188,3 @@ def _clashing_inputs(plan: Plan, index: RecordIndex, manifest: Path) -> dict[int
             if (h := stable_hash(key)) in clash_set and chunk[i].path not in clashes.get(h, []):
                 clashes.setdefault(h, []).append(chunk[i].path)
     return clashes
-
-
-def refused_record(source: Source, key: str, error: str) -> Record:
-    return Record(key, source.path, "error", error=error, original_name=source.name)

@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,7 +276,3 @@ def find_records(manifest: Path, source_hashes: Iterable[int]) -> dict[int, Reco
             if (h := stable_hash(record.source)) in wanted:
                 found[h] = record
     return found
-
-
-def file_size(path: Path) -> int:
-    return os.stat(path).st_size if path.exists() else 0
