@@ -59,15 +59,14 @@ def folder_labels(shards: str | Path) -> dict[str, str]:
         raise DataFileError(f"folder labels read the sample names an extraction DIR's manifest records; {str(shards)!r} "
                             "is not a directory: pass the extraction output DIR, or use a label file")
     labels: dict[str, str] = {}
-    for shard in resolve_shards(shards):
-        for key, name in zip(shard.keys, shard.names):
-            folder, _, rest = name.partition("/")
-            if not (folder and rest):
-                raise DataFileError(
-                    f"{shards}: sample {key!r} is named {name!r}, not CLASS/IMAGE, so it has no class folder; extract "
-                    "the folder that holds the class folders (lamflow extract ROOT --media image), or use a label file"
-                )
-            labels[key] = folder
+    for key, name in resolve_shards(shards).samples():
+        folder, _, rest = name.partition("/")
+        if not (folder and rest):
+            raise DataFileError(
+                f"{shards}: sample {key!r} is named {name!r}, not CLASS/IMAGE, so it has no class folder; extract "
+                "the folder that holds the class folders (lamflow extract ROOT --media image), or use a label file"
+            )
+        labels[key] = folder
     return labels
 
 

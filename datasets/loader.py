@@ -2,8 +2,9 @@
 
 How an epoch is planned (identically on every rank, from the shard index alone):
 0. the task's annotated names are joined to the index's samples once (``lamflow.contract.join_names``: an
-   ambiguous name is an error before anything streams), and the feature widths the index records are checked
-   (a mixed set is an error naming the odd keys; samples of an index without widths are checked as they stream);
+   ambiguous name is an error before anything streams; the index finds the few samples each name could name, so
+   no rank holds a Python object per sample), and the feature widths the index records are checked (a mixed set
+   is an error naming the odd keys; samples of an index without widths are checked as they stream);
 1. every shard's item count is the sum of ``task.num_items(name)`` over its joined samples;
 2. shards are ordered (train: a permutation seeded by (seed, epoch); eval: as listed) and dealt greedily to
    ``world_size x num_workers`` slots, so each shard belongs to exactly one (rank, worker);
@@ -37,10 +38,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lamflow.contract import TEXT_STREAM, join_names
+from lamflow.contract import TEXT_STREAM
 from lamflow.datasets.bucketing import batched, bucket_batches
 from lamflow.datasets.collate import collate_streams, total_tokens
-from lamflow.datasets.shardlist import ShardInfo, first_sample_dims, recorded_dims, resolve_shards
+from lamflow.datasets.shardlist import ShardInfo, first_sample_dims, resolve_shards
 from lamflow.datasets.stream import (
     MAX_KEPT_REASONS,
     TASK_STREAMS,
@@ -354,8 +355,8 @@ class StreamingLoader:
         self.config, self.task, self.rank, self.world_size, self.mode = config, task, rank, world_size, mode
         self.spec, self.seed = shards, seed
         self.shards = resolve_shards(shards)
-        samples = [(key, name) for shard in self.shards for key, name in zip(shard.keys, shard.names)]
-        joined = join_names(task.names(), samples, what=f"{task.source}")
+        matches = self.shards.join(task.names(), what=f"{task.source}")  # (shard, key, annotated name)
+        joined = {key: name for _, key, name in matches}
         if getattr(task, "every_name_in_shards", False):
             unknown = sorted(set(task.names()) - set(joined.values()))
             if unknown:
@@ -366,8 +367,8 @@ class StreamingLoader:
                     "or remove their annotations"
                 )
         shard_streams = [s for s in config.streams if s not in TASK_STREAMS]
-        widths = recorded_dims(self.shards, [*shard_streams, TEXT_STREAM])
-        recorded = {stream for shard in self.shards for dims in shard.dims for stream in dims}
+        widths = self.shards.recorded_dims([*shard_streams, TEXT_STREAM])
+        recorded = self.shards.recorded_streams()
         if not recorded:  # the index does not say (tar urls, an older manifest): the first sample's headers do
             first = first_sample_dims(self.shards[0].url)
             recorded = set(first)
@@ -376,12 +377,14 @@ class StreamingLoader:
         if missing:
             raise DataFileError(f"stream(s) {missing} are not in the shards of {shards!r} (they hold {sorted(recorded)}); "
                                 "set data.loader.streams to streams the shards contain")
-        index = _Index(self.shards, joined, widths)
-        self.shard_items = [sum(task.num_items(joined[key]) for key in shard.keys if key in joined) for shard in self.shards]
+        index = _Index(list(self.shards), joined, widths)  # what workers get: no per-sample index
+        self.shard_items = [0] * len(self.shards)
+        for shard, _, name in matches:
+            self.shard_items[shard] += task.num_items(name)
         if not sum(self.shard_items):
-            examples = [key for shard in self.shards for key in shard.keys][:3]
             raise DataFileError(
-                f"no items: none of the {len(samples)} samples in {shards!r} (keys like {examples}) is named by "
+                f"no items: none of the {self.shards.num_samples} samples in {shards!r} (keys like "
+                f"{self.shards.first_keys(3)}) is named by "
                 f"{task.source}; check that the annotations name the videos in these shards"
             )
         self.stream_dims = widths  # feature width of each stream the shards hold (text: the shards' text tokens)

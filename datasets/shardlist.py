@@ -1,15 +1,16 @@
-"""Resolve a shard specification into shard urls, their sample keys, names and feature widths.
+"""Resolve a shard specification into its shards and the index of their samples (keys, names, feature widths).
 
 A specification is one of:
-- an extraction output DIR (holds ``sizes.json`` and ``shards/``): counts come from ``sizes.json``; keys,
-  original names and feature widths from ``manifest.jsonl`` (records with status ``ok``), the index the
-  pipeline writes;
-- a brace pattern (``/data/shard-{000000..000009}.tar``), a single ``.tar`` path, or a list of them: keys
-  are read from the tar headers (member names only, no payload is decoded); names are the keys.
+- an extraction output DIR, or a partitioned tree of them (``DIR/partitions/part-K-of-N/``, see
+  :func:`lamflow.contract.output_dirs`), read as one dataset: each output directory's sample index
+  (:mod:`lamflow.sample_index`, built from ``manifest.jsonl`` + ``sizes.json`` on first open, then memory-mapped)
+  gives its shards, their keys, original names and feature widths;
+- a brace pattern (``/data/shard-{000000..000009}.tar``), a single ``.tar`` path, or a list of them: keys are read
+  from the tar headers (member names only, no payload is decoded); names are the keys.
 
-The loader needs the keys of every shard before it streams anything: epoch sizes, the split of shards over
-ranks and workers, the equal number of batches on every rank and the annotation join are all computed from
-the index.
+The loader needs the keys of every shard before it streams anything: epoch sizes, the split of shards over ranks
+and workers, the equal number of batches on every rank and the annotation join are all computed from the index.
+It is held as arrays: a Python object per sample would cost a rank ~2 GiB per 10^6 samples.
 """
 from __future__ import annotations
 
@@ -19,23 +20,14 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Iterator, Sequence, overload
 
 import braceexpand
+import numpy as np
 
-from lamflow.contract import (
-    MANIFEST,
-    SHARDS_DIR,
-    SIZES,
-    array_width,
-    is_token_field,
-    iter_members,
-    latest_records,
-    npy_header,
-    parse_manifest,
-)
+from lamflow.contract import SHARDS_DIR, SIZES, array_width, is_token_field, iter_members, join_names, npy_header, output_dirs
 from lamflow.errors import DataFileError
-from lamflow.fileio import read_json
+from lamflow.sample_index import SampleIndex, annotated_lookups, open_index, read_tar_keys, shard_urls
 
 log = logging.getLogger(__name__)
 
@@ -43,63 +35,128 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ShardInfo:
     url: str
-    keys: tuple[str, ...]  # sample keys in tar order
-    # Names annotations join on, one per key: the manifest's original_name, else the key itself.
-    names: tuple[str, ...] = ()
-    # Feature width per stream, one mapping per key, from the manifest; () when the index does not say.
-    dims: tuple[Mapping[str, int], ...] = ()
+    num_samples: int
 
-    def __post_init__(self) -> None:
-        if not self.names:
-            object.__setattr__(self, "names", self.keys)
+
+class ShardSet(Sequence[ShardInfo]):
+    """The shards of a specification, in order, and the index of their samples: one :class:`SampleIndex` per
+    output directory (``parts``: the urls of its shards and its index)."""
+
+    def __init__(self, parts: Sequence[tuple[Sequence[str], SampleIndex]]) -> None:
+        self._parts = [index for _, index in parts]
+        self._shards = [ShardInfo(url, size) for urls, index in parts
+                        for url, size in zip(urls, index.shard_sizes.tolist())]
+        self._first = np.cumsum([0] + [len(index.shard_names) for index in self._parts])  # each part's first shard
+
+    def __len__(self) -> int:
+        return len(self._shards)
+
+    @overload
+    def __getitem__(self, shard: int) -> ShardInfo: ...
+
+    @overload
+    def __getitem__(self, shard: slice) -> list[ShardInfo]: ...
+
+    def __getitem__(self, shard):
+        return self._shards[shard]
 
     @property
     def num_samples(self) -> int:
-        return len(self.keys)
+        return sum(index.num_samples for index in self._parts)
 
+    def _part(self, shard: int) -> tuple[SampleIndex, int]:
+        """The index holding ``shard``, and the shard's number in it."""
+        part = int(np.searchsorted(self._first, shard, "right")) - 1
+        return self._parts[part], shard - int(self._first[part])
 
-def read_tar_keys(url: str) -> tuple[str, ...]:
-    """Sample keys of one tar, in order, reading headers only (a local file is seeked, not read)."""
-    keys: list[str] = []
-    try:
-        for key, _, _, _ in iter_members(url):
-            if not keys or keys[-1] != key:
-                keys.append(key)
-    except (OSError, tarfile.TarError, EOFError) as error:
-        # An unreadable shard is counted and skipped while streaming; here it contributes the keys
-        # read before the damage so the epoch plan stays usable.
-        log.warning("shard %s: cannot list all members (%s); using the %d keys read so far", url, error, len(keys))
-    return tuple(keys)
+    def keys(self, shard: int) -> list[str]:
+        """The sample keys of ``shard``, in tar order (read from the index when asked)."""
+        index, local = self._part(shard)
+        return index.keys_at(index.shard_positions(local))
 
+    def names(self, shard: int) -> list[str]:
+        """The names annotations join on, one per key: the recorded original name, else the key."""
+        index, local = self._part(shard)
+        return index.names_at(index.shard_positions(local))
 
-def shards_from_dir(directory: Path) -> list[ShardInfo]:
-    sizes_path = directory / SIZES
-    if not sizes_path.is_file():
-        raise DataFileError(
-            f"{directory}: no {SIZES}; pass an extraction output DIR ({SHARDS_DIR}/ + {SIZES}), "
-            f"a brace pattern like 'DIR/{SHARDS_DIR}/shard-{{000000..000009}}.tar' or a list of .tar paths"
+    def samples(self) -> Iterator[tuple[str, str]]:
+        """(key, name) of every sample, shard after shard."""
+        for shard in range(len(self)):
+            yield from zip(self.keys(shard), self.names(shard))
+
+    def first_keys(self, count: int) -> list[str]:
+        """The first ``count`` keys of the set (for messages)."""
+        found: list[str] = []
+        for shard in range(len(self)):
+            if len(found) >= count:
+                break
+            found += self.keys(shard)[: count - len(found)]
+        return found
+
+    def join(self, annotated: Iterable[str], what: str) -> list[tuple[int, str, str]]:
+        """(shard, key, annotated name) of every sample one of ``annotated`` names, by the rules (and with the
+        errors) of :func:`lamflow.contract.join_names`, which is given only the samples the index finds under
+        the strings those rules compare (:func:`lamflow.sample_index.annotated_lookups`)."""
+        annotated = list(dict.fromkeys(annotated))
+        lookups = annotated_lookups(annotated)
+        samples: list[tuple[str, str]] = []
+        shard_of: dict[str, int] = {}
+        for index, first in zip(self._parts, self._first.tolist()):
+            positions = index.find(lookups)
+            for key, name, shard in zip(index.keys_at(positions), index.names_at(positions),
+                                        (index.shard_of(positions) + first).tolist()):
+                samples.append((key, name))
+                shard_of[key] = shard
+        return [(shard_of[key], key, name) for key, name in join_names(annotated, samples, what=what).items()]
+
+    def _recorded(self) -> Iterator[tuple[SampleIndex, np.ndarray, list[int]]]:
+        """Per index: (it, whether each shard records every sample's widths, samples of those shards per dims
+        entry). A shard with one sample of unknown widths records none (its samples are checked as they stream)."""
+        for index in self._parts:
+            whole = index.shard_dims[:, 0] == 0
+            yield index, whole, index.shard_dims[whole].sum(axis=0).tolist()
+
+    def recorded_streams(self) -> set[str]:
+        """The streams whose widths the index records."""
+        return {stream for index, _, counts in self._recorded() for entry, count in zip(index.dims, counts) if count
+                for stream in entry}
+
+    def recorded_dims(self, streams: Sequence[str]) -> dict[str, int]:
+        """The feature width of each of ``streams`` that the index records (streams it does not record are left
+        out). A stream recorded with two widths is a :class:`DataFileError` naming the keys that differ from the
+        majority: such a set mixes features of two models and would fail mid-training."""
+        widths: dict[str, Counter] = {}
+        for index, _, counts in self._recorded():
+            for entry, count in zip(index.dims, counts):
+                for stream in streams:
+                    if count and stream in entry:
+                        widths.setdefault(stream, Counter())[entry[stream]] += count
+        for stream, counts in widths.items():
+            if len(counts) > 1:
+                raise self._mixed(stream, counts)
+        return {stream: next(iter(counts)) for stream, counts in widths.items()}
+
+    def _mixed(self, stream: str, counts: Counter) -> DataFileError:
+        """The error for a stream of several widths: the most common one (the first seen of equally common ones)
+        is the set's, the others' keys are listed."""
+        positions: dict[int, list[np.ndarray]] = {}  # width -> its samples' positions, per index
+        for index, whole, _ in self._recorded():
+            for width in counts:
+                entries = [number for number, entry in enumerate(index.dims) if entry.get(stream) == width]
+                positions.setdefault(width, []).append(index.positions_with_dims(entries, whole))
+        first_seen = {width: next((part, int(found[0])) for part, found in enumerate(parts) if len(found))
+                      for width, parts in positions.items()}
+        width, *others = sorted(counts, key=lambda w: (-counts[w], first_seen[w]))
+        odd: list[str] = []
+        for other in others:
+            for index, found in zip(self._parts, positions[other]):
+                odd += index.keys_at(found[: 5 - len(odd)])
+        total = sum(counts[other] for other in others)
+        return DataFileError(
+            f"stream {stream!r} has width {width} in {counts[width]} samples but {', '.join(map(str, others))} "
+            f"in {total} (keys {', '.join(odd)}{' ...' if total > 5 else ''}): the shard set mixes features "
+            "of different models; re-extract those samples or leave them out"
         )
-    sizes = read_json(sizes_path)
-    if not isinstance(sizes, dict) or not all(isinstance(n, int) and n >= 0 for n in sizes.values()):
-        raise DataFileError(f"{sizes_path}: expected {{shard file name: number of samples}}")
-    manifest = directory / MANIFEST
-    records = latest_records(parse_manifest(manifest)[0]).values() if manifest.is_file() else []
-    by_shard: dict[str, list] = {}
-    for record in records:
-        if record.status == "ok" and record.shard:
-            by_shard.setdefault(Path(record.shard).name, []).append(record)
-    shards = []
-    for name in sorted(sizes):
-        url = str(directory / SHARDS_DIR / Path(name).name)
-        if not os.path.isfile(url):
-            raise DataFileError(f"{sizes_path} lists {name} but {url} does not exist; re-run the extraction")
-        recorded = by_shard.get(Path(name).name, [])
-        if len(recorded) == sizes[name]:
-            shards.append(ShardInfo(url=url, keys=tuple(r.key for r in recorded), names=tuple(r.name for r in recorded),
-                                    dims=tuple(r.dims for r in recorded) if all(r.dims for r in recorded) else ()))
-        else:  # the manifest is missing or disagrees with sizes.json: the tar itself is the truth
-            shards.append(ShardInfo(url=url, keys=read_tar_keys(url)))
-    return shards
 
 
 def expand_urls(spec: str | Sequence[str]) -> list[str]:
@@ -107,10 +164,21 @@ def expand_urls(spec: str | Sequence[str]) -> list[str]:
     return [url for pattern in patterns for url in braceexpand.braceexpand(str(pattern))]
 
 
-def resolve_shards(spec: str | Path | Sequence[str]) -> list[ShardInfo]:
-    """Shards of an extraction DIR, a brace pattern, a .tar path or a list of them (see module doc)."""
+def _output_dir_part(directory: Path) -> tuple[list[str], SampleIndex]:
+    if not (directory / SIZES).is_file():
+        raise DataFileError(
+            f"{directory}: no {SIZES}; pass an extraction output DIR ({SHARDS_DIR}/ + {SIZES}), "
+            f"a brace pattern like 'DIR/{SHARDS_DIR}/shard-{{000000..000009}}.tar' or a list of .tar paths"
+        )
+    index = open_index(directory)
+    return shard_urls(directory, index.shard_names), index
+
+
+def resolve_shards(spec: str | Path | Sequence[str]) -> ShardSet:
+    """Shards of an extraction DIR (or partitioned tree), a brace pattern, a .tar path or a list of them (see the
+    module docstring)."""
     if isinstance(spec, (str, Path)) and Path(spec).is_dir():
-        shards = shards_from_dir(Path(spec))
+        shards = ShardSet([_output_dir_part(directory) for directory in output_dirs(spec)])
     else:
         urls = expand_urls(str(spec) if isinstance(spec, (str, Path)) else spec)
         missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.isfile(u)]
@@ -118,8 +186,8 @@ def resolve_shards(spec: str | Path | Sequence[str]) -> list[ShardInfo]:
             raise DataFileError(
                 f"shards: {len(missing)} shard file(s) not found, e.g. {missing[0]}; check the path or pattern"
             )
-        shards = [ShardInfo(url=url, keys=read_tar_keys(url)) for url in urls]
-    if not shards:
+        shards = ShardSet([(urls, SampleIndex.of_shards(urls, [read_tar_keys(url) for url in urls]))])
+    if not len(shards):
         raise DataFileError(f"shards: {spec!r} names no shard; expected a DIR with {SIZES} or .tar urls")
     return shards
 
@@ -140,29 +208,3 @@ def first_sample_dims(url: str) -> dict[str, int | None]:
     except (OSError, tarfile.TarError, EOFError, ValueError) as error:
         log.warning("shard %s: cannot read the first sample's array headers (%s)", url, error)
     return dims
-
-
-def recorded_dims(shards: Sequence[ShardInfo], streams: Sequence[str]) -> dict[str, int]:
-    """The feature width of each of ``streams`` that the shard index records (streams it does not record
-    are left out). A stream recorded with two widths is a :class:`DataFileError` naming the keys that
-    differ from the majority: such a set mixes features of two models and would fail mid-training."""
-    widths: dict[str, Counter] = {}
-    keys_by_width: dict[tuple[str, int], list[str]] = {}
-    for shard in shards:
-        for key, dims in zip(shard.keys, shard.dims):
-            for stream in streams:
-                if stream in dims:
-                    widths.setdefault(stream, Counter())[dims[stream]] += 1
-                    keys_by_width.setdefault((stream, dims[stream]), []).append(key)
-    result = {}
-    for stream, counts in widths.items():
-        (width, _), *others = counts.most_common()
-        if others:
-            odd = [key for other, _ in others for key in keys_by_width[(stream, other)]]
-            raise DataFileError(
-                f"stream {stream!r} has width {width} in {counts[width]} samples but {', '.join(str(w) for w, _ in others)} "
-                f"in {len(odd)} (keys {', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''}): the shard set mixes features "
-                "of different models; re-extract those samples or leave them out"
-            )
-        result[stream] = width
-    return result

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lamflow.contract import META, TEXT_STREAM, TEXT_TOKENS, ContractError, decode_json, decode_npy, iter_members
-from lamflow.datasets.shardlist import recorded_dims, resolve_shards
+from lamflow.datasets.shardlist import resolve_shards
 from lamflow.errors import DataFileError
 
 _LISTED = 5  # ids a message lists before counting the rest
@@ -42,7 +42,7 @@ class TextStore:
         if remote:
             raise DataFileError(f"text store {self.spec}: {remote[0]} is not a local file; the store reads tokens by "
                                 "seeking into the shards, so give local shard files")
-        self.width: int | None = recorded_dims(shards, [TEXT_STREAM]).get(TEXT_STREAM)  # feature width of the tokens
+        self.width: int | None = shards.recorded_dims([TEXT_STREAM]).get(TEXT_STREAM)  # feature width of the tokens
         self._rows: dict[str, int] = {}
         columns: list[tuple[int, int, int, int, int]] = []  # shard, offset, size, row in text.npy, tokens
         for shard_index, url in enumerate(self.urls):

@@ -1,8 +1,8 @@
 """Small real shard sets in the shard contract (lamflow.contract), written by the pipeline's own writer.
 
 Samples are made here (random features, or features carrying a learnable signal for the trainer tests) and
-written through ``lamflow.pipelines.manifest.OutputDir``: shards, manifest.jsonl, sizes.json and stats.json
-are exactly what ``lamflow extract`` writes. :func:`damage_members` then breaks chosen members on purpose,
+written through ``lamflow.pipelines.manifest.OutputDir``: shards, manifest.jsonl, sizes.json, stats.json and the
+sample index are exactly what ``lamflow extract`` writes. :func:`damage_members` then breaks chosen members on purpose,
 for the tests of what the loader does with damaged data.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from lamflow.contract import Record, safe_key, sample_dims
 from lamflow.fileio import write_jsonl_atomic
 from lamflow.pipelines.manifest import OutputDir
+from lamflow.sample_index import build_index
 
 D_VIDEO, D_AUDIO, D_TEXT = 8, 4, 6
 VIDEO_STEP, AUDIO_STEP = 0.5, 0.1  # seconds between tokens: the streams run at different rates
@@ -88,6 +89,7 @@ def write_extraction_dir(root: Path, shards: Sequence[Sequence[Video]]) -> Path:
         output.write_summaries()
     finally:
         output.close()
+    build_index(root)  # as lamflow extract does at the end of a run
     return root
 
 

@@ -24,15 +24,18 @@ def test_an_extraction_dir_resolves_to_its_shards_counts_and_keys(tmp_path):
     root = write_extraction_dir(tmp_path, grid(3, 2))
     shards = resolve_shards(str(root))
     assert [s.url for s in shards] == [str(root / "shards" / f"shard-{n:06d}.tar") for n in range(3)]
-    assert [s.keys for s in shards] == [(f"v{n}_0", f"v{n}_1") for n in range(3)]
+    assert [shards.keys(n) for n in range(3)] == [[f"v{n}_0", f"v{n}_1"] for n in range(3)]
+    assert [shards.names(n) for n in range(3)] == [[f"v{n}.0", f"v{n}.1"] for n in range(3)]
 
 
 def test_brace_patterns_and_lists_resolve_by_reading_tar_headers(tmp_path):
     root = write_extraction_dir(tmp_path, [[Video("a.1"), Video("b")], [Video("c")]])
     pattern = str(root / "shards" / "shard-{000000..000001}.tar")
     from_pattern = resolve_shards(pattern)
-    assert [s.keys for s in from_pattern] == [("a_1", "b"), ("c",)]
-    assert resolve_shards([s.url for s in from_pattern]) == from_pattern
+    assert [from_pattern.keys(n) for n in range(2)] == [["a_1", "b"], ["c"]]
+    assert [from_pattern.names(n) for n in range(2)] == [["a_1", "b"], ["c"]]  # a tar records no names
+    from_list = resolve_shards([s.url for s in from_pattern])
+    assert list(from_list) == list(from_pattern) and [from_list.keys(n) for n in range(2)] == [["a_1", "b"], ["c"]]
 
 
 def test_a_manifest_that_disagrees_with_sizes_json_falls_back_to_the_tar(tmp_path):
