@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import itertools
 import os
 import posixpath
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
 
@@ -43,21 +41,40 @@ class SourceError(LamflowError, ValueError):
     """A SOURCES argument that cannot be turned into media inputs (message names it and the fix)."""
 
 
-@dataclass(frozen=True)
 class Source:
     """One media input: ``path`` (local absolute path or fsspec URL), ``name`` (its path relative to the
     directory, glob or list file it came from, without the media extension: annotations join on it),
     ``key_name`` (the same path WITH its extension, or a list file's ``key`` column: its sample key is made
-    from it, so ``clip.mp4`` and ``clip.mkv`` side by side get two keys) and metadata from a list file."""
+    from it, so ``clip.mp4`` and ``clip.mkv`` side by side get two keys) and metadata from a list file.
 
-    path: str
-    name: str = field(compare=False, hash=False)
-    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-    key_name: str = field(default="", compare=False, hash=False)
+    The names are worked out when asked for: a resume over 10^7 listed inputs needs only their paths.
+    Two sources are equal when their paths are."""
 
-    def __post_init__(self) -> None:
-        if not self.key_name:
-            object.__setattr__(self, "key_name", self.name)
+    __slots__ = ("path", "metadata", "_base", "_key")
+
+    def __init__(self, path: str, base: str | None = None, key: str | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.metadata = metadata or {}
+        self._base = base  # the folder it was found under (None: a file given by itself)
+        self._key = key  # a list file's key column: name and key_name both
+
+    @property
+    def key_name(self) -> str:
+        return self._key if self._key is not None else _relative_path(self.path, self._base)
+
+    @property
+    def name(self) -> str:
+        return self._key if self._key is not None else _stem(_relative_path(self.path, self._base))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Source) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __repr__(self) -> str:
+        return f"Source({self.path!r}, name={self.name!r})"
 
 
 def _stem(path: str) -> str:
@@ -87,12 +104,6 @@ def source_name(path: str, base: str | None = None) -> str:
     """The name of the input at ``path`` found under ``base``: the relative path without its extension;
     the file name without its extension when there is no base or ``path`` lies outside it."""
     return _stem(_relative_path(path, base))
-
-
-def _found(path: str, base: str | None = None) -> Source:
-    """The input at ``path`` found under ``base`` (a directory, a glob's folder, a list file's folder)."""
-    relative = _relative_path(path, base)
-    return Source(path, _stem(relative), key_name=relative)
 
 
 def _glob_base(pattern: str) -> str:
@@ -151,15 +162,19 @@ def _path_column(columns: Sequence[str], list_file: str) -> str:
     )
 
 
+def _lines_of_list_file(list_file: str) -> Iterator[str]:
+    """The paths of a .txt list, streamed (a list of 10^7 inputs is never held as one text)."""
+    with fsspec.open(list_file, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if line and not line.startswith(COMMENT):
+                yield line
+
+
 def _rows_of_list_file(list_file: str) -> Iterator[dict[str, Any]]:
-    """The rows of a list file, streamed: a list of 10^7 inputs is never held as one text."""
+    """The rows of a .csv / .jsonl list, streamed."""
     with fsspec.open(list_file, "rt", encoding="utf-8", newline="") as handle:
-        if list_file.lower().endswith(".txt"):
-            for line in handle:
-                line = line.strip()
-                if line and not line.startswith(COMMENT):
-                    yield {"path": line}
-        elif list_file.lower().endswith(".csv"):
+        if list_file.lower().endswith(".csv"):
             yield from csv.DictReader(handle)
         else:
             yield from (row for _, row in parse_jsonl(handle, list_file))
@@ -169,23 +184,19 @@ def _expand_list_file(list_file: str) -> Iterator[Source]:
     base_dir = posixpath.dirname(list_file) if is_url(list_file) else os.path.dirname(list_file)
     txt = list_file.lower().endswith(".txt")
     local_base = not is_url(base_dir)
-    for number, row in enumerate(_rows_of_list_file(list_file), start=1):
-        if txt:  # the common huge case (10^7 lines), kept lean: no metadata, no column lookup
-            line = row["path"]
+    if txt:  # the common huge case (10^7 lines), kept lean: no metadata, no column lookup
+        for line in _lines_of_list_file(list_file):
             # an absolute local path needs only normalising (what abspath does to it), not _join's checks
-            path = posixpath.normpath(line) if local_base and line.startswith("/") else _join(base_dir, line)
-            yield _found(path, base_dir)
-            continue
+            yield Source(posixpath.normpath(line) if local_base and line[0] == "/" else _join(base_dir, line), base_dir)
+        return
+    for number, row in enumerate(_rows_of_list_file(list_file), start=1):
         column = _path_column(list(row), list_file)
         value = row[column]
         if not isinstance(value, str) or not value.strip():
             raise SourceError(f"{list_file}: row {number} has an empty {column!r} value; give a media path")
         metadata = {k: v for k, v in row.items() if k != column}
-        found = _found(_join(base_dir, value.strip()), base_dir)
         key = metadata.get("key")
-        if key not in (None, ""):
-            found = Source(found.path, str(key), metadata, key_name=str(key))
-        yield dataclasses.replace(found, metadata=metadata)
+        yield Source(_join(base_dir, value.strip()), base_dir, None if key in (None, "") else str(key), metadata)
 
 
 def _expand_one(spec: str, extensions: Sequence[str]) -> Iterator[Source]:
@@ -197,7 +208,7 @@ def _expand_one(spec: str, extensions: Sequence[str]) -> Iterator[Source]:
             raise SourceError(f"glob {spec!r} matched no files and no file has that exact name; check the pattern "
                               "(quote it so the shell leaves it)")
         base = _glob_base(path)
-        return (_found(p, base) for p in (_as_source_path(fs, f, path) for f in found))
+        return (Source(p, base) for p in (_as_source_path(fs, f, path) for f in found))
     if not fs.exists(root):
         raise SourceError(f"source {spec!r} does not exist; give a media file, a directory, a glob or a list file")
     if fs.isdir(root):
@@ -208,10 +219,10 @@ def _expand_one(spec: str, extensions: Sequence[str]) -> Iterator[Source]:
                 f"directory {spec!r} holds no files with a media extension {list(extensions)}"
                 f"{_other_kind_hint(files, extensions)}; pass --extensions to widen the search"
             )
-        return (_found(p, path) for p in (_as_source_path(fs, f, path) for f in found))
+        return (Source(p, path) for p in (_as_source_path(fs, f, path) for f in found))
     if _has_extension(path, LIST_EXTENSIONS):
         return _expand_list_file(path)
-    return iter([_found(path)])
+    return iter([Source(path)])
 
 
 def expand_sources(specs: Sequence[str], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Source]:
