@@ -737,6 +737,43 @@ def open_index(out_dir: str | Path) -> "SampleIndex":
 
 
 # ---- reading -----------------------------------------------------------------------------------------------------
+def _take(array: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``array[indices]`` (1-D); from a memory-mapped file by positioned reads, one per run of neighbouring entries:
+    touching scattered entries through the mapping would map most of a large file into this process (the kernel
+    maps the pages around each one it faults in), and every rank would count the whole index as its own memory."""
+    indices = np.asarray(indices, np.int64)
+    if not isinstance(array, np.memmap) or not len(indices):
+        return np.asarray(array[indices])
+    order = np.argsort(indices, kind="stable")
+    wanted = indices[order]
+    cuts = np.flatnonzero(np.diff(wanted) > 1) + 1
+    found = np.empty(len(indices), array.dtype)
+    size = array.dtype.itemsize
+    with open(array.filename, "rb") as handle:
+        for start, end in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(wanted)].tolist()):
+            first, last = int(wanted[start]), int(wanted[end - 1])
+            run = np.frombuffer(os.pread(handle.fileno(), (last - first + 1) * size, array.offset + first * size), array.dtype)
+            found[order[start:end]] = run[wanted[start:end] - first]
+    return found
+
+
+def _texts(blob: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[str]:
+    """The strings ``blob[s:e]``, read as :func:`_take` reads (one positioned read per run of adjacent strings)."""
+    if not isinstance(blob, np.memmap) or not len(starts):
+        return [blob[start:end].tobytes().decode(*_ENCODING) for start, end in zip(starts.tolist(), ends.tolist())]
+    order = np.argsort(starts, kind="stable")
+    cuts = np.flatnonzero(starts[order][1:] != ends[order][:-1]) + 1
+    found: list[str] = [""] * len(starts)
+    with open(blob.filename, "rb") as handle:
+        for first, last in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(order)].tolist()):
+            run = order[first:last]
+            base = int(starts[run[0]])
+            data = os.pread(handle.fileno(), int(ends[run[-1]]) - base, base)
+            for i, start, end in zip(run.tolist(), (starts[run] - base).tolist(), (ends[run] - base).tolist()):
+                found[i] = data[start:end].decode(*_ENCODING)
+    return found
+
+
 def annotated_lookups(annotated: Iterable[str]) -> set[str]:
     """The strings one of a sample's :data:`VIEWS` must equal for :func:`lamflow.contract.join_names` to let one of
     ``annotated`` name it: the name itself (rules 1-3), its safe key (rules 2 and 5: the key less its extension)
@@ -801,9 +838,8 @@ class SampleIndex:
         return np.arange(self.shard_starts[shard], self.shard_starts[shard + 1])
 
     def _strings(self, blob: np.ndarray, offsets: np.ndarray, positions: np.ndarray) -> list[str]:
-        rows = self.arrays["rows"][positions].astype(np.int64)
-        return [blob[start:end].tobytes().decode(*_ENCODING)
-                for start, end in zip(offsets[rows].tolist(), offsets[rows + 1].tolist())]
+        rows = _take(self.arrays["rows"], positions).astype(np.int64)
+        return _texts(blob, _take(offsets, rows), _take(offsets, rows + 1))
 
     def keys_at(self, positions: np.ndarray) -> list[str]:
         return self._strings(self._keys, self.arrays["key_offsets"], positions)
@@ -821,14 +857,13 @@ class SampleIndex:
             low, high = np.searchsorted(table, wanted, "left"), np.searchsorted(table, wanted, "right")
             counts = high - low
             steps = np.repeat(low - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
-            found.append(self.arrays[f"{view}_positions"][steps])
+            found.append(_take(self.arrays[f"{view}_positions"], steps))
         return np.unique(np.concatenate(found).astype(np.int64))
 
     def positions_with_dims(self, entries: Sequence[int], shards: np.ndarray) -> np.ndarray:
         """Positions, in order, of the samples of ``shards`` (a bool per shard) whose dims entry is in ``entries``."""
-        rows, dims = self.arrays["rows"], self.arrays["dims"]
         found = []
         for shard in np.flatnonzero(shards):
             positions = self.shard_positions(int(shard))
-            found.append(positions[np.isin(dims[rows[positions]], entries)])
+            found.append(positions[np.isin(_take(self.arrays["dims"], _take(self.arrays["rows"], positions)), entries)])
         return np.concatenate(found) if found else np.zeros(0, np.int64)
