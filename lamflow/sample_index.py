@@ -228,10 +228,11 @@ def _parse_block(data: bytes, base: int) -> _Block:
     other[ok] = other[error] = False
     offsets = base + lines.starts[other]
     decoded = [(offset, fields) for offset, line in zip(offsets.tolist(), lines.slices(lines.starts[other], lines.ends[other]))
-               if (fields := _decoded(line, offset))]
-    rows = [n for n, (_, fields) in enumerate(decoded) if fields[0] and fields[4]]
+               if (fields := _decoded(line, offset))]  # blank lines give no fields
+    rows = [n for n, (_, (ok, _, _, _, shard, _)) in enumerate(decoded) if ok and shard]
+    keys, names, shards, dims = ([decoded[n][1][column] for n in rows] for column in range(2, 6))
     block.add(np.asarray([offset for offset, _ in decoded], np.int64), [fields[1] for _, fields in decoded],
-              np.asarray(rows, np.int64), *([decoded[n][1][column] for n in rows] for column in (2, 3, 4, 5)))
+              np.asarray(rows, np.int64), keys, names, shards, dims)
     return block
 
 
@@ -441,6 +442,8 @@ def _ranges(manifest: Path, readers: int | None) -> list[tuple[int, int]]:
     (at most :data:`_MAX_READERS`; a build runs while the node's other ranks wait) with :data:`_PART` bytes each."""
     size = manifest.stat().st_size
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if multiprocessing.current_process().daemon:  # e.g. a DataLoader worker: it may not start processes
+        cores = 1
     count = max(1, readers or min(cores, _MAX_READERS, size // _PART))
     cuts = [0]
     with open(manifest, "rb") as handle:
@@ -717,23 +720,27 @@ def build_index(out_dir: str | Path, readers: int | None = None) -> Path:
     return home
 
 
+def _current(home: Path, out_dir: Path) -> "SampleIndex | None":
+    """The index in ``home``, mapped, if it was built from ``out_dir`` as it is now."""
+    if not (home / HEADER).exists():
+        return None
+    with _locked(home, exclusive=False):
+        header = _header(home, _sources(out_dir))
+        return SampleIndex.load(home, header) if header is not None else None
+
+
 def open_index(out_dir: str | Path) -> "SampleIndex":
     """The sample index of ``out_dir``, memory-mapped; built first (once, whoever gets the lock first) when it is
     missing or stale."""
     out_dir = Path(out_dir)
-    sources = _sources(out_dir)
     for home in dict.fromkeys((out_dir / SAMPLE_INDEX, _cache_home(out_dir))):
-        if (home / HEADER).exists():
-            with _locked(home, exclusive=False):
-                if (header := _header(home, sources)) is not None:
-                    return SampleIndex.load(home, header)
-    home = build_index(out_dir)
-    with _locked(home, exclusive=False):
-        header = _header(home, sources)
-        if header is None:
-            raise DataFileError(f"{out_dir}: its {MANIFEST} or {SIZES} changed while its sample index was built; "
-                                "is an extraction still writing there?")
-        return SampleIndex.load(home, header)
+        if (index := _current(home, out_dir)) is not None:
+            return index
+    index = _current(build_index(out_dir), out_dir)
+    if index is None:
+        raise DataFileError(f"{out_dir}: its {MANIFEST} or {SIZES} changed while its sample index was built; "
+                            "is an extraction still writing there?")
+    return index
 
 
 # ---- reading -----------------------------------------------------------------------------------------------------
