@@ -36,6 +36,7 @@ from lamflow.contract import (
 from lamflow.datasets.classification import ClassificationTask
 from lamflow.datasets.loader import LoaderConfig, StreamingLoader
 from lamflow.datasets.shardlist import resolve_shards
+from lamflow import sample_index
 from lamflow.errors import DataFileError
 from lamflow.sample_index import HEADER, build_index, open_index
 
@@ -189,12 +190,20 @@ def test_widths_that_are_not_numbers_are_an_error_naming_the_line(tmp_path):
 def _open_in_a_rank(root: Path, start: multiprocessing.synchronize.Barrier, report: Path) -> None:
     start.wait()
     index = open_index(root)
-    header = root / SAMPLE_INDEX / HEADER
-    report.write_text(json.dumps({"inode": header.stat().st_ino, "samples": index.num_samples}))
+    report.write_text(json.dumps({"inode": (root / SAMPLE_INDEX / HEADER).stat().st_ino, "samples": index.num_samples}))
 
 
-def test_ranks_opening_a_new_output_dir_at_once_build_its_index_once_and_share_it(tmp_path):
+def test_ranks_opening_a_new_output_dir_at_once_build_its_index_once_and_share_it(tmp_path, monkeypatch):
     root = placeholder_dir(tmp_path / "out", [[(f"k{s}_{i}", f"n{s}.{i}") for i in range(2000)] for s in range(10)])
+    builds = tmp_path / "builds"
+    build = sample_index._build
+
+    def counted_build(*args, **kwargs):  # the real build, counted (the forked ranks inherit it)
+        with open(builds, "a") as log:
+            log.write("built\n")
+        build(*args, **kwargs)
+
+    monkeypatch.setattr(sample_index, "_build", counted_build)
     fork = multiprocessing.get_context("fork")
     start = fork.Barrier(4)
     reports = [tmp_path / f"rank{rank}.json" for rank in range(4)]
@@ -204,9 +213,9 @@ def test_ranks_opening_a_new_output_dir_at_once_build_its_index_once_and_share_i
     for rank in ranks:
         rank.join()
     assert [rank.exitcode for rank in ranks] == [0] * 4
+    assert builds.read_text() == "built\n"
     opened = [json.loads(report.read_text()) for report in reports]
-    assert opened == [{"inode": opened[0]["inode"], "samples": 20000}] * 4  # one header: built once
-    assert (root / SAMPLE_INDEX / HEADER).stat().st_ino == opened[0]["inode"]
+    assert opened == [{"inode": opened[0]["inode"], "samples": 20000}] * 4  # every rank maps that one build
 
 
 # ---- joining annotations through the index ---------------------------------------------------------------------
