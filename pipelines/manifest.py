@@ -33,6 +33,7 @@ from lamflow.contract import (
     FORMAT,
     MANIFEST,
     META,
+    SAMPLE_INDEX,
     SHARDS_DIR,
     SIZES,
     STATS,
@@ -55,6 +56,7 @@ from lamflow.pipelines.record_index import (
 )
 from lamflow.pipelines.reorder import clear_spill, spilled_samples
 from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, ShardSink, salvage_temp_shard, temp_shards
+from lamflow.sample_index import build_index
 
 LOCK = ".lamflow.lock"
 SAVE_INDEX_EVERY = 100_000  # manifest lines appended between index saves: bounds what a killed run's next open re-reads
@@ -116,6 +118,7 @@ class OutputDir:
         # Shards first, the settings record last: a kill part-way leaves records without shards (which
         # opening repairs), never shards without records.
         shutil.rmtree(self.shards_dir, ignore_errors=True)
+        shutil.rmtree(self.root / SAMPLE_INDEX, ignore_errors=True)
         for name in OUTPUT_FILES:
             (self.root / name).unlink(missing_ok=True)
 
@@ -321,6 +324,7 @@ class OutputDir:
             stats["last_run"] = last_run
         write_json_atomic(self.root / SIZES, dict(sorted(sizes.items())))
         write_json_atomic(self.root / STATS, stats)
+        build_index(self.root)  # the loader's index, so training ranks map it instead of building it
         return stats
 
     def close(self) -> None:

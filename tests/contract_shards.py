@@ -18,7 +18,6 @@ import numpy as np
 from lamflow.contract import Record, safe_key, sample_dims
 from lamflow.fileio import write_jsonl_atomic
 from lamflow.pipelines.manifest import OutputDir
-from lamflow.sample_index import build_index
 
 D_VIDEO, D_AUDIO, D_TEXT = 8, 4, 6
 VIDEO_STEP, AUDIO_STEP = 0.5, 0.1  # seconds between tokens: the streams run at different rates
@@ -89,7 +88,6 @@ def write_extraction_dir(root: Path, shards: Sequence[Sequence[Video]]) -> Path:
         output.write_summaries()
     finally:
         output.close()
-    build_index(root)  # as lamflow extract does at the end of a run
     return root
 
 
