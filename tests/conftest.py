@@ -5,6 +5,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
+from distributed import LocalCluster  # noqa: E402
 
 from media import make_media  # noqa: E402
 
@@ -17,3 +18,10 @@ def media(tmp_path):
         return make_media(tmp_path / name, **kwargs)
 
     return factory
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """One 2-worker process cluster shared by a module's in-process extractions (workers keep their loaded model)."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        yield cluster.scheduler_address

@@ -34,13 +34,6 @@ SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 @pytest.fixture(scope="module")
-def scheduler():
-    """One 2-worker process cluster shared by the in-process tests (workers keep their loaded model)."""
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        yield cluster.scheduler_address
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Short videos of different durations, rates and sizes, with and without audio."""
     root = tmp_path_factory.mktemp("corpus")

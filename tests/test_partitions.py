@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
-from distributed import LocalCluster
 
 from lamflow.cli import main
 from lamflow.contract import MANIFEST, Record, output_dirs, sample_dims
@@ -23,12 +22,6 @@ from media import make_media
 
 TINY = ExtractSettings(clip_model="lamflow-tiny", frame_batch=4)
 RUN_RECORD = {"kind": "video", "settings": {"fps": 1.0}, "texts": None}
-
-
-@pytest.fixture(scope="module")
-def scheduler():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
