@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from lamflow import __version__
-from lamflow.contract import MANIFEST, PARTITIONS_DIR, Record, join_names, output_dirs, partition_dir_name, sample_dims
+from lamflow.contract import EXTRACTION, MANIFEST, PARTITIONS_DIR, STATS, Record, join_names, output_dirs, partition_dir_name, sample_dims
 from lamflow.errors import ConfigError, DataFileError
 from lamflow.fileio import read_json
 from lamflow.pipelines.failures import FailureTally
 from lamflow.pipelines.manifest import OutputDir, SettingsMismatchError, settings_differences
 from lamflow.pipelines.plan import Partition, Plan, make_plan
-from lamflow.pipelines.reorder import ReorderBuffer
 from lamflow.pipelines.settings import ClipSettings
 from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, ShardSink, UnwritableSampleError
 from lamflow.pipelines.sources import MEDIA_EXTENSIONS, Source, SourceError, iter_sources
@@ -163,8 +162,8 @@ def partition_root(out_dir: str | Path, partition: Partition | None) -> Path:
 def _check_sibling_settings(root: Path, record: dict[str, Any]) -> None:
     """Partitions of one tree are one dataset: a partition may not use other settings than its siblings."""
     for sibling in output_dirs(root.parent.parent):
-        if sibling != root and (sibling / "extraction.json").exists():
-            diffs = settings_differences(read_json(sibling / "extraction.json"), record)
+        if sibling != root and (sibling / EXTRACTION).exists():
+            diffs = settings_differences(read_json(sibling / EXTRACTION), record)
             if diffs:
                 raise SettingsMismatchError(
                     f"{sibling} was extracted with different settings ({'; '.join(diffs)}); the partitions of "
@@ -231,7 +230,7 @@ def run_extraction(
             summary.shards_written = list(sink.committed)
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.videos_per_second = round(summary.attempted / summary.seconds, 3) if summary.seconds else 0.0
-        if plan.todo_count or output.repairs or not (output.root / "stats.json").exists():
+        if plan.todo_count or output.repairs or not (output.root / STATS).exists():
             # a pass over every record: skipped when a rerun found nothing to do, so a finished partition
             # of 10^7 inputs reruns in plan time
             if output.index.superseded:
@@ -270,7 +269,7 @@ def _run_tasks(
         queue = enumerate(plan.todo())
         running: dict[Any, tuple[int, Source, str]] = {}  # future -> (input index, input, key)
         names: dict[int, str] = {}  # input index -> name, for the inputs not yet written
-        buffer = ReorderBuffer(output.shards_dir)
+        buffer = output.reorder_buffer()
         bar = tqdm(total=plan.todo_count, unit=settings.kind, disable=not progress, file=sys.stderr, dynamic_ncols=True)
 
         def submit_next() -> bool:

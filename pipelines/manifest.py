@@ -1,7 +1,8 @@
 """The records of an output directory: manifest.jsonl, extraction.json, stats.json, sizes.json.
 
 ``manifest.jsonl`` is append-only while a run is going (one fsynced write per committed shard, one per
-failure) and compacted to one record per input (the latest) at the start and end of a run. Opening an
+failure) and compacted to one record per input (the latest) when it holds superseded records (a retry, a
+repair). What a resume needs of it is kept as arrays in its record index (record_index.py). Opening an
 output directory repairs what a killed run can leave behind:
 
 - a torn last manifest line (killed mid-append) is dropped;
@@ -9,7 +10,9 @@ output directory repairs what a killed run can leave behind:
   dropped;
 - unfinished shards (``shards/.shard-*.tar.tmp``, killed mid-shard) are salvaged: their complete samples become a committed shard
   whose records are rebuilt from each sample's ``meta.json`` (key, source, counts, duration, original
-  name); a ``.tmp`` without a complete sample is deleted. So a kill loses only the inputs in flight.
+  name); a ``.tmp`` without a complete sample is deleted;
+- finished samples a killed run held back for input order (``.reorder/``, see reorder.py) go into a shard
+  unless they reached one before the kill. So a kill loses only the inputs in flight.
 
 After this, every final shard's samples are recorded exactly once and every ``ok`` record's shard
 exists — which is what makes kill-and-resume produce the same samples as an uninterrupted run.
@@ -49,12 +52,12 @@ from lamflow.pipelines.record_index import (
     INDEX_FILE,
     OK,
     appended,
+    latest_lines,
     latest_records,
-    manifest_lines,
     read_index,
     stable_hash,
 )
-from lamflow.pipelines.reorder import clear_spill, spilled_samples
+from lamflow.pipelines.reorder import ReorderBuffer, clear_spill, spilled_samples
 from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, ShardSink, salvage_temp_shard, temp_shards
 from lamflow.sample_index import build_index
 
@@ -85,7 +88,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 def settings_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """How two runs' extraction.json records differ in what decides the features (``lamflow_version`` and
     ``runtime`` may differ: they change how fast, not what)."""
-    compared = [k for k in current if k not in ("lamflow_version", "runtime", "created", "format")]
+    compared = [k for k in current if k not in ("lamflow_version", "runtime")]
     return _differences({k: previous.get(k) for k in compared}, {k: current[k] for k in compared})
 
 
@@ -109,7 +112,6 @@ class OutputDir:
             self._delete_previous_output()
         self._check_or_write_run_record(run_record)
         mkdir_durable(self.shards_dir)
-        self.latest: dict[str, Record] = {}  # source -> latest record
         self.repairs: list[str] = []  # what was fixed after a killed run (for the user)
         self._recover()
 
@@ -249,6 +251,10 @@ class OutputDir:
             on_commit=lambda shard, records: self.append(dataclasses.replace(r, shard=shard) for r in records),
         )
 
+    def reorder_buffer(self) -> ReorderBuffer:
+        """Where finished samples wait for input order, spilled where the next open recovers them."""
+        return ReorderBuffer(self.root)
+
     def append(self, records: Iterable[Record]) -> None:
         """Append records durably: one write, then fsync (a kill can tear only the last line)."""
         records = list(records)
@@ -272,18 +278,12 @@ class OutputDir:
     def compact(self) -> None:
         """Rewrite the manifest with one record (the latest) per input, atomically, streaming its lines."""
         manifest = self.root / MANIFEST
-        latest = np.zeros(self.index.lines, bool)
-        latest[self.index.line] = True
         with atomic_open(manifest, "wb") as handle:
-            if manifest.exists():
-                for number, (_, line) in enumerate(manifest_lines(manifest)):
-                    if number < len(latest) and latest[number]:
-                        handle.write(line + b"\n")
+            for _, line in latest_lines(manifest, self.index):
+                handle.write(line + b"\n")
             size = handle.tell()
-        renumbered = np.cumsum(latest) - 1  # a kept line's number in the new file
-        order = np.argsort(self.index.line, kind="stable")
-        line = np.empty_like(self.index.line)
-        line[order] = renumbered[self.index.line[order]]
+        # the kept lines keep their order: each one's new number is its rank among them
+        line = np.searchsorted(np.sort(self.index.line), self.index.line)
         self.index = dataclasses.replace(self.index, line=line, lines=len(self.index), covered=size)
         self._save_index()
 

@@ -243,15 +243,22 @@ def _load_saved(manifest: Path) -> RecordIndex:
     return RecordIndex(**arrays, shards=list(meta["shards"]), lines=meta["lines"], covered=meta["covered"])
 
 
-def latest_records(manifest: Path, index: RecordIndex) -> Iterator[Record]:
-    """The latest record of every input of ``manifest`` (as ``index`` names them), in manifest order, streamed."""
+def latest_lines(manifest: Path, index: RecordIndex) -> Iterator[tuple[int, bytes]]:
+    """(0-based line number, line) of the latest record of every input of ``manifest`` (as ``index`` names
+    them), in manifest order, streamed."""
     if not len(index):
         return
     latest = np.zeros(index.lines, bool)
     latest[index.line] = True
     for number, (_, line) in enumerate(manifest_lines(manifest)):
         if number < len(latest) and latest[number]:
-            yield parse_line(line, manifest, number + 1)
+            yield number, line
+
+
+def latest_records(manifest: Path, index: RecordIndex) -> Iterator[Record]:
+    """The latest record of every input of ``manifest``, parsed (see :func:`latest_lines`)."""
+    for number, line in latest_lines(manifest, index):
+        yield parse_line(line, manifest, number + 1)
 
 
 def appended(index: RecordIndex, records: list[Record], first_line: int, size_after: int) -> RecordIndex:

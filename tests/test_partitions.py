@@ -14,7 +14,7 @@ from lamflow.fileio import read_jsonl
 from lamflow.pipelines.extract import ExtractionSummary, _write, run_extraction
 from lamflow.pipelines.manifest import OutputDir
 from lamflow.pipelines.plan import Partition
-from lamflow.pipelines.reorder import SPILL_DIR, ReorderBuffer
+from lamflow.pipelines.reorder import SPILL_DIR
 from lamflow.pipelines.settings import ExtractSettings
 from lamflow.pipelines.worker import VideoOutcome
 from contract_shards import Video, contract_sample
@@ -84,7 +84,7 @@ def test_finished_samples_waiting_for_input_order_survive_a_kill_and_are_kept_on
     out = tmp_path / "out"
     output = OutputDir(out, RUN_RECORD)
     videos = [Video(f"v{i}", duration=2.0) for i in range(3)]
-    buffer = ReorderBuffer(out)
+    buffer = output.reorder_buffer()  # the extractor's buffer
     for index in (1, 2):
         buffer.put(index, VideoOutcome(f"/videos/v{index}.mp4", videos[index].key, contract_sample(videos[index]),
                                        None, 1.0))
