@@ -51,7 +51,8 @@ from lamflow.pipelines.failures import FailureTally
 from lamflow.pipelines.record_index import (
     INDEX_FILE,
     OK,
-    appended,
+    GrowingIndex,
+    RecordIndex,
     latest_lines,
     latest_records,
     read_index,
@@ -222,6 +223,15 @@ class OutputDir:
         self.repairs.append(f"kept the {len(kept)} finished sample(s) of unfinished shard {temp.name} as {final.name}")
 
     # -- queries -------------------------------------------------------------------------------------
+    @property
+    def index(self) -> RecordIndex:
+        """The latest record of every input, as arrays (record_index.py), appends included."""
+        return self._records.current
+
+    @index.setter
+    def index(self, index: RecordIndex) -> None:
+        self._records = GrowingIndex(index)
+
     def records(self) -> Iterator[Record]:
         """The latest record of every input, in manifest order (streamed from the manifest)."""
         return latest_records(self.root / MANIFEST, self.index)
@@ -267,8 +277,8 @@ class OutputDir:
             size = handle.tell()
         if created:  # a new file's name is durable once its folder is synced: a crash must not lose it
             fsync_dir(self.root)
-        self.index = appended(self.index, records, self.index.lines, size)
-        if self.index.lines - self._saved_lines >= SAVE_INDEX_EVERY:
+        self._records.add(records, size)
+        if self._records.lines - self._saved_lines >= SAVE_INDEX_EVERY:
             self._save_index()
 
     def _save_index(self) -> None:

@@ -261,13 +261,30 @@ def latest_records(manifest: Path, index: RecordIndex) -> Iterator[Record]:
         yield parse_line(line, manifest, number + 1)
 
 
-def appended(index: RecordIndex, records: list[Record], first_line: int, size_after: int) -> RecordIndex:
-    """``index`` after ``records`` were appended to its manifest as lines ``first_line``... (the file now
-    ``size_after`` bytes long)."""
-    lines = _Lines(lines_read=len(records), bytes_read=size_after - index.covered)
-    for offset, record in enumerate(records):
-        lines.add(record.source, record.key, record.status, record.shard, first_line + offset)
-    return index.merged(lines)
+class GrowingIndex:
+    """An index and the records appended to its manifest since, merged into it when it is asked for: an
+    append costs its own records, not a sort of every input (a run appends once per shard and per failure)."""
+
+    def __init__(self, index: RecordIndex) -> None:
+        self._index = index
+        self._new = _Lines()
+
+    @property
+    def lines(self) -> int:
+        return self._index.lines + self._new.lines_read
+
+    def add(self, records: list[Record], size_after: int) -> None:
+        """``records`` were appended to the manifest, which is now ``size_after`` bytes long."""
+        for record in records:
+            self._new.add(record.source, record.key, record.status, record.shard, self.lines)
+            self._new.lines_read += 1
+        self._new.bytes_read = size_after - self._index.covered
+
+    @property
+    def current(self) -> RecordIndex:
+        if self._new.lines_read:
+            self._index, self._new = self._index.merged(self._new), _Lines()
+        return self._index
 
 
 def find_records(manifest: Path, source_hashes: Iterable[int]) -> dict[int, Record]:
