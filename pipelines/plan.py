@@ -23,7 +23,15 @@ import numpy as np
 
 from lamflow.contract import safe_key
 from lamflow.errors import ConfigError
-from lamflow.pipelines.record_index import ERROR, OK, RecordIndex, find_records, stable_hash, stable_hashes
+from lamflow.pipelines.record_index import (
+    ERROR,
+    OK,
+    RecordIndex,
+    find_records,
+    sorted_positions,
+    stable_hash,
+    stable_hashes,
+)
 from lamflow.pipelines.sources import Source
 
 CHUNK = 65_536  # inputs hashed and looked up at a time: numpy does the work, Python holds one chunk
@@ -81,10 +89,9 @@ class Plan:
         emitted = np.zeros(len(self._todo), bool)
         for chunk in _chunks(self.sources()):
             hashes = stable_hashes(s.path for s in chunk)
-            positions = np.minimum(np.searchsorted(self._todo, hashes), len(self._todo) - 1)
-            wanted = (self._todo[positions] == hashes) & ~emitted[positions]
-            for i in np.flatnonzero(wanted):
-                if emitted[positions[i]]:  # the same path twice in one chunk
+            positions = sorted_positions(self._todo, hashes)
+            for i in np.flatnonzero(positions >= 0):
+                if emitted[positions[i]]:  # the same path again (in this chunk or an earlier one)
                     continue
                 emitted[positions[i]] = True
                 source = chunk[i]
@@ -92,11 +99,9 @@ class Plan:
                 yield source, key, self._clash_error(key)
 
     def _clash_error(self, key: str) -> str | None:
-        key_hash = stable_hash(key)
-        if not len(self._clash_keys) or self._clash_keys[min(np.searchsorted(self._clash_keys, key_hash),
-                                                             len(self._clash_keys) - 1)] != key_hash:
+        others = self.clashes.get(stable_hash(key))
+        if others is None:
             return None
-        others = self.clashes.get(key_hash, [])
         return (f"{KEY_CLASH}: key {key!r} would name {len(others)} inputs ({', '.join(others[:5])}); keys come from "
                 "each input's own name: rename one of them, or list the inputs in a .csv/.jsonl with a distinct "
                 "'key' column")
@@ -182,8 +187,7 @@ def _clashing_inputs(plan: Plan, index: RecordIndex, manifest: Path) -> dict[int
         clashes.setdefault(stable_hash(record.key), []).append(record.source)
     for chunk in _chunks(plan.sources()):
         hashes = stable_hashes(s.path for s in chunk)
-        positions = np.minimum(np.searchsorted(plan._todo, hashes), max(len(plan._todo) - 1, 0))
-        for i in np.flatnonzero(plan._todo[positions] == hashes) if len(plan._todo) else ():
+        for i in np.flatnonzero(sorted_positions(plan._todo, hashes) >= 0):
             key = plan._retry_keys.get(int(hashes[i])) or input_key(chunk[i])
             if (h := stable_hash(key)) in clash_set and chunk[i].path not in clashes.get(h, []):
                 clashes.setdefault(h, []).append(chunk[i].path)

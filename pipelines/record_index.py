@@ -52,6 +52,14 @@ def stable_hashes(texts: Iterable[str]) -> np.ndarray:
     return np.fromiter((stable_hash(t) for t in texts), dtype=np.uint64)
 
 
+def sorted_positions(table: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Position of each of ``values`` in the sorted, unique ``table`` (-1 where it is not there)."""
+    if not len(table):
+        return np.full(len(values), -1, np.int64)
+    positions = np.minimum(np.searchsorted(table, values), len(table) - 1)
+    return np.where(table[positions] == values, positions, -1)
+
+
 @dataclass
 class RecordIndex:
     """The latest record of every input of one manifest (see the module docstring)."""
@@ -79,10 +87,7 @@ class RecordIndex:
 
     def lookup(self, source_hashes: np.ndarray) -> np.ndarray:
         """Position in the index of each of ``source_hashes`` (-1 where the input has no record)."""
-        positions = np.searchsorted(self.source_hash, source_hashes)
-        positions[positions == len(self)] = 0
-        found = (self.source_hash[positions] == source_hashes) if len(self) else np.zeros(len(source_hashes), bool)
-        return np.where(found, positions, -1)
+        return sorted_positions(self.source_hash, source_hashes)
 
     def at(self, positions: np.ndarray, column: str, missing: int) -> np.ndarray:
         """``column`` at ``positions`` from :meth:`lookup`, ``missing`` where there is no record."""
