@@ -9,14 +9,13 @@ loses only the inputs in flight, never finished ones.
 """
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from lamflow.contract import encode_sample, read_samples
+from lamflow.contract import read_samples
+from lamflow.pipelines.shards import UnwritableSampleError, sample_tar
 
 if TYPE_CHECKING:  # the worker module imports the encoders; opening an output directory needs none of them
     from lamflow.pipelines.worker import VideoOutcome
@@ -63,15 +62,13 @@ class ReorderBuffer:
         return self._dir / f"{index}.tar"
 
     def _spill(self, index: int, sample: dict[str, Any]) -> None:
+        try:
+            data = sample_tar(sample)
+        except UnwritableSampleError:
+            return  # nothing to keep: writing it in its turn records it as that input's failure
         self._dir.mkdir(exist_ok=True)
-        encoded = encode_sample(sample)
         partial = self._dir / f".{index}.tar.part"
-        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
-            for name, data in encoded.items():
-                if name != "__key__":
-                    info = tarfile.TarInfo(f"{encoded['__key__']}.{name}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+        partial.write_bytes(data)
         os.replace(partial, self._path(index))  # flushed, not fsynced: a kill, not an OS crash, is the case
 
     def _unspill(self, index: int) -> None:

@@ -85,6 +85,12 @@ def _sample_bytes(sample: dict[str, Any]) -> bytes:
         raise UnwritableSampleError(f"sample {sample.get('__key__')!r} cannot be written to a shard: {error}") from None
 
 
+def sample_tar(sample: dict[str, Any]) -> bytes:
+    """A complete tar holding just ``sample``, written as a shard writes it (see :func:`_sample_bytes`)."""
+    data = _sample_bytes(sample)
+    return data + _END_OF_ARCHIVE + tarfile.NUL * (-(len(data) + len(_END_OF_ARCHIVE)) % tarfile.RECORDSIZE)
+
+
 def _end_tar(handle: IO[bytes], end: int) -> None:
     """Make ``handle`` a complete tar ending after byte ``end`` (a sample boundary): cut what follows,
     write the end-of-archive blocks and pad to tar's record size, as ``tarfile`` does on close; fsync."""

@@ -121,3 +121,14 @@ def test_a_sample_the_shard_cannot_take_is_that_inputs_recorded_failure_and_the_
     assert records["bad"]["status"] == "error" and records["bad"]["error"].startswith("UnwritableSampleError")
     assert shard_keys(out) == ["good"]
     assert json.loads(json.dumps(summary.to_json()))["failures"]["reasons"] == {"UnwritableSampleError": 1}
+
+
+def test_an_unwritable_sample_waiting_for_input_order_is_not_spilled_and_stops_nothing(tmp_path):
+    """It becomes that input's recorded failure when its turn comes (see the test above), not an error here."""
+    output = OutputDir(tmp_path / "out", RUN_RECORD)
+    bad = contract_sample(Video("bad"))
+    bad["meta.json"]["duration"] = float("nan")
+    buffer = output.reorder_buffer()
+    buffer.put(1, VideoOutcome("/videos/bad.mp4", "bad", bad, None, 1.0))
+    assert not (tmp_path / "out" / SPILL_DIR).exists() and len(buffer) == 1
+    output.close()
