@@ -14,6 +14,7 @@ PACKAGE_FOLDERS = {
     "lamflow.lam": "lam",
     "lamflow.datasets": "datasets",
     "lamflow.train": "train",
+    "lamflow.train.tasks": "train/tasks",
 }
 
 setup(

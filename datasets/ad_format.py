@@ -1,5 +1,5 @@
 """The audio description (AD) file, MAD-v2 / AutoAD style, read and validated once for the AD task
-(datasets/audio_description.py) and the R@k/N evaluator (train/eval_ad.py).
+(datasets/audio_description.py) and the R@k/N evaluator (train/tasks/audio_description_eval.py).
 
 JSONL, one AD per line: ``ad_id`` (string or integer), the movie (``movie`` or ``movie_id``), ``start``
 and ``end`` in seconds, and the text (``text`` or ``ad``): the field names MAD-v2's loaders write. The

@@ -1,5 +1,5 @@
 """MSRVTT's ``{train_val,test}_videodatainfo.json`` (FORMATS.md), read and validated once for the captioning
-task (datasets/captioning.py) and the caption evaluator (train/eval_captioning.py).
+task (datasets/captioning.py) and the caption evaluator (train/tasks/captioning_eval.py).
 
 The file holds ``videos[{video_id, split, ...}]`` and ``sentences[{video_id, caption, sen_id}]`` (20 per
 clip); ``split`` is ``train``, ``validate`` or ``test``. Every error names the file and the record.

@@ -1,5 +1,5 @@
 """Fixed facts of the QVHighlights annotation format (FORMATS.md), defined once for the task adapter
-(datasets/qvhighlights.py), the official-metric evaluator (train/eval_qvhighlights.py), the heads and
+(datasets/qvhighlights.py), the official-metric evaluator (train/tasks/qvhighlights_eval.py), the heads and
 losses, and the demo corpus that writes annotations in this format. Plain constants: importing them costs
 nothing (no torch)."""
 

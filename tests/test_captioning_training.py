@@ -20,9 +20,9 @@ from lamflow.fileio import read_jsonl
 from lamflow.pipelines.h5io import import_h5
 from lamflow.train.checkpoint import latest_checkpoint, load_checkpoint
 from lamflow.train.config import load_config
-from lamflow.train.eval_ad import TfidfSimilarity
-from lamflow.train.eval_ad import evaluate_files as evaluate_ad_files
-from lamflow.train.eval_captioning import BLEU_KEYS
+from lamflow.train.tasks.audio_description_eval import TfidfSimilarity
+from lamflow.train.tasks.audio_description_eval import evaluate_files as evaluate_ad_files
+from lamflow.train.tasks.captioning_eval import BLEU_KEYS
 from lamflow.train.predict import predict_checkpoint
 from lamflow.train.run_log import read_metrics
 from lamflow.train.trainer import train

@@ -11,7 +11,7 @@ from contract_shards import Video, write_extraction_dir
 from lamflow.datasets.classification import ClassificationTask
 from lamflow.datasets.loader import LoaderConfig, StreamingLoader
 from lamflow.datasets.qvhighlights import QVHighlightsTask
-from lamflow.train.eval_classification import load_labels, ranked_accuracy
+from lamflow.train.tasks.classification_eval import load_labels, ranked_accuracy
 from lamflow.train.predict import classification_rows
 
 VIDEOS = [Video("cat.clip.1", texts=[("5", "a cat", 2)]), Video("dog-2"), Video("cat_3"), Video("no.label")]

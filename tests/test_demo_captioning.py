@@ -16,7 +16,7 @@ from lamflow.pipelines.extract import run_extraction
 from lamflow.pipelines.settings import ExtractSettings
 from lamflow.train.checkpoint import latest_checkpoint
 from lamflow.train.config import load_config
-from lamflow.train.eval_captioning import evaluate_files
+from lamflow.train.tasks.captioning_eval import evaluate_files
 from lamflow.train.predict import predict_checkpoint
 from lamflow.train.trainer import train
 

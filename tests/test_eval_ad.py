@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lamflow.cli import main
-from lamflow.train.eval_ad import (
+from lamflow.train.tasks.audio_description_eval import (
     BertScoreSimilarity,
     TfidfSimilarity,
     load_references,

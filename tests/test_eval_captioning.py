@@ -11,7 +11,7 @@ import re
 import pytest
 
 from lamflow.cli import main
-from lamflow.train.eval_captioning import METRIC_KEYS, spice_models_present
+from lamflow.train.tasks.captioning_eval import METRIC_KEYS, spice_models_present
 
 MSRVTT = {
     "info": {"year": 2016},

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from lamflow.cli import main
-from lamflow.train.eval_classification import evaluate_files, ranked_accuracy, topk_accuracy
-from lamflow.train.eval_qvhighlights import EvaluationInputError
+from lamflow.train.tasks.classification_eval import evaluate_files, ranked_accuracy, topk_accuracy
+from lamflow.train.tasks.qvhighlights_eval import EvaluationInputError
 
 
 def test_topk_accuracy_from_logits_matches_hand_count():

@@ -18,7 +18,7 @@ import pytest
 from lamflow.cli import main
 from lamflow.errors import DataFileError
 from lamflow.fileio import read_jsonl
-from lamflow.train.eval_qvhighlights import (
+from lamflow.train.tasks.qvhighlights_eval import (
     ADJUSTMENTS,
     BRIEF_KEYS,
     EvaluationInputError,

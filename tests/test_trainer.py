@@ -16,8 +16,8 @@ from lamflow.pipelines.settings import ExtractSettings
 from lamflow.train import checkpoint as checkpoint_module
 from lamflow.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from lamflow.train.config import load_config
-from lamflow.train.eval_classification import evaluate_files as evaluate_classification_files
-from lamflow.train.eval_qvhighlights import BRIEF_KEYS, evaluate_files
+from lamflow.train.tasks.classification_eval import evaluate_files as evaluate_classification_files
+from lamflow.train.tasks.qvhighlights_eval import BRIEF_KEYS, evaluate_files
 from lamflow.train.run_log import read_metrics
 from lamflow.train.schedule import WarmupCosine
 from lamflow.train.trainer import train

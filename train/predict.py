@@ -3,7 +3,7 @@
 QVHighlights lines follow the official submission format: ``qid``, ``query``, ``vid``,
 ``pred_relevant_windows`` ([[start, end, score], ...] best first) and ``pred_saliency_scores`` (one per
 2-second clip). Classification lines hold the item's key and its top-5 labels best first
-(``{"key", "top_labels", "scores"}``, the format ``lamflow.train.eval_classification`` scores).
+(``{"key", "top_labels", "scores"}``, the format ``lamflow.train.tasks.classification_eval`` scores).
 Captioning lines are ``{"vid", "caption"}`` (``lamflow eval captioning``), audio description lines
 ``{"ad_id", "caption"}`` (``lamflow eval ad``); the caption is the decoder's beam search / greedy output.
 Each rank predicts its share of an "eval" loader; :func:`gather_predictions` merges them on every rank.
@@ -112,7 +112,7 @@ def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
     """The official numbers of ``rows`` on the validation split, against the part of the ground truth the
     validation shards cover (the evaluators require a prediction for every ground-truth record).
 
-    QVHighlights: the 14 ``brief`` metrics; MAD annotations: recall at IoU (``lamflow.train.eval_mad``, not
+    QVHighlights: the 14 ``brief`` metrics; MAD annotations: recall at IoU (``lamflow.train.tasks.mad_eval``, not
     MAD's full-movie protocol); classification: top-1 and top-5 accuracy; captioning and audio description:
     pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L and CIDEr (SPICE when its models are present), with the
     references of the predicted videos (or ADs) only: CIDEr's IDF comes from them.
@@ -122,10 +122,10 @@ def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
     if data.task == "qvhighlights":
         from lamflow.datasets.qvhighlights import is_mad_file, load_queries
         from lamflow.fileio import read_jsonl
-        from lamflow.train.eval_qvhighlights import evaluate
+        from lamflow.train.tasks.qvhighlights_eval import evaluate
 
         if is_mad_file(data.val_annotations):  # no saliency and no QVHighlights evaluator: recall at IoU
-            from lamflow.train.eval_mad import window_recall
+            from lamflow.train.tasks.mad_eval import window_recall
 
             return window_recall(load_queries(data.val_annotations), rows)
 
@@ -133,7 +133,7 @@ def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
         ground_truth = [record for record in read_jsonl(data.val_annotations) if record.get("qid") in predicted]
         return evaluate(ground_truth, rows, gt_source=data.val_annotations)["brief"]
     from lamflow.datasets.classification import FOLDER_LABELS, folder_labels
-    from lamflow.train.eval_classification import load_labels, ranked_accuracy
+    from lamflow.train.tasks.classification_eval import load_labels, ranked_accuracy
 
     predicted = {row["key"] for row in rows}
     truth = folder_labels(data.val_shards) if data.labels == FOLDER_LABELS else load_labels(data.labels)
@@ -142,7 +142,7 @@ def score(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
 
 
 def _caption_metrics(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, float]:
-    from lamflow.train.eval_captioning import caption_scores
+    from lamflow.train.tasks.captioning_eval import caption_scores
 
     field = ROW_KEYS[data.task]
     predicted = {row[field]: row["caption"] for row in rows}
@@ -151,7 +151,7 @@ def _caption_metrics(rows: list[dict[str, Any]], data: DataConfig) -> dict[str, 
 
         references = {ad.ad_id: [ad.text] for ads in load_ads(data.val_captions).values() for ad in ads}
     else:
-        from lamflow.train.eval_captioning import load_references
+        from lamflow.train.tasks.captioning_eval import load_references
 
         references, _ = load_references(data.val_captions, data.val_caption_split)
     scores = caption_scores({key: references[key] for key in predicted}, predicted)

@@ -164,7 +164,7 @@ def _score(
 
 
 def _run_qvhighlights(args: argparse.Namespace) -> int:
-    from lamflow.train.eval_qvhighlights import adjustment_summary, evaluate_files
+    from lamflow.train.tasks.qvhighlights_eval import adjustment_summary, evaluate_files
 
     return _score(
         "qvhighlights",
@@ -175,13 +175,13 @@ def _run_qvhighlights(args: argparse.Namespace) -> int:
 
 
 def _run_classification(args: argparse.Namespace) -> int:
-    from lamflow.train.eval_classification import evaluate_files
+    from lamflow.train.tasks.classification_eval import evaluate_files
 
     return _score("classification", lambda: evaluate_files(args.labels, args.pred, tuple(args.topk)), args.out)
 
 
 def _run_captioning(args: argparse.Namespace) -> int:
-    from lamflow.train.eval_captioning import evaluate_files
+    from lamflow.train.tasks.captioning_eval import evaluate_files
 
     return _score(
         "captioning",
@@ -192,7 +192,7 @@ def _run_captioning(args: argparse.Namespace) -> int:
 
 
 def _run_ad(args: argparse.Namespace) -> int:
-    from lamflow.train.eval_ad import BertScoreSimilarity, TfidfSimilarity, evaluate_files
+    from lamflow.train.tasks.audio_description_eval import BertScoreSimilarity, TfidfSimilarity, evaluate_files
 
     if args.similarity == "bertscore":
         similarity = BertScoreSimilarity(args.bertscore_model, args.bertscore_layers, args.device)

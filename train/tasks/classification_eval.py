@@ -16,7 +16,7 @@ import numpy as np
 
 from lamflow.datasets.classification import load_labels
 from lamflow.fileio import iter_jsonl
-from lamflow.train.eval_qvhighlights import EvaluationInputError, as_percent, listed
+from lamflow.train.tasks.qvhighlights_eval import EvaluationInputError, as_percent, listed
 
 DEFAULT_TOPK: tuple[int, ...] = (1, 5)
 

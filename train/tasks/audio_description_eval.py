@@ -32,7 +32,7 @@ import numpy as np
 from lamflow.datasets.ad_format import ADRecord, ad_id_field, read_ads
 from lamflow.errors import LamflowError
 from lamflow.fileio import iter_jsonl
-from lamflow.train.eval_qvhighlights import EvaluationInputError, as_percent, listed
+from lamflow.train.tasks.qvhighlights_eval import EvaluationInputError, as_percent, listed
 
 BERTSCORE_DEFAULT_MODEL = "roberta-large"
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from lamflow.train.eval_qvhighlights import EvaluationInputError, as_percent
+from lamflow.train.tasks.qvhighlights_eval import EvaluationInputError, as_percent
 
 RECALL_AT = (1, 5)
 IOU_THRESHOLDS = (0.1, 0.3, 0.5)

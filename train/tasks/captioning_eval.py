@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from lamflow.errors import LamflowError
 from lamflow.datasets.msrvtt_format import read_videodatainfo
 from lamflow.fileio import iter_jsonl
-from lamflow.train.eval_qvhighlights import EvaluationInputError, listed
+from lamflow.train.tasks.qvhighlights_eval import EvaluationInputError, listed
 
 BLEU_KEYS: tuple[str, ...] = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4")
 METRIC_KEYS: tuple[str, ...] = (*BLEU_KEYS, "METEOR", "ROUGE_L", "CIDEr", "SPICE")
