@@ -15,7 +15,7 @@ import torch
 
 from lamflow.train.config import TrainConfig
 from lamflow.train.distributed import autocast
-from lamflow.train.losses import TASK_LOSSES
+from lamflow.train.tasks import get_task
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "train" / "configs" / "qvhighlights_lam.yaml"
 
@@ -50,7 +50,7 @@ def train_step_seconds(
         torch.cuda.synchronize()
     started = clock()
     with autocast(device, config.run.amp):
-        loss = TASK_LOSSES[config.data.task](model(batch), batch, config.model)["loss"]
+        loss = get_task(config.data.task).loss(model(batch), batch, config.model)["loss"]
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -142,7 +142,7 @@ def trainer_samples_per_second(batches: list[dict]) -> float:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch.manual_seed(config.run.seed)
     widths = {name: int(batches[0]["streams"][name].shape[-1]) for name in config.data.loader.streams}
-    model = build_model(config, widths, num_classes=None).train()
+    model = build_model(config, widths).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
                                   weight_decay=config.optim.weight_decay)
     cpu = torch.device("cpu")

@@ -12,7 +12,8 @@ from lamflow.datasets.classification import ClassificationTask
 from lamflow.datasets.loader import LoaderConfig, StreamingLoader
 from lamflow.datasets.qvhighlights import QVHighlightsTask
 from lamflow.train.tasks.classification_eval import load_labels, ranked_accuracy
-from lamflow.train.predict import classification_rows
+from lamflow.train.tasks.classification import classification_rows
+from lamflow.train.tasks.spec import HeadFacts, PredictionContext
 
 VIDEOS = [Video("cat.clip.1", texts=[("5", "a cat", 2)]), Video("dog-2"), Video("cat_3"), Video("no.label")]
 
@@ -83,6 +84,6 @@ def test_predictions_are_written_under_the_label_files_names_so_they_score_again
     loader = StreamingLoader(str(root), ClassificationTask(labels), LoaderConfig(streams=("video",), batch_size=4), mode="eval")
     [batch] = list(loader)
     logits = torch.tensor([[2.0, 0.0]] * len(batch["keys"]))
-    rows = classification_rows(batch, {"logits": logits}, ["cat", "dog"])
+    rows = classification_rows(batch, {"logits": logits}, PredictionContext(loader.task, None, HeadFacts(class_names=["cat", "dog"])))
     assert sorted(row["key"] for row in rows) == ["cat.clip.1", "dog-2"]
     assert ranked_accuracy(load_labels(labels), rows)["top1"] == 50.0  # both predicted "cat": one right

@@ -10,10 +10,11 @@ from lamflow.datasets.loader import LoaderConfig, StreamingLoader
 from lamflow.datasets.qvhighlights import AnnotationError, QVHighlightsQuery, QVHighlightsTask, is_mad_file, load_queries
 from lamflow.datasets.stream import decode_sample
 from lamflow.datasets.texts import MissingTexts, TextStore
+from lamflow.pipelines.feature_files import ImportOptions
 from lamflow.pipelines.h5io import import_h5
 from lamflow.train.checkpoint import latest_checkpoint, load_checkpoint
 from lamflow.train.config import ModelConfig, load_config
-from lamflow.train.losses import moment_loss
+from lamflow.train.tasks.qvhighlights import moment_loss
 from lamflow.train.predict import predict_checkpoint
 from lamflow.train.run_log import read_metrics
 from lamflow.train.trainer import train
@@ -50,8 +51,8 @@ def mad(tmp_path_factory):
     frames = write_frames(root / "CLIP_frames_features_5fps.h5", MOVIES, rng)
     words = {sentence: 3 + int(sentence) % 17 for sentence in [*TRAIN, *VAL, "77"]}
     language = write_language(root / "CLIP_language_tokens_features.h5", words, rng)
-    import_h5(root / "CLIP_frames_features_5fps.h5", root / "frames", fps=FPS)
-    import_h5(root / "CLIP_language_tokens_features.h5", root / "texts", stream="text", shard_samples=3)
+    import_h5(root / "CLIP_frames_features_5fps.h5", root / "frames", ImportOptions(fps=FPS))
+    import_h5(root / "CLIP_language_tokens_features.h5", root / "texts", ImportOptions(stream="text", shard_samples=3))
     return {"root": root, "frames": frames, "language": language, "frames_dir": root / "frames", "texts": root / "texts",
             "train": write_annotations(root / "MAD_train.json", TRAIN), "val": write_annotations(root / "MAD_val.json", VAL)}
 
@@ -112,7 +113,7 @@ def test_the_text_store_reads_each_query_by_seeking_in_any_process(mad):
 def test_a_query_missing_from_the_text_store_is_a_clear_error(mad, tmp_path, capsys):
     partial = {sentence: tokens for sentence, tokens in mad["language"].items() if sentence != "1052"}
     write_language(tmp_path / "lang.h5", {s: len(t) for s, t in partial.items()}, np.random.default_rng(2))
-    import_h5(tmp_path / "lang.h5", tmp_path / "texts", stream="text")
+    import_h5(tmp_path / "lang.h5", tmp_path / "texts", ImportOptions(stream="text"))
     with pytest.raises(MissingTexts, match=r"1 of the 5 query ids of .*MAD_train.json have no tokens in the text store "
                                            r".* e\.g\. '1052'; import the language file that holds them"):
         QVHighlightsTask(mad["train"], text_store=TextStore(tmp_path / "texts"))

@@ -8,9 +8,10 @@ from lamflow.datasets.loader import LoaderConfig, StreamingLoader
 from lamflow.lam import LAMConfig
 from lamflow.datasets.qvhighlights import QVHighlightsTask
 from lamflow.train.config import ModelConfig
-from lamflow.train.heads import decode_moments, nms_1d, pool_to_clips
-from lamflow.train.losses import moment_loss, moment_targets
+from lamflow.train.tasks.moment_head import decode_moments, nms_1d, pool_to_clips
+from lamflow.train.tasks.qvhighlights import moment_loss, moment_targets
 from lamflow.train.model import MultimodalLAMModel, downsample_stream
+from lamflow.train.tasks.spec import HeadFacts
 from contract_shards import write_toy_qvhighlights
 
 SMALL = dict(dim=32, depth=2, heads=2, generator_hidden=32, generator_rank=4, dropout=0.0)
@@ -121,7 +122,7 @@ def test_the_mask_mode_comes_from_the_config_and_vanilla_has_no_generators(batch
 
 
 def test_classification_head_gives_one_logit_per_class(batch):
-    model = MultimodalLAMModel(small(), widths(batch, ("video", "audio")), ("video", "audio"), "classification", num_classes=5)
+    model = MultimodalLAMModel(small(), widths(batch, ("video", "audio")), ("video", "audio"), "classification", HeadFacts(num_classes=5))
     assert model(batch)["logits"].shape == (4, 5)
 
 

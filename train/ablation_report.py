@@ -10,13 +10,6 @@ from lamflow.fileio import atomic_open, write_json_atomic
 from lamflow.train.tables import Section, difference_cell, html_document, markdown_document, stats_cell
 
 TITLE = "lamflow ablation"
-# The metrics a report's table and plot show by default, per task (every metric is in ablation.json).
-HEADLINE_METRICS = {
-    "qvhighlights": ("MR-full-mAP", "MR-full-R1@0.5", "MR-full-R1@0.7", "HL-min-VeryGood-mAP", "HL-min-VeryGood-Hit1"),
-    "classification": ("top1", "top5"),
-}
-
-
 def ablation_table(summary: dict[str, Any], metrics: Sequence[str]) -> list[list[str]]:
     """Header, then one row per variant: mean ± sd over seeds per metric, and for every LAM variant the paired
     difference to its vanilla baseline with its bootstrap 95% interval."""

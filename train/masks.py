@@ -6,8 +6,9 @@ from pathlib import Path
 import torch
 
 from lamflow.lam import save_masks
-from lamflow.train.build import build_loader, build_model, build_task
+from lamflow.train.build import build_adapter, build_loader, build_model
 from lamflow.train.checkpoint import checkpoint_config, load_checkpoint
+from lamflow.train.tasks.spec import HeadFacts
 
 
 @torch.no_grad()
@@ -19,10 +20,10 @@ def checkpoint_masks(checkpoint: str | Path, out: str | Path, split: str = "val"
     if config.model.encoder.mask == "none":
         raise ValueError(f"{checkpoint} is a mask='none' (vanilla attention) model: it has no LAM masks to dump")
     config.data.eval_batch_size = 1  # one item per batch: no padding from other items in the heatmaps
-    model = build_model(config, state["input_dims"], state["num_classes"], state.get("vocabulary"))
+    model = build_model(config, state["input_dims"], HeadFacts.from_state(state))
     model.load_state_dict(state["model"])
     model.eval()
-    loader = build_loader(config, split, build_task(config.data, split, mode="eval"), mode="eval")
+    loader = build_loader(config, split, build_adapter(config.data, split, mode="eval"), mode="eval")
     for index, batch in enumerate(loader):
         if index == item:
             masks, segments, padding = model.attention_masks(batch)

@@ -15,11 +15,9 @@ import torch
 from torch import nn
 
 from lamflow.lam import LAMEncoder
-from lamflow.train.caption_decoder import CaptionDecoder
-from lamflow.train.config import GENERATION_TASKS, ModelConfig
-from lamflow.train.heads import ClassificationHead, MomentHead
-
-MOMENT_STREAM = "video"  # moment windows and saliency are anchored on the video tokens
+from lamflow.train.config import ModelConfig
+from lamflow.train.tasks import get_task
+from lamflow.train.tasks.spec import Encoded, HeadFacts
 
 
 class TimeEmbedding(nn.Module):
@@ -90,13 +88,12 @@ def downsample_stream(
 
 
 class MultimodalLAMModel(nn.Module):
-    """LAM encoder over the concatenated streams with a moment-retrieval, classification or caption head.
+    """LAM encoder over the concatenated streams with the head of a task (``lamflow.train.tasks``).
 
     ``forward(batch)`` takes a collated batch (the batch contract) already on the model's device and
-    returns the head's outputs: for task "qvhighlights" a dict with foreground/offsets/saliency/... (see
-    ``MomentHead``), for task "classification" ``{"logits": (B, num_classes)}``, for the generation tasks
-    (captioning, audio_description) the teacher-forced ``{"logits", "targets"}`` of ``CaptionDecoder``;
-    ``generate(batch)`` writes their captions.
+    returns the task head's outputs (``TaskSpec.run_head``: e.g. foreground/offsets/saliency for
+    qvhighlights, ``{"logits"}`` for classification, the teacher-forced ``{"logits", "targets"}`` of the
+    caption decoder); ``generate(batch)`` is the task's generation (captions), for tasks that generate.
     """
 
     def __init__(
@@ -105,22 +102,15 @@ class MultimodalLAMModel(nn.Module):
         input_dims: dict[str, int],
         streams: Sequence[str],
         task: str,
-        num_classes: int | None = None,
-        vocabulary: Sequence[int] | None = None,
+        facts: HeadFacts = HeadFacts(),
     ) -> None:
         super().__init__()
         missing = [name for name in streams if name not in input_dims]
         if missing:
             raise ValueError(f"model.input_dims has no size for stream(s) {missing}; give e.g. {{{missing[0]}: 512}} or auto")
-        if task == "qvhighlights" and MOMENT_STREAM not in streams:
-            raise ValueError(f"task qvhighlights anchors moments on the {MOMENT_STREAM!r} stream; add it to data.loader.streams")
-        if task == "classification" and not num_classes:
-            raise ValueError("task classification needs model.num_classes (or auto with a label file)")
-        if task in GENERATION_TASKS and not vocabulary:
-            raise ValueError(f"task {task} needs the caption vocabulary (BPE ids the decoder reads and writes)")
         self.config = config
         self.streams = tuple(streams)
-        self.task = task
+        self.spec = get_task(task)
         self.standardizers = nn.ModuleDict({name: RunningStandardizer(input_dims[name]) for name in self.streams})
         self.projections = nn.ModuleDict(
             {name: nn.Sequential(nn.LayerNorm(input_dims[name]), nn.Linear(input_dims[name], config.encoder.dim)) for name in self.streams}
@@ -129,13 +119,7 @@ class MultimodalLAMModel(nn.Module):
         self.time = TimeEmbedding(config.encoder.dim, config.time_frequencies, config.max_period)
         self.dropout = nn.Dropout(config.encoder.dropout)
         self.encoder = LAMEncoder(config.encoder)
-        if task == "qvhighlights":
-            self.head: nn.Module = MomentHead(config.encoder.dim)
-        elif task in GENERATION_TASKS:
-            self.head = CaptionDecoder(config.encoder.dim, config.encoder.heads, config.decoder_layers,
-                                       config.encoder.dropout, vocabulary, config.max_caption_tokens)
-        else:
-            self.head = ClassificationHead(config.encoder.dim, int(num_classes))
+        self.head = self.spec.build_head(config, self.streams, facts)
 
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, slice]]:
         """Project, embed and concatenate the streams: (x (B, L, dim), padding (B, L), times (B, L), spans)."""
@@ -164,24 +148,18 @@ class MultimodalLAMModel(nn.Module):
         masks = self.encoder(x, key_padding_mask=padding, return_masks=True).masks
         return masks, [(name, span.start, span.stop) for name, span in spans.items()], padding
 
-    def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, slice]]:
+    def encode(self, batch: dict[str, Any]) -> Encoded:
         """The LAM encoder's hidden states (B, L, dim), with the padding, times and stream spans of ``embed``."""
         x, padding, times, spans = self.embed(batch)
-        return self.encoder(x, key_padding_mask=padding).hidden, padding, times, spans
+        return Encoded(self.encoder(x, key_padding_mask=padding).hidden, padding, times, spans)
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        hidden, padding, times, spans = self.encode(batch)
-        if self.task == "classification":
-            return {"logits": self.head(hidden, padding)}
-        if self.task in GENERATION_TASKS:
-            return self.head(hidden, padding, batch["caption_tokens"], batch["caption_padding"])
-        video = spans[MOMENT_STREAM]
-        # Saliency is predicted for the clips the batch's targets cover (QVHighlightsTask.collate).
-        num_clips = batch["saliency"].shape[1]
-        return self.head(hidden[:, video], times[:, video], padding[:, video], batch["duration"].float(), num_clips)
+    def forward(self, batch: dict[str, Any]) -> Any:
+        return self.spec.run_head(self.head, self.encode(batch), batch)
 
     @torch.no_grad()
-    def generate(self, batch: dict[str, Any]) -> list[list[int]]:
-        """One caption per item (generation tasks) as BPE ids, with model.beam_size and model.length_penalty."""
-        hidden, padding, _, _ = self.encode(batch)
-        return self.head.generate(hidden, padding, self.config.beam_size, self.config.length_penalty)
+    def generate(self, batch: dict[str, Any]) -> Any:
+        """The task's generated outputs (one caption per item as BPE ids, with model.beam_size and
+        model.length_penalty); only for tasks whose spec generates."""
+        if self.spec.generate is None:
+            raise TypeError(f"task {self.spec.name} does not generate: call the model")
+        return self.spec.generate(self.head, self.encode(batch), self.config)

@@ -33,15 +33,7 @@ from tqdm import tqdm
 
 from lamflow.errors import LamflowError
 from lamflow.fileio import write_jsonl_atomic
-from lamflow.train.build import (
-    build_loader,
-    build_model,
-    build_task,
-    check_attention,
-    resolve_input_dims,
-    resolve_num_classes,
-    resolve_vocabulary,
-)
+from lamflow.train.build import build_adapter, build_loader, build_model, check_attention, head_facts, resolve_input_dims
 from lamflow.train.checkpoint import (
     DIVERGED_SUFFIX,
     ResumeError,
@@ -66,10 +58,10 @@ from lamflow.train.distributed import (
     sum_over_ranks,
     to_device,
 )
-from lamflow.train.losses import TASK_LOSSES
 from lamflow.train.predict import gather_predictions, predict, score
 from lamflow.train.run_log import RunLog, read_metrics
 from lamflow.train.schedule import build_scheduler, resume_scheduler
+from lamflow.train.tasks import get_task
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -153,16 +145,14 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
     check_attention(config, ctx.device, training=True)
 
     # ---- data and model
-    train_task = build_task(config.data, "train")
-    train_loader = build_loader(config, "train", train_task, ctx.rank, ctx.world_size, mode="train")
+    train_adapter = build_adapter(config.data, "train")
+    train_loader = build_loader(config, "train", train_adapter, ctx.rank, ctx.world_size, mode="train")
     input_dims = resolve_input_dims(config, train_loader)
-    num_classes = resolve_num_classes(config, train_task)
-    class_names = list(getattr(train_task, "class_names", []) or [])
-    vocabulary = resolve_vocabulary(config, train_task)
-    model = build_model(config, input_dims, num_classes, vocabulary).to(ctx.device)
-    val_task = build_task(config.data, "val", mode="eval") if config.data.val_shards else None
-    val_loader = build_loader(config, "val", val_task, ctx.rank, ctx.world_size, mode="eval") if val_task else None
-    compute_loss = TASK_LOSSES[config.data.task]
+    facts = head_facts(config, train_adapter)
+    model = build_model(config, input_dims, facts).to(ctx.device)
+    val_adapter = build_adapter(config.data, "val", mode="eval") if config.data.val_shards else None
+    val_loader = build_loader(config, "val", val_adapter, ctx.rank, ctx.world_size, mode="eval") if val_adapter else None
+    compute_loss = get_task(config.data.task).loss
 
     # Weight decay on matrices only: decaying norms and biases hurts and buys nothing.
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -243,17 +233,15 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
                 "rng": rng_states,
                 "config": config_to_dict(config),
                 "input_dims": input_dims,
-                "num_classes": num_classes,
-                "class_names": class_names,
-                "vocabulary": vocabulary,
+                **facts.to_state(),
             }, keep_last=run.keep_checkpoints)
         saved_step = step
         barrier()
 
     def evaluate() -> None:
         """Score the validation split at ``step``; abandoned (nothing written) when the ranks agree to stop."""
-        rows = predict(model, stop.batches(val_loader), val_task, config.data, config.model, ctx.device, run.amp,
-                       class_names)
+        rows = predict(model, stop.batches(val_loader), val_adapter, config.data, config.model, ctx.device, run.amp,
+                       facts)
         if stop.stopped:
             return
         rows = gather_predictions(rows, config.data.task)

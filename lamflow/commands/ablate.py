@@ -54,8 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from lamflow.train.ablation import Ablation, expand_variants, parse_axis, run_ablation, summarize
-    from lamflow.train.ablation_report import HEADLINE_METRICS, write_ablation_report
+    from lamflow.train.ablation_report import write_ablation_report
     from lamflow.train.config import load_config
+    from lamflow.train.tasks import get_task
 
     variants = expand_variants([parse_axis(axis) for axis in args.vary])
     ablation = Ablation(args.config, tuple(args.overrides), tuple(variants), args.seeds, args.out, args.nproc)
@@ -63,7 +64,7 @@ def handle(args: argparse.Namespace) -> int:
     results = run_ablation(ablation)
     summary = summarize(results, variants)
     task = load_config(args.config, args.overrides).data.task
-    metrics = args.metrics.split(",") if args.metrics else list(HEADLINE_METRICS.get(task, ()))
+    metrics = args.metrics.split(",") if args.metrics else list(get_task(task).headline_metrics)
     known = {metric for stats in summary["variants"].values() for metric in stats}
     metrics = [m for m in metrics if m in known] or sorted(known)
     notes = [f"config {args.config} with {' '.join(args.overrides) or 'no overrides'}",

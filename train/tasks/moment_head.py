@@ -1,4 +1,4 @@
-"""Task heads on top of the encoder's hidden states, and the decoding of their outputs.
+"""The moment-retrieval head on top of the encoder's hidden states, and the decoding of its outputs.
 
 Moment retrieval is anchor-free (FCOS-style): every video token predicts a foreground logit (is this
 instant inside a moment matching the query?) and its distances in seconds to the moment's start and end.
@@ -52,20 +52,6 @@ class MomentHead(nn.Module):
             "token_times": times,
             "token_padding": padding,
         }
-
-
-class ClassificationHead(nn.Module):
-    """Class logits from the mean of the non-padding tokens."""
-
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.classifier = nn.Linear(dim, num_classes)
-
-    def forward(self, hidden: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        keep = (~padding).unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
-        return self.classifier(self.norm(pooled)).float()
 
 
 def pool_to_clips(
