@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a LAM model on extracted shards (QVHighlights moments, classification, captioning, audio description)",
         description=(
             "Train the multimodal LAM model described by CONFIG (a YAML file, or the name of a shipped config: "
-            "`lamflow configs list`; sections data, model, optim, run, every field documented in train/config.py). "
+            "`lamflow configs list`; sections data, model, optim, run, every field documented in train/config.py or, for a task's fields, train/tasks/). "
             "Fields can be overridden with dotted key=value pairs, e.g. optim.lr=1e-3 model.encoder.mask=none. "
             "Runs as a single process, or data-parallel under `torchrun --nproc_per_node N -m lamflow train ...` "
             "(gloo on CPU, NCCL on GPU). Writes RUN.out_dir/metrics.jsonl, checkpoints/step-*.pt, "
