@@ -2,12 +2,13 @@
 
 Options (the caption files of ``captioning`` plus the context around each AD), the adapter
 (``lamflow.datasets.audio_description.AudioDescriptionTask``), ``{"ad_id", "caption"}`` lines, and
-``lamflow eval ad`` (AutoAD-II's R@k/N). The decoder, its loss and the caption metrics used during training
-are the captioning task's.
+``lamflow eval ad`` (AutoAD-II's R@k/N). The rest is the captioning task's: the decoder, its options and
+loss, beam search, and the caption metrics used during training.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,21 +17,14 @@ from typing import TYPE_CHECKING, Any
 from lamflow.datasets.audio_description import AudioDescriptionTask, load_ads
 from lamflow.errors import ConfigError
 from lamflow.train.tasks.captioning import (
-    CAPTION_METRICS,
+    CAPTIONING,
     CaptionFileOptions,
-    CaptionModelOptions,
-    build_decoder,
     caption_files,
-    caption_loss,
     caption_metrics,
     caption_rows,
-    generate_captions,
-    run_decoder,
     validate_caption_files,
-    validate_decoder,
-    vocabulary_facts,
 )
-from lamflow.train.tasks.spec import EvalCommand, TaskSpec
+from lamflow.train.tasks.spec import EvalCommand
 
 if TYPE_CHECKING:
     from lamflow.train.config import DataConfig
@@ -102,23 +96,17 @@ def _evaluate_files(args: argparse.Namespace) -> dict:
     return evaluate_files(args.gt, args.pred, similarity, ks=args.k, n=args.n)
 
 
-AUDIO_DESCRIPTION = TaskSpec(
+# The captioning task's decoder, loss, generation and headline metrics, over AD files and their context.
+AUDIO_DESCRIPTION = dataclasses.replace(
+    CAPTIONING,
     name="audio_description",
     summary="an audio description per movie moment (MAD-v2 / AutoAD-style), written from the context around it",
     data_options=AudioDescriptionDataOptions,
-    model_options=CaptionModelOptions,
     validate_data=validate_data,
-    validate_model=validate_decoder,
     build_adapter=build_adapter,
-    head_facts=vocabulary_facts,
-    build_head=build_decoder,
-    run_head=run_decoder,
-    loss=caption_loss,
-    generate=generate_captions,
     prediction_rows=caption_rows(PREDICTION_KEY),
     prediction_key=PREDICTION_KEY,
     score=score,
-    headline_metrics=CAPTION_METRICS,
     eval_command=EvalCommand(
         name="ad",
         help="audio description R@k/N (AutoAD-II recall within neighbouring ADs)",
