@@ -46,7 +46,7 @@ class DataSources:
 
 
 @dataclass
-class DataConfig(*options_classes("data_options"), DataSources):
+class DataConfig(*reversed(options_classes("data_options")), DataSources):
     """Which shards feed training and validation, the task's annotations, and how shards are streamed."""
 
     # Items per batch during evaluation and prediction (no gradients, so it can exceed loader.batch_size).
@@ -86,7 +86,7 @@ class ModelArchitecture:
 
 
 @dataclass
-class ModelConfig(*options_classes("model_options"), ModelArchitecture):
+class ModelConfig(*reversed(options_classes("model_options")), ModelArchitecture):
     """The multimodal model: per-stream projections and embeddings, the LAM encoder, the task head, losses."""
 
     def validate(self) -> None:

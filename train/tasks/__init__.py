@@ -29,8 +29,9 @@ def get_task(name: str) -> TaskSpec:
 
 
 def options_classes(kind: str) -> tuple[type, ...]:
-    """The ``data_options`` or ``model_options`` classes of every task, each once, subclasses before the
-    classes they extend (the bases ``DataConfig`` / ``ModelConfig`` inherit their fields from)."""
+    """The ``data_options`` or ``model_options`` classes of every task in registry order, each once, without
+    the classes another one extends (the bases ``DataConfig`` / ``ModelConfig`` inherit their fields from;
+    given in reverse, they list the fields in registry order)."""
     classes: list[type] = []
     for spec in TASKS.values():
         option = getattr(spec, kind)
