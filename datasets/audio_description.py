@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
-
-import numpy as np
+from typing import Iterator
 
 from lamflow.datasets.ad_format import read_ads
 from lamflow.datasets.caption_text import collate_captions, encode_caption
 from lamflow.datasets.msrvtt_format import CaptionFileError
+from lamflow.datasets.task import Task
+from lamflow.datasets.windows import cut_window
 
 # Features end on a whole frame (MAD: 5 fps) while AD times do not: an AD may end this much after the
 # movie's last feature and is clipped there.
@@ -48,24 +48,7 @@ def load_ads(path: str | Path) -> dict[str, list[AudioDescription]]:
     return movies
 
 
-def cut_window(sample: Mapping[str, Any], start: float, end: float, anchor: float) -> tuple[dict, dict, float, float]:
-    """(streams, timestamps, start, end) of ``sample`` inside ``[start, end]`` seconds. A non-empty stream with
-    no token inside keeps the one nearest to ``anchor``, and the window widens to hold it; times are relative
-    to the window's start."""
-    chosen = {}
-    for name, times in sample["timestamps"].items():
-        inside = np.flatnonzero((times >= start) & (times <= end))
-        chosen[name] = inside if len(inside) or not len(times) else np.array([np.abs(times - anchor).argmin()])
-    kept = [sample["timestamps"][name][indices] for name, indices in chosen.items() if len(indices)]
-    start = min([start, *(float(times.min()) for times in kept)])
-    end = max([end, *(float(times.max()) for times in kept)])
-    # Copies, not views: an item in the shuffle buffer must not keep its whole movie alive.
-    streams = {name: sample["streams"][name][indices].copy() for name, indices in chosen.items()}
-    timestamps = {name: (sample["timestamps"][name][indices] - start).astype(np.float32) for name, indices in chosen.items()}
-    return streams, timestamps, start, end
-
-
-class AudioDescriptionTask:
+class AudioDescriptionTask(Task):
     """Task adapter: one item per AD, the movie's streams cut to the AD's context window."""
 
     prediction_field = "ad_id"  # predictions are {"ad_id", "caption"} lines (lamflow eval ad)
@@ -97,9 +80,10 @@ class AudioDescriptionTask:
                 )
             start = max(0.0, ad.start - self.context_before)
             end = min(duration, ad.end + self.context_after)
-            streams, timestamps, start, end = cut_window(sample, start, end, anchor=(ad.start + min(ad.end, duration)) / 2)
+            cut = cut_window(sample["streams"], sample["timestamps"], start, end, include_end=True,
+                             nearest_to=(ad.start + min(ad.end, duration)) / 2)
             yield {**sample, "sample_id": ad.ad_id, "caption_key": ad.ad_id, "caption": ad.tokens,
-                   "streams": streams, "timestamps": timestamps, "duration": end - start}
+                   "streams": cut.streams, "timestamps": cut.timestamps, "duration": cut.end - cut.start}
 
     def collate(self, items: list[dict]) -> dict:
         return collate_captions(items)

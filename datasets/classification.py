@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import torch
 
 from lamflow.datasets.shardlist import resolve_shards
+from lamflow.datasets.task import Task
 from lamflow.errors import DataFileError
 from lamflow.fileio import read_json
 
@@ -92,12 +93,14 @@ def load_labels(path: str | Path) -> dict[str, str]:
     return labels
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     """Task adapter: one item per labelled sample, ``label`` = index into ``class_names``.
 
     ``labels``: a label file, an extraction DIR (folder labels), or {name: label}; ``class_names``: the
     classes in output order when another split defines them (default: this split's labels, sorted).
     """
+
+    prediction_field = "key"  # predictions are {"key", "top_labels", "scores"} lines (lamflow eval classification)
 
     def __init__(self, labels: str | Path | Mapping[str, str], class_names: Sequence[str] | None = None,
                  source: str | None = None):

@@ -32,7 +32,7 @@ import math
 import signal
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from lamflow.contract import TEXT_STREAM
 from lamflow.datasets.bucketing import batched, bucket_batches
 from lamflow.datasets.collate import collate_streams, total_tokens
+from lamflow.datasets.loader_config import LoaderConfig, is_int
 from lamflow.datasets.shardlist import ShardInfo, first_sample_dims, resolve_shards
 from lamflow.datasets.stream import (
     MAX_KEPT_REASONS,
@@ -53,7 +54,8 @@ from lamflow.datasets.stream import (
     shuffle_items,
     tar_samples,
 )
-from lamflow.errors import DataFileError, FieldError, LamflowError
+from lamflow.datasets.task import Task
+from lamflow.errors import DataFileError, LamflowError
 
 log = logging.getLogger(__name__)
 
@@ -67,99 +69,8 @@ COUNTERS = ("skipped_corrupt", "skipped_width", "skipped_empty", "read_errors", 
 STATE_VERSION = 2
 
 
-class Task(Protocol):
-    """A task adapter: annotations named by video name, turned into items of decoded shard samples."""
-
-    source: str  # the annotation file (or label file), for messages
-
-    def names(self) -> Iterable[str]: ...  # every name the annotations use for a video
-
-    def num_items(self, name: str) -> int: ...  # items of the video ``name``
-
-    def items(self, sample: dict, name: str) -> Iterable[dict]: ...  # items of a sample joined to ``name``
-
-    def collate(self, items: list[dict]) -> dict: ...
-
-    # Optional: ``start_epoch(seed, epoch)``, called in the worker before it makes an epoch's items.
-    # Optionally ``every_name_in_shards = True``: an annotated name that names no sample of the shards is an
-    # error (a caption of a video that was never extracted); without it such names are skipped, because e.g.
-    # a QVHighlights file covers videos that other shard sets hold.
-
-
 class LoaderStateError(LamflowError, ValueError):
     """A saved loader position that does not fit this loader (version, or a malformed state)."""
-
-
-def _check(condition: bool, name: str, expected: str, value: Any) -> None:
-    if not condition:
-        raise FieldError("LoaderConfig", name, value, expected)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass
-class LoaderConfig:
-    """How shards are streamed into batches (which shards, and the seed, are given to the loader)."""
-
-    # Streams concatenated into one sequence, in this order (the query text first so it reads as a prefix).
-    streams: tuple[str, ...] = ("text", "video", "audio")
-    # Streams a sample must not have empty: one without tokens there is skipped and counted (skipped_empty).
-    required_streams: tuple[str, ...] = ("video",)
-    # Items per batch on each rank (the global batch is batch_size * world_size * optim.grad_accum).
-    batch_size: int = 8
-    # DataLoader worker processes per rank; shards are split between workers.
-    num_workers: int = 0
-    # Items held in the shuffle buffer during training (larger = better mixing, more memory).
-    shuffle_buffer: int = 256
-    # Items per training epoch over all ranks; null = one pass over the shards.
-    samples_per_epoch: int | None = None
-    # Group items of similar length into a batch to waste less compute on padding.
-    bucket_by_length: bool = True
-    # Items gathered before sorting them into length buckets (at least batch_size).
-    bucket_buffer: int = 64
-    # Optional cap on tokens per stream, e.g. {audio: 2000}; longer streams are truncated (first tokens kept).
-    max_stream_tokens: dict[str, int] | None = None
-    # Optional fixed layout, e.g. {text: 16, video: 32, audio: 320}: every stream is cut (first tokens kept) and
-    # padded to exactly this many tokens, so each sequence position always holds the same stream and slot
-    # whatever the batch (the "fixed" mask generator's columns are absolute positions: it needs this).
-    fixed_lengths: dict[str, int] | None = None
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`FieldError` naming the first field whose value is not allowed (also after edits)."""
-        for name in ("streams", "required_streams"):
-            if isinstance(getattr(self, name), list):
-                setattr(self, name, tuple(getattr(self, name)))  # YAML gives lists
-        _check(
-            isinstance(self.streams, tuple) and bool(self.streams) and all(isinstance(s, str) for s in self.streams)
-            and len(set(self.streams)) == len(self.streams),
-            "streams", "a non-empty list of distinct stream names, e.g. ['text', 'video', 'audio']", self.streams,
-        )
-        _check(isinstance(self.required_streams, tuple) and set(self.required_streams) <= set(self.streams) - TASK_STREAMS,
-               "required_streams", f"shard streams listed in streams {[s for s in self.streams if s not in TASK_STREAMS]}",
-               self.required_streams)
-        for name, minimum in (("batch_size", 1), ("num_workers", 0), ("shuffle_buffer", 1), ("bucket_buffer", 1)):
-            value = getattr(self, name)
-            _check(_is_int(value) and value >= minimum, name, f"an int >= {minimum}", value)
-        _check(self.samples_per_epoch is None or (_is_int(self.samples_per_epoch) and self.samples_per_epoch >= 1),
-               "samples_per_epoch", "null (one pass) or an int >= 1", self.samples_per_epoch)
-        _check(isinstance(self.bucket_by_length, bool), "bucket_by_length", "true or false", self.bucket_by_length)
-        _check(not self.bucket_by_length or self.bucket_buffer >= self.batch_size, "bucket_buffer",
-               f"at least batch_size ({self.batch_size}) items when bucket_by_length is on", self.bucket_buffer)
-        limits = self.max_stream_tokens
-        _check(limits is None or (isinstance(limits, dict) and all(
-            name in self.streams and _is_int(n) and n >= 1 for name, n in limits.items())),
-            "max_stream_tokens", f"null or {{stream: int >= 1}} with streams from {list(self.streams)}", limits)
-        fixed = self.fixed_lengths
-        _check(fixed is None or (isinstance(fixed, dict) and set(fixed) == set(self.streams) and all(
-            _is_int(n) and n >= 1 for n in fixed.values())),
-            "fixed_lengths", f"null or {{stream: int >= 1}} for every stream of {list(self.streams)}", fixed)
-        _check(fixed is None or limits is None, "max_stream_tokens",
-               "null when fixed_lengths is set (fixed_lengths already cuts every stream)", limits)
 
 
 @dataclass(frozen=True)
@@ -273,9 +184,10 @@ class _EpochStream:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         counter = SkipCounter()
+        # A task drawing per-item randomness (QVHighlightsTask's window cut) draws it from the epoch's seed, here
+        # in the worker that makes the items, so a resumed epoch yields the same items. (hasattr: an adapter that
+        # does not subclass Task, CaptioningTask today, lacks the default.)
         if hasattr(self.task, "start_epoch"):
-            # A task drawing per-item randomness (QVHighlightsTask's window cut) draws it from the epoch's seed,
-            # here in the worker that makes the items, so a resumed epoch yields the same items.
             self.task.start_epoch(self.plan.seed, self.plan.epoch)
         try:
             for index, items in enumerate(self._batches(worker, counter)):
@@ -348,16 +260,16 @@ class StreamingLoader:
         config = config or LoaderConfig()
         if mode not in MODES:
             raise ValueError(f"StreamingLoader mode: expected one of {MODES}, got {mode!r}")
-        if not (_is_int(world_size) and world_size >= 1 and _is_int(rank) and 0 <= rank < world_size):
+        if not (is_int(world_size) and world_size >= 1 and is_int(rank) and 0 <= rank < world_size):
             raise ValueError(f"StreamingLoader: need 0 <= rank < world_size, got rank={rank!r} world_size={world_size!r}")
-        if not (_is_int(seed) and seed >= 0):
+        if not (is_int(seed) and seed >= 0):
             raise ValueError(f"StreamingLoader: seed must be an int >= 0, got {seed!r}")
         self.config, self.task, self.rank, self.world_size, self.mode = config, task, rank, world_size, mode
         self.spec, self.seed = shards, seed
         self.shards = resolve_shards(shards)
         matches = self.shards.join(task.names(), what=f"{task.source}")  # (shard, key, annotated name)
         joined = {key: name for _, key, name in matches}
-        if getattr(task, "every_name_in_shards", False):
+        if task.every_name_in_shards:
             unknown = sorted(set(task.names()) - set(joined.values()))
             if unknown:
                 more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
@@ -424,7 +336,7 @@ class StreamingLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (it seeds the shuffles). Re-selecting the current epoch keeps a resumed position."""
-        if not (_is_int(epoch) and epoch >= 0):
+        if not (is_int(epoch) and epoch >= 0):
             raise ValueError(f"set_epoch: expected an int >= 0, got {epoch!r}")
         if epoch != self.epoch:
             self.epoch, self.batches_done = epoch, 0
@@ -445,7 +357,7 @@ class StreamingLoader:
                 "another lamflow version whose data position cannot be continued; start a new run"
             )
         for name in ("epoch", "batches_done", "seed", "world_size", "num_workers", "items"):
-            if not (_is_int(state.get(name)) and state[name] >= 0):
+            if not (is_int(state.get(name)) and state[name] >= 0):
                 raise LoaderStateError(f"loader state: '{name}' must be an int >= 0, got {state.get(name)!r}")
         if state["seed"] != self.seed:
             log.warning("loader state seed %d replaces the seed %d to continue the saved run", state["seed"], self.seed)

@@ -51,9 +51,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from lamflow.contract import TEXT_STREAM
 from lamflow.datasets.qvhighlights_format import CLIP_SECONDS, MAX_SALIENCY, NUM_ANNOTATORS
+from lamflow.datasets.task import Task
 from lamflow.datasets.texts import TextStore
+from lamflow.datasets.windows import cut_window
 from lamflow.errors import DataFileError
 from lamflow.fileio import iter_jsonl, read_json
 
@@ -241,8 +242,10 @@ def load_queries(path: str | Path) -> list[QVHighlightsQuery]:
     return queries
 
 
-class QVHighlightsTask:
+class QVHighlightsTask(Task):
     """Task adapter: one item per (video, query); see the module docstring."""
+
+    prediction_field = "qid"  # predictions are QVHighlights lines {"qid", "pred_relevant_windows", ...}
 
     def __init__(self, annotations: str | Path, text_encoder: Callable[[str], Any] | None = None,
                  text_store: TextStore | None = None, window_seconds: float = 0.0, placement: str = "random"):
@@ -319,19 +322,13 @@ class QVHighlightsTask:
     def _cut(self, item: dict, query: QVHighlightsQuery) -> dict:
         """``item`` restricted to its query's window, times rebased to the window's start."""
         start, width = self.window_start(query), self.window_seconds
-        streams, timestamps = dict(item["streams"]), dict(item["timestamps"])
-        for name, times in item["timestamps"].items():
-            if name == TEXT_STREAM:
-                continue
-            first, stop = np.searchsorted(times, [start, start + width], side="left")
-            streams[name] = item["streams"][name][first:stop]
-            timestamps[name] = times[first:stop] - np.float32(start)
+        cut = cut_window(item["streams"], item["timestamps"], start, start + width, include_end=False)
         windows = tuple((max(s - start, 0.0), min(e - start, width)) for s, e in query.windows
                         if e > start and s < start + width)
         view = dataclasses.replace(query, duration=width, windows=windows, clip_ids=(), scores=(),
                                    saliency_labelled=False)
-        return {**item, "query": view, "duration": width, "window_start": start, "streams": streams,
-                "timestamps": timestamps}
+        return {**item, "query": view, "duration": width, "window_start": start, "streams": cut.streams,
+                "timestamps": cut.timestamps}
 
     def items(self, sample: dict, name: str) -> Iterator[dict]:
         for query in self.by_vid.get(name, ()):
