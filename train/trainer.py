@@ -31,6 +31,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from lamflow.datasets.token_rates import check_same_rates
 from lamflow.errors import LamflowError
 from lamflow.fileio import write_jsonl_atomic
 from lamflow.train.build import build_adapter, build_loader, build_model, check_attention, head_facts, resolve_input_dims
@@ -152,6 +153,8 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
     model = build_model(config, input_dims, facts).to(ctx.device)
     val_adapter = build_adapter(config.data, "val", mode="eval") if config.data.val_shards else None
     val_loader = build_loader(config, "val", val_adapter, ctx.rank, ctx.world_size, mode="eval") if val_adapter else None
+    if val_loader is not None:  # a model trained on 1-fps tokens and scored on 2-fps ones scores garbage
+        check_same_rates(train_loader, val_loader)
     compute_loss = get_task(config.data.task).loss
 
     # Weight decay on matrices only: decaying norms and biases hurts and buys nothing.
