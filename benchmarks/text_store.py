@@ -1,7 +1,7 @@
 """Text store cost at MAD's scale: index time, index memory and random lookups per second.
 
 Writes a MAD-style language file (``--sentences`` datasets of 5..30 x ``--dim`` float16 tokens; MAD has
-~384,000 sentences of CLIP 512-d tokens), imports it with ``import_h5(..., stream="text")``, then builds a
+~384,000 sentences of CLIP 512-d tokens), imports it with ``import_h5(..., ImportOptions(stream="text"))``, then builds a
 ``TextStore`` over the shards (tar headers + meta.json, never the arrays) and reads random ids by seeking.
 The index cost depends on the number of sentences, not their width, so a small ``--dim`` measures it at
 full count without writing gigabytes.
@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from lamflow.datasets.texts import TextStore
+from lamflow.pipelines.feature_files import ImportOptions
 from lamflow.pipelines.h5io import import_h5
 
 
@@ -42,7 +43,7 @@ def main() -> None:
             for sentence in range(args.sentences):
                 h5.create_dataset(str(sentence), data=rng.standard_normal((int(rng.integers(5, 31)), args.dim)).astype(np.float16))
         started = time.perf_counter()
-        import_h5(root / "lang.h5", root / "texts", stream="text", shard_samples=10_000)
+        import_h5(root / "lang.h5", root / "texts", ImportOptions(stream="text", shard_samples=10_000))
         import_seconds = time.perf_counter() - started
         shard_bytes = sum(p.stat().st_size for p in (root / "texts" / "shards").glob("*.tar"))
 

@@ -27,7 +27,8 @@ import numpy as np
 
 from lamflow.contract import SHARDS_DIR, SIZES, array_width, is_token_field, iter_members, join_names, npy_header, output_dirs
 from lamflow.errors import DataFileError
-from lamflow.sample_index import SampleIndex, annotated_lookups, open_index, read_tar_keys, shard_urls
+from lamflow.sample_index import open_index, read_tar_keys, shard_urls
+from lamflow.sample_index_lookup import SampleIndex, annotated_lookups
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Learnable Attention Mask transformer (see LAM_SPEC.md)."""
+"""Learnable Attention Mask transformer (see docs/LAM_SPEC.md, "The encoder")."""
 from lamflow.lam.config import LAMConfig
 from lamflow.lam.encoder import LAMEncoder, LAMOutput
 from lamflow.lam.masks_io import SavedMasks, load_masks, save_masks

@@ -1,4 +1,4 @@
-"""LAMConfig: every knob of the LAM encoder, validated at construction (see LAM_SPEC.md)."""
+"""LAMConfig: every knob of the LAM encoder, validated at construction (see docs/LAM_SPEC.md, "Configuration")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -212,10 +212,20 @@ def decode_json(data: bytes, name: str) -> Any:
         raise ContractError(f"{name}: not valid JSON ({error})") from None
 
 
+def decode_meta(data: bytes, name: str) -> dict[str, Any]:
+    """A sample's ``meta.json`` member: a JSON object (anything else is a :class:`ContractError` naming ``name``)."""
+    meta = decode_json(data, name)
+    if not isinstance(meta, dict):
+        raise ContractError(f"{name}: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
 def decode_member(name: str, data: bytes) -> Any:
     """A member's value: ``.npy`` as an array, ``.json`` as an object, anything else as its bytes."""
     if name.endswith(".npy"):
         return decode_npy(data, name)
+    if name == META:
+        return decode_meta(data, name)
     if name.endswith(".json"):
         return decode_json(data, name)
     return data

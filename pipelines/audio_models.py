@@ -73,18 +73,17 @@ class PretrainedAudioEncoder:
 
     kind = ""
 
-    def __init__(self, name: str, sample_rate: int, hop: float, device: str, model_rate: int,
-                 weights_sha256: str | None, dim: int):
-        if sample_rate != model_rate:
+    def __init__(self, name: str, settings: ExtractSettings, model_rate: int, weights_sha256: str | None, dim: int):
+        if settings.sample_rate != model_rate:
             raise AudioModelError(
-                f"audio model {name!r} runs on {model_rate} Hz audio but sample_rate is {sample_rate}; "
+                f"audio model {name!r} runs on {model_rate} Hz audio but sample_rate is {settings.sample_rate}; "
                 f"pass --sample-rate {model_rate}"
             )
         self.model = name
-        self.sample_rate = int(sample_rate)
-        self.hop = float(hop)
-        self.hop_samples = round(hop * sample_rate)
-        self.device = torch.device(device)
+        self.sample_rate = settings.sample_rate
+        self.hop = float(settings.audio_hop)
+        self.hop_samples = settings.audio_hop_samples
+        self.device = torch.device(settings.device)
         self.weights_sha256 = weights_sha256
         self.dim = dim
 
@@ -135,8 +134,7 @@ class Wav2Vec2Encoder(PretrainedAudioEncoder):
     def __init__(self, name: str, model: nn.Module, conv_layers: list[tuple[int, int, int]] | None,
                  normalize_waveform: bool, model_rate: int, weights_sha256: str | None, settings: ExtractSettings):
         self.frame_step, self.receptive_field = _conv_geometry(conv_layers)
-        super().__init__(name, settings.sample_rate, settings.audio_hop, settings.device, model_rate,
-                         weights_sha256, int(model.encoder.feature_projection.projection.out_features))
+        super().__init__(name, settings, model_rate, weights_sha256, int(model.encoder.feature_projection.projection.out_features))
         if self.hop_samples % self.frame_step:
             frame_seconds = self.frame_step / self.sample_rate
             raise AudioModelError(
@@ -189,8 +187,7 @@ class Cnn14Encoder(PretrainedAudioEncoder):
     kind = "PANNs CNN14 clip embedding (fc1) per hop"
 
     def __init__(self, name: str, model: Cnn14, weights_sha256: str | None, settings: ExtractSettings):
-        super().__init__(name, settings.sample_rate, settings.audio_hop, settings.device, model.config.sample_rate,
-                         weights_sha256, model.config.embedding_dim)
+        super().__init__(name, settings, model.config.sample_rate, weights_sha256, model.config.embedding_dim)
         self.min_samples = model.config.min_samples
         if self.hop_samples < self.min_samples:
             raise AudioModelError(
@@ -329,7 +326,7 @@ def load_audio_encoder(settings: ExtractSettings) -> AudioEncoder:
     """The audio encoder ``settings.audio_model`` names, built for ``settings`` (rate, hop, device)."""
     name = settings.audio_model
     if name == LOG_MEL:
-        return AudioTokenizer(settings.sample_rate, settings.audio_hop, settings.n_mels)
+        return AudioTokenizer(settings)
     if os.path.isfile(name):
         return _from_checkpoint(name, settings)
     if name in wav2vec2_bundles():

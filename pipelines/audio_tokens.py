@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from lamflow.pipelines.settings import LOG_MEL
+from lamflow.pipelines.settings import LOG_MEL, ExtractSettings
 
 LOG_FLOOR = 1e-10  # keeps log finite on digital silence
 TIMESTAMP_RULE = "start of hop"
@@ -47,15 +47,15 @@ class AudioTokenizer:
 
     model = LOG_MEL  # what ExtractSettings.audio_model calls this encoder
 
-    def __init__(self, sample_rate: int = 16000, hop: float = 0.1, n_mels: int = 64, chunk_tokens: int = 600):
-        self.sample_rate = int(sample_rate)
-        self.hop = float(hop)
-        self.n_mels = int(n_mels)
-        self.hop_samples = round(hop * sample_rate)
-        if self.hop_samples < 1:
-            raise ValueError(f"audio hop {hop} s is shorter than one sample at {sample_rate} Hz")
-        self.mel_step = min(round(0.010 * sample_rate), self.hop_samples)
-        self.n_fft = round(0.025 * sample_rate)
+    def __init__(self, settings: ExtractSettings, chunk_tokens: int = 600):
+        """Tokens of ``settings.n_mels`` bands per ``settings.audio_hop`` seconds of ``settings.sample_rate`` audio
+        (validated settings: the hop is a whole number of samples)."""
+        self.sample_rate = settings.sample_rate
+        self.hop = float(settings.audio_hop)
+        self.n_mels = settings.n_mels
+        self.hop_samples = settings.audio_hop_samples
+        self.mel_step = min(round(0.010 * self.sample_rate), self.hop_samples)
+        self.n_fft = round(0.025 * self.sample_rate)
         self.chunk_tokens = chunk_tokens
         # center=False: the signal is padded by hand (zeros, n_fft//2 each side) so that frame j is
         # centred on sample j*mel_step, and chunks can be cut from the padded signal exactly.

@@ -83,7 +83,7 @@ def _create_model(model_name: str, pretrained: str, device: str) -> torch.nn.Mod
 
 
 class ClipEncoder:
-    """One open_clip model; encodes frames prepared by decode.iter_frames and texts, in inference mode."""
+    """One open_clip model; encodes frames prepared by video_decode.iter_frames and texts, in inference mode."""
 
     def __init__(self, model_name: str, pretrained: str = "none", device: str = "cpu"):
         register_lamflow_models()

@@ -90,17 +90,34 @@ class Imported:
     pooled: np.ndarray | None = None  # a text's pooled feature (D,), when the file has one
 
 
-def check_import_arguments(stream: str, fps: float | None, dtype: str | None, what: str) -> None:
-    """The rules every import shares: a known stream; a rate for features and none for text; a known dtype.
-    ``what`` names the input's rows in the message (e.g. 'of the h5 file, e.g. 5 for MAD's CLIP frames')."""
-    if stream not in STREAMS:
-        raise DataFileError(f"stream must be one of {STREAMS}, got {stream!r}")
-    if stream == TEXT_STREAM and fps is not None:
-        raise DataFileError(f"fps={fps!r} does not apply to stream text: sentence tokens have no rate; leave --fps out")
-    if stream != TEXT_STREAM and not (isinstance(fps, (int, float)) and fps > 0):
-        raise DataFileError(f"fps must be > 0 for stream {stream} (feature rows per second {what}), got {fps!r}")
-    if dtype is not None and dtype not in DTYPES:
-        raise DataFileError(f"dtype must be one of {DTYPES} or None (keep the file's), got {dtype!r}")
+@dataclass(frozen=True)
+class ImportOptions:
+    """How a feature file is imported, whatever its layout (the options of ``import-h5`` and ``import-npz``)."""
+
+    stream: str = "video"  # what the arrays are: video or audio features, or text (query/sentence token features)
+    fps: float | None = None  # feature rows per second: required for video/audio, None for text
+    dtype: str | None = None  # dtype to store; None keeps the file's float16/float32 (others become float32)
+    shard_samples: int = DEFAULT_SHARD_SAMPLES
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    overwrite: bool = False  # delete the output's previous shards and records first
+
+    def check(self, what: str) -> None:
+        """The rules every import shares: a known stream; a rate for features and none for text; a known dtype.
+        ``what`` names the input's rows in the message (e.g. 'of the h5 file, e.g. 5 for MAD's CLIP frames')."""
+        stream, fps = self.stream, self.fps
+        if stream not in STREAMS:
+            raise DataFileError(f"stream must be one of {STREAMS}, got {stream!r}")
+        if stream == TEXT_STREAM and fps is not None:
+            raise DataFileError(f"fps={fps!r} does not apply to stream text: sentence tokens have no rate; leave --fps out")
+        if stream != TEXT_STREAM and not (isinstance(fps, (int, float)) and fps > 0):
+            raise DataFileError(f"fps must be > 0 for stream {stream} (feature rows per second {what}), got {fps!r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise DataFileError(f"dtype must be one of {DTYPES} or None (keep the file's), got {self.dtype!r}")
+
+    def recorded(self) -> dict[str, Any]:
+        """What the run record keeps of these options: what the features are (a resume with others is refused);
+        shard sizes and overwrite only shape this run's writing."""
+        return {"stream": self.stream, "fps": self.fps, "dtype": self.dtype}
 
 
 def check_array(shape: tuple[int, ...], dtype: np.dtype, where: str, expected: str, ndim: int = 2) -> None:
@@ -227,23 +244,19 @@ def import_arrays(
     source_of: Callable[[str], str],
     out_dir: str | Path,
     record: dict[str, Any],
-    stream: str,
-    fps: float | None,
-    dtype: str | None,
+    options: ImportOptions,
     origin: str,
-    shard_samples: int = DEFAULT_SHARD_SAMPLES,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
-    overwrite: bool = False,
     warnings: Sequence[str] = (),
 ) -> ImportSummary:
     """Write one sample per name (``read(name)`` gives its array) into ``out_dir``; resumable like extraction.
 
-    ``names`` are the arrays' ids (video ids, or text ids for ``stream`` text), checked by the caller;
+    ``names`` are the arrays' ids (video ids, or text ids for stream text), checked by the caller;
     ``source_of(name)`` is the manifest's source of each; ``record`` the run's settings (compared on resume);
     ``origin`` names the input in notes (e.g. the h5 file's name).
     """
+    stream, fps, dtype = options.stream, options.fps, options.dtype
     started = time.perf_counter()
-    output = OutputDir(Path(out_dir), record, overwrite=overwrite)
+    output = OutputDir(Path(out_dir), record, overwrite=options.overwrite)
     try:
         planned = {source_of(name): key for name, key in array_keys(names).items()}
         # assign_keys keeps the keys it is given (an earlier run's first) and refuses a clash
@@ -251,7 +264,7 @@ def import_arrays(
         done = output.done_sources()
         todo = [n for n in names if source_of(n) not in done]
         failures: dict[str, str] = {}
-        with output.shard_sink(shard_samples, shard_bytes) as sink:
+        with output.shard_sink(options.shard_samples, options.shard_bytes) as sink:
             for name in todo:
                 source = source_of(name)
                 key, item = keys[source], read(name)

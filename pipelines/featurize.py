@@ -12,13 +12,14 @@ import numpy as np
 from lamflow import __version__ as lamflow_version
 from lamflow.devices import require_device
 from lamflow.pipelines import moment_detr
+from lamflow.pipelines.audio_decode import decode_audio
 from lamflow.pipelines.audio_models import AudioEncoder, load_audio_encoder
 from lamflow.pipelines.audio_tokens import AudioTokenizer
 from lamflow.pipelines.clip_encoder import ClipEncoder
-from lamflow.pipelines.decode import (
-    DecodeLog, MediaInfo, decode_audio, decoded_duration, duration_note, ffmpeg_version, iter_frames, probe,
-)
+from lamflow.pipelines.ffmpeg_process import ffmpeg_version
+from lamflow.pipelines.probe import DecodeLog, MediaInfo, decoded_duration, duration_note, probe
 from lamflow.pipelines.settings import ExtractSettings
+from lamflow.pipelines.video_decode import iter_frames
 
 # Streams whose first samples are further apart than this get a note: their timestamps are each
 # measured from their own stream's start.

@@ -6,7 +6,7 @@ timestamps ``index / fps``; the other stream an empty (0, 0) array plus a note, 
 unknown), with the same manifest/resume machinery as video extraction.
 
 A MAD-style language file (``CLIP_language_tokens_features.h5``) holds one dataset per sentence id, an
-n_words x D array of token features. ``import_h5(..., stream="text")`` makes one sample per sentence:
+n_words x D array of token features. ``import_h5`` with stream text makes one sample per sentence:
 ``text.npy`` is 1 x n_words x D (the contract's K x L x D text layout, K = 1) and ``meta.json`` lists
 ``texts: [{"id": <sentence id>, "tokens": n_words}]``; there is no video or audio stream and no rate. Such a
 shard set is what ``lamflow.datasets.texts.TextStore`` reads query tokens from.
@@ -39,17 +39,16 @@ from lamflow.errors import DataFileError
 from lamflow.fileio import commit_temp, temp_path
 from lamflow.pipelines.feature_files import (
     STREAMS,
+    ImportOptions,
     ImportSummary,
     Imported,
     check_array,
-    check_import_arguments,
     check_text_rows,
     dataset_shards,
     import_arrays,
     stream_arrays,
     text_arrays,
 )
-from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -103,37 +102,27 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         raise DataFileError(f"{path}: not a readable HDF5 file ({error})") from None
 
 
-def import_h5(
-    h5_path: str | Path,
-    out_dir: str | Path,
-    stream: str = "video",
-    fps: float | None = None,
-    dtype: str | None = None,
-    shard_samples: int = DEFAULT_SHARD_SAMPLES,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
-    overwrite: bool = False,
-) -> ImportSummary:
+def import_h5(h5_path: str | Path, out_dir: str | Path, options: ImportOptions = ImportOptions()) -> ImportSummary:
     """Import every dataset of a MAD-style ``h5_path`` as one sample each; resumable like extraction.
 
-    ``stream`` video/audio: a feature file (one T x D array per video id, ``fps`` rows per second, required);
-    ``stream`` text: a language file (one n_words x D array per sentence id; ``fps`` must be None).
+    Stream video/audio: a feature file (one T x D array per video id, ``options.fps`` rows per second,
+    required); stream text: a language file (one n_words x D array per sentence id; no fps).
     """
-    check_import_arguments(stream, fps, dtype, "of the h5 file, e.g. 5 for MAD's CLIP frames")
+    options.check("of the h5 file, e.g. 5 for MAD's CLIP frames")
     h5_path = Path(h5_path).resolve()
     if not h5_path.is_file():
         raise DataFileError(f"h5 file {h5_path} does not exist")
-    record = {"kind": "h5-import", "settings": {"file": str(h5_path), "stream": stream, "fps": fps, "dtype": dtype},
+    record = {"kind": "h5-import", "settings": {"file": str(h5_path), **options.recorded()},
               "texts": None, "lamflow_version": __version__}
     with _open_h5(h5_path, "r") as h5:  # checked before the output directory is touched
-        shapes = _feature_datasets(h5, h5_path, stream)
-    warnings = _check_kind(shapes, h5_path, stream)
+        shapes = _feature_datasets(h5, h5_path, options.stream)
+    warnings = _check_kind(shapes, h5_path, options.stream)
     for warning in warnings:
         log.warning("%s: %s", h5_path, warning)
     with _open_h5(h5_path, "r") as h5:
         return import_arrays(
             list(shapes), lambda name: Imported(h5[name][()], {"imported_from": str(h5_path), "dataset": name}),
-            lambda name: f"{h5_path}#{name}", out_dir, record, stream, fps, dtype, h5_path.name,
-            shard_samples, shard_bytes, overwrite, warnings,
+            lambda name: f"{h5_path}#{name}", out_dir, record, options, h5_path.name, warnings,
         )
 
 

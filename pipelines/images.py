@@ -33,7 +33,7 @@ from lamflow import __version__ as lamflow_version
 from lamflow.contract import IMAGE_STREAM, timestamps_field, tokens_field
 from lamflow.devices import require_device
 from lamflow.pipelines.clip_encoder import ClipEncoder
-from lamflow.pipelines.decode import DecodeError
+from lamflow.pipelines.ffmpeg_process import DecodeError
 from lamflow.pipelines.settings import ImageSettings
 
 DECODER = f"Pillow {PIL.__version__}"

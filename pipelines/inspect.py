@@ -21,6 +21,7 @@ from lamflow.contract import (
     META,
     SHARDS_DIR,
     SIZES,
+    decode_meta,
     final_shards,
     iter_members,
     npy_header,
@@ -73,11 +74,11 @@ def _scan_shard(path: Path, streams: dict[str, StreamSummary], keys: Counter, no
                     summary.trailing_shapes[tuple(shape[1:])] += 1
                     summary.lengths.append(shape[0] if shape else 0)
                 elif name == META:
-                    for note in json.loads(tar.extractfile(member).read()).get("notes", []):
+                    for note in decode_meta(tar.extractfile(member).read(), member.name).get("notes", []):
                         lead = note.split(":")[0]  # group notes by their lead, e.g. "no audio stream"
                         notes[lead] += 1
                         note_examples.setdefault(lead, note)  # the first one whole, for the printed report
-            except (ValueError, UnicodeDecodeError, AttributeError) as error:  # bad npy header / JSON / not an object
+            except ValueError as error:  # a bad npy header; a meta.json that is not a JSON object (ContractError)
                 problems.append(f"{path.name}: member {member.name} is damaged ({type(error).__name__}: {error})")
     except (tarfile.TarError, OSError, EOFError) as error:
         problems.append(f"{path.name}: unreadable after {len(seen)} sample(s) ({type(error).__name__}: {error}); "

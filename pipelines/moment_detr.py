@@ -15,7 +15,7 @@ same kind (the layout: pipelines/npzio.py). This module reproduces them:
   projection, one row per token from the start token to the end token; ``pooler_output``, the end token's
   row times the projection.
 
-Where this differs from lamflow's own rule (decode.frame_filter_graph): lamflow gives ceil(D * fps) frames,
+Where this differs from lamflow's own rule (video_decode.frame_filter_graph): lamflow gives ceil(D * fps) frames,
 one per started interval, the frame on screen at its start or middle, keeps the display aspect ratio
 (bicubic), and L2-normalises projected text tokens. Here the count is whatever ffmpeg's fps filter emits
 (round(D / 2) with halves up, at least one: 4 s give 2 clips, 5 s give 3), the frame is the last one before
@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from lamflow.pipelines.clip_encoder import ClipEncoder, ClipWeightsError
-from lamflow.pipelines.decode import DecodeLog, MediaInfo, iter_filtered_frames
+from lamflow.pipelines.probe import DecodeLog, MediaInfo
 from lamflow.pipelines.settings import MOMENT_DETR as PRESET
+from lamflow.pipelines.video_decode import iter_filtered_frames
 
 CLIP_SECONDS = 2.0  # one feature per clip of this length (QVHighlights' clip ids count them)
 SIZE = 224  # the crop: the model must take 224 x 224 inputs

@@ -36,17 +36,16 @@ from lamflow.contract import MEDIA_STREAMS, META, TEXT_POOLED, TEXT_STREAM, TEXT
 from lamflow.errors import DataFileError
 from lamflow.fileio import atomic_open
 from lamflow.pipelines.feature_files import (
+    ImportOptions,
     ImportSummary,
     Imported,
     check_array,
-    check_import_arguments,
     check_text_rows,
     dataset_shards,
     import_arrays,
     sample_names,
 )
 from lamflow.pipelines.settings import MOMENT_DETR
-from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES
 
 FEATURES_KEY = "features"
 HIDDEN_KEY = "last_hidden_state"
@@ -145,23 +144,15 @@ def _one_width(widths: dict[str, int], folder: Path) -> None:
                             f"have {usual}; one folder holds one feature type")
 
 
-def import_npz(
-    folder: str | Path,
-    out_dir: str | Path,
-    stream: str = "video",
-    fps: float | None = None,
-    dtype: str | None = None,
-    shard_samples: int = DEFAULT_SHARD_SAMPLES,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
-    overwrite: bool = False,
-) -> ImportSummary:
+def import_npz(folder: str | Path, out_dir: str | Path, options: ImportOptions = ImportOptions()) -> ImportSummary:
     """Import every feature file of ``folder`` as one sample each; resumable like extraction.
 
-    ``stream`` video/audio: ``{vid}.npz`` (key ``features``) or ``{vid}.npy`` files of T x D rows at ``fps``
-    rows per second (0.5 for moment_detr's 2-s clips); ``stream`` text: ``qid{qid}.npz`` files
-    (``last_hidden_state``, optional ``pooler_output``), no ``fps``.
+    Stream video/audio: ``{vid}.npz`` (key ``features``) or ``{vid}.npy`` files of T x D rows at
+    ``options.fps`` rows per second (0.5 for moment_detr's 2-s clips); stream text: ``qid{qid}.npz`` files
+    (``last_hidden_state``, optional ``pooler_output``), no fps.
     """
-    check_import_arguments(stream, fps, dtype, "of the folder, e.g. 0.5 for moment_detr's 2-s clips")
+    options.check("of the folder, e.g. 0.5 for moment_detr's 2-s clips")
+    stream = options.stream
     folder = Path(folder).resolve()
     if not folder.is_dir():
         raise DataFileError(f"feature folder {folder} does not exist or is not a folder")
@@ -183,10 +174,9 @@ def import_npz(
         return Imported(_load(path, keys[name]), {"imported_from": str(path), "feature_dir": folder.name,
                                                    "key": keys[name]}, pooled)
 
-    record = {"kind": "npz-import", "settings": {"folder": str(folder), "stream": stream, "fps": fps, "dtype": dtype},
+    record = {"kind": "npz-import", "settings": {"folder": str(folder), **options.recorded()},
               "texts": None, "lamflow_version": __version__}
-    return import_arrays(list(files), read, lambda name: str(files[name]), out_dir, record, stream, fps, dtype,
-                         f"{folder.name}/", shard_samples, shard_bytes, overwrite)
+    return import_arrays(list(files), read, lambda name: str(files[name]), out_dir, record, options, f"{folder.name}/")
 
 
 # ---- export ----------------------------------------------------------------------------------------------

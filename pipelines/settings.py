@@ -126,6 +126,7 @@ class ExtractSettings(ClipSettings):
 
     @property
     def audio_hop_samples(self) -> int:
+        """The audio hop in samples, what every audio encoder counts tokens by (validate: a whole number)."""
         return round(self.audio_hop * self.sample_rate)
 
 

@@ -17,7 +17,6 @@ guaranteed. A fsync per sample would cost more than the sample on network file s
 """
 from __future__ import annotations
 
-import json
 import os
 import tarfile
 import time
@@ -29,6 +28,7 @@ from lamflow.contract import (
     SHARD_PATTERN,
     ContractError,
     array_width,
+    decode_meta,
     encode_sample,
     is_token_field,
     npy_header,
@@ -38,6 +38,7 @@ from lamflow.contract import (
 from lamflow.errors import ConfigError
 from lamflow.fileio import commit_temp, final_path, mkdir_durable, temp_path
 
+# A shard is closed at whichever comes first (the --shard-samples / --shard-bytes defaults of every command).
 DEFAULT_SHARD_SAMPLES = 1000
 DEFAULT_SHARD_BYTES = 1_000_000_000
 _BLOCK = tarfile.BLOCKSIZE
@@ -218,10 +219,8 @@ def complete_samples(path: Path) -> tuple[list[Kept], int]:
             key = member_key
             if field == META:
                 try:
-                    meta = json.loads(tar.extractfile(info).read())
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    break
-                if not isinstance(meta, dict):
+                    meta = decode_meta(tar.extractfile(info).read(), info.name)
+                except ContractError:
                     break
                 samples.append((key, meta, widths))
                 key, end, widths = None, info.offset_data + info.size + (-info.size % _BLOCK), {}

@@ -18,7 +18,6 @@ from lamflow.pipelines.sources import local_copy
 
 _lock = threading.Lock()  # threads of one worker share the model; only one may load it
 _cache: dict[ClipSettings, Any] = {}  # frozen dataclass: equal settings hash equal after pickling
-_counters = {"encoder_loads": 0, "videos": 0}
 
 
 def _load_encoders(settings: ClipSettings) -> Any:
@@ -38,16 +37,7 @@ def cached_encoders(settings: ClipSettings) -> Any:
         if settings not in _cache:
             _cache.clear()  # free the previous model before loading another
             _cache[settings] = _load_encoders(settings)
-            _counters["encoder_loads"] += 1
         return _cache[settings]
-
-
-def worker_counters() -> dict[str, int]:
-    """How often this worker process loaded encoders and how many inputs (videos or images) it handled.
-
-    Meant for ``client.run(worker_counters)``: the proof that models load once per worker.
-    """
-    return dict(_counters)
 
 
 @dataclass
@@ -89,10 +79,7 @@ def extract_video(
             else:
                 sample = featurize_video(path, key, settings, *encoders, texts=texts)
         sample["meta.json"] = {**sample["meta.json"], "source": source, **(extra_meta or {})}
-        outcome = VideoOutcome(source, key, sample, None, time.perf_counter() - start)
+        return VideoOutcome(source, key, sample, None, time.perf_counter() - start)
     except Exception as error:  # noqa: BLE001 - recorded per input, see docstring
         message = f"{type(error).__name__}: {error}".strip()
-        outcome = VideoOutcome(source, key, None, message, time.perf_counter() - start)
-    with _lock:
-        _counters["videos"] += 1
-    return outcome
+        return VideoOutcome(source, key, None, message, time.perf_counter() - start)

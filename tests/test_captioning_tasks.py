@@ -14,6 +14,7 @@ from lamflow.datasets.caption_text import decode_caption, end_id, start_id
 from lamflow.datasets.captioning import CaptioningTask
 from lamflow.datasets.loader import LoaderConfig, StreamingLoader
 from lamflow.errors import DataFileError, LamflowError
+from lamflow.pipelines.feature_files import ImportOptions
 from lamflow.pipelines.h5io import import_h5
 
 STREAMS = ("video", "audio")
@@ -185,7 +186,7 @@ def test_ads_read_frames_imported_from_a_mad_style_h5_file(tmp_path):
     fps, seconds = 5.0, 120.0
     with h5py.File(tmp_path / "frames.h5", "w") as h5:
         h5["tt0111161"] = np.random.default_rng(0).standard_normal((int(seconds * fps), 16)).astype(np.float32)
-    import_h5(tmp_path / "frames.h5", tmp_path / "mad", stream="video", fps=fps)
+    import_h5(tmp_path / "frames.h5", tmp_path / "mad", ImportOptions(stream="video", fps=fps))
     ads = jsonl(tmp_path / "ads.jsonl", [{"ad_id": "m1", "movie_id": "tt0111161", "start": 60.0, "end": 63.0,
                                           "ad": "Andy walks in the rain."}])
     batch = ad_items(tmp_path / "mad", ads, before=2.0, after=1.0, streams=("video",))["m1"]

@@ -17,6 +17,7 @@ from lamflow.commands import predict as predict_command
 from lamflow.datasets.caption_text import encode_caption
 from lamflow.errors import ConfigError
 from lamflow.fileio import read_jsonl
+from lamflow.pipelines.feature_files import ImportOptions
 from lamflow.pipelines.h5io import import_h5
 from lamflow.train.checkpoint import latest_checkpoint, load_checkpoint
 from lamflow.train.config import load_config
@@ -82,7 +83,7 @@ def test_audio_description_trains_on_imported_movie_frames_and_writes_ad_lines_t
     with h5py.File(tmp_path / "frames.h5", "w") as h5:
         for movie in ("tt001", "tt002"):
             h5[movie] = rng.standard_normal((60 * 5, 16)).astype(np.float32)  # 60 s at 5 fps
-    import_h5(tmp_path / "frames.h5", tmp_path / "mad", stream="video", fps=5.0)
+    import_h5(tmp_path / "frames.h5", tmp_path / "mad", ImportOptions(stream="video", fps=5.0))
     ads = [{"ad_id": f"{movie}-{i}", "movie_id": movie, "start": 5.0 + 9 * i, "end": 8.0 + 9 * i, "ad": CAPTIONS[i % 4]}
            for movie in ("tt001", "tt002") for i in range(5)]
     train_ads = write_jsonl(tmp_path / "train_ads.jsonl", [ad for ad in ads if ad["movie_id"] == "tt001"])

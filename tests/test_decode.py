@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from lamflow.pipelines.decode import (
-    DecodeError, DecodeLog, decode_audio, decoded_duration, duration_note, ffmpeg_version, frame_count, iter_frames,
-    probe,
-)
+from lamflow.pipelines.audio_decode import decode_audio
+from lamflow.pipelines.ffmpeg_process import DecodeError, ffmpeg_version
+from lamflow.pipelines.probe import DecodeLog, decoded_duration, duration_note, probe
+from lamflow.pipelines.video_decode import frame_count, iter_frames
 from media import rewrite_mp4_durations
 
 

@@ -144,7 +144,7 @@ def tone(hz, seconds, rate=16000):
 
 @pytest.mark.parametrize("n_samples", [0, 1, 1599, 1600, 1601, 48000, 48123])
 def test_one_token_per_started_hop_stamped_at_the_hop_start(n_samples):
-    tokens, ts = AudioTokenizer(16000, 0.1, 64)(np.zeros(n_samples, np.float32))
+    tokens, ts = AudioTokenizer(ExtractSettings())(np.zeros(n_samples, np.float32))
     expected = math.ceil(n_samples / 1600)
     assert tokens.shape == (expected, 64) and tokens.dtype == np.float32
     np.testing.assert_allclose(ts, np.arange(expected) * 0.1, atol=1e-6)
@@ -152,7 +152,7 @@ def test_one_token_per_started_hop_stamped_at_the_hop_start(n_samples):
 
 
 def test_higher_tone_moves_energy_to_higher_mel_bins():
-    tokenizer = AudioTokenizer(16000, 0.1, 64)
+    tokenizer = AudioTokenizer(ExtractSettings())
     low, _ = tokenizer(tone(300, 1.0))
     high, _ = tokenizer(tone(3000, 1.0))
     assert np.argmax(high.mean(0)) > np.argmax(low.mean(0)) + 10
@@ -160,16 +160,16 @@ def test_higher_tone_moves_energy_to_higher_mel_bins():
 
 def test_chunked_computation_equals_whole_signal():
     wave = np.random.default_rng(0).standard_normal(16000 * 5 + 333).astype(np.float32)
-    whole, _ = AudioTokenizer(16000, 0.1, 64, chunk_tokens=10_000)(wave)
-    chunked, _ = AudioTokenizer(16000, 0.1, 64, chunk_tokens=7)(wave)
+    whole, _ = AudioTokenizer(ExtractSettings(), chunk_tokens=10_000)(wave)
+    chunked, _ = AudioTokenizer(ExtractSettings(), chunk_tokens=7)(wave)
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
 
 
 def test_other_hops_and_mel_counts():
-    tokens, ts = AudioTokenizer(8000, 0.02, 40)(tone(440, 1.0, 8000))
+    tokens, ts = AudioTokenizer(ExtractSettings(sample_rate=8000, audio_hop=0.02, n_mels=40))(tone(440, 1.0, 8000))
     assert tokens.shape == (50, 40)
     np.testing.assert_allclose(ts[:3], [0.0, 0.02, 0.04], atol=1e-6)
-    assert AudioTokenizer(16000, 0.1, 64).provenance()["timestamps"] == "start of hop"
+    assert AudioTokenizer(ExtractSettings()).provenance()["timestamps"] == "start of hop"
 
 
 # --- settings ---------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from lamflow.pipelines.manifest import MANIFEST, OutputDir, OutputDirError, Reco
 from lamflow.pipelines.settings import ExtractSettings
 from lamflow.pipelines.shards import complete_samples
 from lamflow.pipelines.sources import SourceError
-from lamflow.pipelines.worker import worker_counters
 from media import make_media
 
 from lamflow.contract import read_samples, sample_dims
@@ -393,6 +392,32 @@ def test_a_cluster_without_workers_stops_the_run_with_one_clear_line(corpus, tmp
                         r"command again to continue\.", error), error
 
 
+_ENCODER_USE = {"encoder_loads": 0, "videos": 0}  # in a worker process: what _count_encoder_use counted there
+
+
+def _count_encoder_use() -> None:
+    """Sent to every worker before a run: from now on, count in this worker process the encoder loads
+    (worker._load_encoders) and the inputs handled (worker.cached_encoders, which extract_video calls once per
+    input, whatever becomes of it)."""
+    from lamflow.pipelines import worker
+
+    load, cached = worker._load_encoders, worker.cached_encoders
+
+    def counted_load(settings):
+        _ENCODER_USE["encoder_loads"] += 1
+        return load(settings)
+
+    def counted_cached(settings):
+        _ENCODER_USE["videos"] += 1
+        return cached(settings)
+
+    worker._load_encoders, worker.cached_encoders = counted_load, counted_cached
+
+
+def _encoder_use() -> dict[str, int]:
+    return dict(_ENCODER_USE)
+
+
 def test_existing_scheduler_workers_load_the_model_once_each(corpus, tmp_path):
     videos = tmp_path / "videos"
     clip = (corpus / "short.mkv").read_bytes()
@@ -401,11 +426,12 @@ def test_existing_scheduler_workers_load_the_model_once_each(corpus, tmp_path):
         (videos / f"c{i}.mkv").write_bytes(clip)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
+        client.run(_count_encoder_use)
         done = subprocess.run(CLI + [str(videos), "--out", str(tmp_path / "out"), "--scheduler", cluster.scheduler_address],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert "RANDOM" in done.stderr  # --pretrained none is said loudly
-        counters = client.run(worker_counters)
+        counters = client.run(_encoder_use)
     assert sum(c["videos"] for c in counters.values()) == 6
     assert max(c["videos"] for c in counters.values()) >= 2  # some worker reused its model
     for c in counters.values():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lamflow import __version__
-from lamflow.pipelines.decode import DecodeError
+from lamflow.pipelines.ffmpeg_process import DecodeError
 from lamflow.pipelines.featurize import featurize_video, load_encoders
 from lamflow.pipelines.settings import ExtractSettings
 from media import rewrite_mp4_durations

@@ -9,6 +9,7 @@ import pytest
 import webdataset as wds
 
 from lamflow.cli import main
+from lamflow.pipelines.feature_files import ImportOptions
 from lamflow.pipelines.h5io import export_h5, import_h5
 from lamflow.pipelines.manifest import SettingsMismatchError
 from contract_shards import D_TEXT, Video, write_extraction_dir
@@ -38,7 +39,7 @@ def read_samples(out):
 
 def test_import_writes_the_shard_contract_with_timestamps_and_an_empty_other_stream(mad_file, tmp_path):
     path, data = mad_file
-    summary = import_h5(path, tmp_path / "out", stream="video", fps=5.0, shard_samples=2)
+    summary = import_h5(path, tmp_path / "out", ImportOptions(stream="video", fps=5.0, shard_samples=2))
     assert (summary.datasets, summary.imported) == (3, 3)
     samples = read_samples(tmp_path / "out")
     assert sorted(samples) == ["group_nested", "movie_1", "tt0001_v2"]
@@ -68,7 +69,7 @@ def test_import_then_export_round_trips_every_dataset_exactly(mad_file, tmp_path
 
 def test_import_audio_stream_and_dtype_conversion(mad_file, tmp_path):
     path, data = mad_file
-    import_h5(path, tmp_path / "out", stream="audio", fps=10.0, dtype="float32")
+    import_h5(path, tmp_path / "out", ImportOptions(stream="audio", fps=10.0, dtype="float32"))
     sample = read_samples(tmp_path / "out")["tt0001_v2"]
     assert sample["audio.npy"].dtype == np.float32 and np.array_equal(sample["audio.npy"], data["tt0001.v2"].astype(np.float32))
     assert sample["video.npy"].shape == (0, 0)
@@ -79,11 +80,11 @@ def test_import_audio_stream_and_dtype_conversion(mad_file, tmp_path):
 
 def test_reimport_resumes_and_other_settings_are_refused(mad_file, tmp_path):
     path, _ = mad_file
-    import_h5(path, tmp_path / "out", fps=5.0)
-    again = import_h5(path, tmp_path / "out", fps=5.0)
+    import_h5(path, tmp_path / "out", ImportOptions(fps=5.0))
+    again = import_h5(path, tmp_path / "out", ImportOptions(fps=5.0))
     assert (again.imported, again.skipped_done, again.shards_written) == (0, 3, [])
     with pytest.raises(SettingsMismatchError, match=r"fps: 5\.0 -> 2\.0"):
-        import_h5(path, tmp_path / "out", fps=2.0)
+        import_h5(path, tmp_path / "out", ImportOptions(fps=2.0))
 
 
 def test_datasets_that_are_not_t_by_d_features_are_named_in_the_error(tmp_path):
@@ -91,7 +92,7 @@ def test_datasets_that_are_not_t_by_d_features_are_named_in_the_error(tmp_path):
     with h5py.File(path, "w") as h5:
         h5.create_dataset("vid/labels", data=np.arange(5))
     with pytest.raises(ValueError, match=r"dataset 'vid/labels' has shape \(5,\)"):
-        import_h5(path, tmp_path / "out", fps=1.0)
+        import_h5(path, tmp_path / "out", ImportOptions(fps=1.0))
     assert main(["import-h5", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "o"), "--fps", "1"]) == 2
 
 
@@ -120,7 +121,7 @@ def test_a_language_file_imports_one_text_sample_per_sentence_id(language_file, 
     assert {r["original_name"]: r["dims"] for r in records} == {name: {"text": D_WORDS} for name in arrays}
     assert all(r["duration"] is None for r in records)  # text has no time
 
-    again = import_h5(path, tmp_path / "texts", stream="text")  # resumable like every import
+    again = import_h5(path, tmp_path / "texts", ImportOptions(stream="text"))  # resumable like every import
     assert (again.imported, again.skipped_done) == (0, 4)
     assert main(["export-h5", str(tmp_path / "texts"), "--out", str(tmp_path / "back.h5"), "--stream", "text"]) == 0
     with h5py.File(tmp_path / "back.h5", "r") as h5:
@@ -172,7 +173,7 @@ def test_a_language_file_imported_as_video_is_flagged(language_file, mad_file, t
     err = capsys.readouterr().err
     assert "warning: 4 of 4 datasets are named by integers" in err and "import it with --stream text" in err
     # Frame files are not flagged, short or long: movie ids are not sentence ids.
-    assert import_h5(mad_file[0], tmp_path / "frames", fps=5.0).warnings == []
+    assert import_h5(mad_file[0], tmp_path / "frames", ImportOptions(fps=5.0)).warnings == []
 
 
 # ---- ids that sanitise to one key, and features that are not numbers ----
@@ -194,7 +195,7 @@ def test_ids_that_sanitise_to_one_key_all_import_under_their_own_keys_and_export
     # a_b_c is a key already and keeps it; movie.1 clashes with nothing and keeps its readable key
     assert {key: s["meta.json"]["original_name"] for key, s in samples.items()} == {
         "a_b_c": "a_b_c", f"a_b_c-{digest('a.b.c')}": "a.b.c", f"a_b_c-{digest('a b c')}": "a b c", "movie_1": "movie.1"}
-    assert (import_h5(path, tmp_path / "out", fps=5.0).skipped_done) == 4  # resumes: the keys are the same again
+    assert (import_h5(path, tmp_path / "out", ImportOptions(fps=5.0)).skipped_done) == 4  # resumes: the keys are the same again
     assert main(["export-h5", str(tmp_path / "out"), "--out", str(tmp_path / "back.h5")]) == 0
     with h5py.File(tmp_path / "back.h5", "r") as h5:
         assert sorted(h5) == sorted(data)

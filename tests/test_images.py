@@ -14,8 +14,8 @@ from lamflow.datasets.classification import ClassificationTask, folder_labels
 from lamflow.errors import DataFileError
 from lamflow.fileio import read_json, read_jsonl
 from lamflow.pipelines.clip_encoder import ClipEncoder
-from lamflow.pipelines.decode import DecodeError
 from lamflow.pipelines.extract import run_extraction
+from lamflow.pipelines.ffmpeg_process import DecodeError
 from lamflow.pipelines.images import decode_image, featurize_image
 from lamflow.pipelines.manifest import SettingsMismatchError
 from lamflow.pipelines.settings import ExtractSettings, ImageSettings

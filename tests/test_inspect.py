@@ -8,6 +8,7 @@ import numpy as np
 from lamflow.cli import main
 from lamflow.contract import Record
 from lamflow.pipelines.extract import run_extraction
+from lamflow.pipelines.feature_files import ImportOptions
 from lamflow.pipelines.h5io import import_h5
 from lamflow.pipelines.inspect import format_report, inspect_output
 from lamflow.pipelines.manifest import OutputDir
@@ -54,7 +55,7 @@ def test_inspect_flags_duplicates_stale_sizes_and_unfinished_shards(tmp_path, ca
         for i in range(3):
             h5.create_dataset(f"m{i}", data=np.ones((4, 8), np.float32))
     out = tmp_path / "out"
-    import_h5(path, out, fps=1.0)
+    import_h5(path, out, ImportOptions(fps=1.0))
     assert inspect_output(out)["problems"] == []
 
     shutil.copy(out / "shards" / "shard-000000.tar", out / "shards" / "shard-000001.tar")
@@ -73,7 +74,7 @@ def test_inspect_reads_a_single_shard_file(tmp_path):
     path = tmp_path / "feats.h5"
     with h5py.File(path, "w") as h5:
         h5.create_dataset("m", data=np.ones((4, 8), np.float16))
-    import_h5(path, tmp_path / "out", fps=2.0)
+    import_h5(path, tmp_path / "out", ImportOptions(fps=2.0))
     report = inspect_output(tmp_path / "out" / "shards" / "shard-000000.tar")
     assert report["samples"] == 1 and report["streams"]["video"]["dtypes"] == {"float16": 1}
 

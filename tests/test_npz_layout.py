@@ -20,6 +20,7 @@ from lamflow.cli import main
 from lamflow.contract import PARTITIONS_DIR, partition_dir_name
 from lamflow.datasets.texts import TextStore
 from lamflow.fileio import read_jsonl
+from lamflow.pipelines.feature_files import ImportOptions
 from lamflow.pipelines.npzio import export_npz, import_npz
 from lamflow.train.config import load_config
 from lamflow.train.run_log import read_metrics
@@ -117,7 +118,7 @@ def test_a_query_folder_becomes_text_samples_read_by_qid(features, imported):
 
 def test_import_resumes_and_refuses_other_settings(features, imported, capsys):
     folder = features["root"] / "clip_features"
-    again = import_npz(folder, imported / "clip", fps=0.5)
+    again = import_npz(folder, imported / "clip", ImportOptions(fps=0.5))
     assert (again.imported, again.skipped_done) == (0, 3)
     assert main(["import-npz", str(folder), "--out", str(imported / "clip"), "--fps", "1"]) == 2
     assert "fps: 0.5 -> 1.0" in capsys.readouterr().err

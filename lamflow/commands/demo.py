@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=2, help="Dask workers for extraction (default 2)")
     parser.add_argument("--nproc", type=int, default=2, help="torchrun processes per model (default 2)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="optimizer steps per model (default: lamflow/train/configs/demo.yaml, 150 with --quick; "
+                        help="optimizer steps per model (default: train/configs/demo.yaml, 150 with --quick; "
                              "captioning: demo_captioning.yaml, 300 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated corpus (default 0)")
     parser.add_argument("--seeds", type=seeds_argument, default=(0, 1, 2),

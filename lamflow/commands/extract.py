@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import sys
-
 from typing import Callable
 
 from lamflow.contract import MANIFEST
@@ -14,6 +13,7 @@ from lamflow.errors import LamflowError
 from lamflow.pipelines.failures import format_failures
 from lamflow.pipelines.plan import Partition
 from lamflow.pipelines.settings import DTYPES, FRAME_RULES, PRESETS, ClipSettings, ExtractSettings, ImageSettings
+from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES
 from lamflow.pipelines.watchdog import DEFAULT_WORKER_TIMEOUT
 
 _DEFAULTS = ExtractSettings()
@@ -150,9 +150,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compute.add_argument("--frame-batch", type=int, default=_DEFAULTS.frame_batch,
                          help=f"frames decoded and embedded at a time; bounds memory on long videos (default {_DEFAULTS.frame_batch})")
     output = parser.add_argument_group("output")
-    output.add_argument("--shard-samples", type=int, default=1000, help="videos per shard at most (default 1000)")
-    output.add_argument("--shard-bytes", type=float, default=1e9,
-                        help="start a new shard once a shard reaches this many bytes (default 1e9)")
+    output.add_argument("--shard-samples", type=int, default=DEFAULT_SHARD_SAMPLES,
+                        help=f"videos per shard at most (default {DEFAULT_SHARD_SAMPLES})")
+    output.add_argument("--shard-bytes", type=float, default=DEFAULT_SHARD_BYTES,
+                        help=f"start a new shard once a shard reaches this many bytes (default {DEFAULT_SHARD_BYTES:.0e})")
     output.add_argument("--partition", metavar="K/N", type=_partition,
                         help="extract only partition K (0..N-1) of N: the inputs whose key hashes to K, the same "
                              "ones on every run, into OUT/partitions/part-K-of-N/ as an independent, resumable run "

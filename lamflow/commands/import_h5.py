@@ -6,6 +6,7 @@ import sys
 from typing import Any, Callable
 
 from lamflow.pipelines.settings import DTYPES
+from lamflow.pipelines.shards import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES
 
 SHOWN_FAILURES = 5  # the manifest holds every failure; a file of NaN datasets must not flood the terminal
 
@@ -42,8 +43,10 @@ def add_import_options(parser: argparse.ArgumentParser, items: str, fps_help: st
     parser.add_argument("--fps", type=float, default=None, help=f"feature rows per second {fps_help}; not for text")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="dtype to store (default: keep the file's float16/float32; other types become float32)")
-    parser.add_argument("--shard-samples", type=int, default=1000, help=f"{items} per shard at most (default 1000)")
-    parser.add_argument("--shard-bytes", type=float, default=1e9, help="start a new shard at this size (default 1e9)")
+    parser.add_argument("--shard-samples", type=int, default=DEFAULT_SHARD_SAMPLES,
+                        help=f"{items} per shard at most (default {DEFAULT_SHARD_SAMPLES})")
+    parser.add_argument("--shard-bytes", type=float, default=DEFAULT_SHARD_BYTES,
+                        help=f"start a new shard at this size (default {DEFAULT_SHARD_BYTES:.0e})")
     parser.add_argument("--overwrite", action="store_true", help="delete OUT's previous shards and records first")
 
 
@@ -57,6 +60,7 @@ def run_import(args: argparse.Namespace, command: str, importer: Callable[..., A
                items: str) -> int:
     """What every feature-file import command does with its parsed options (import-h5, import-npz): the
     --fps rule, the import, one line of summary and the first failures. ``items`` names what was imported."""
+    from lamflow.pipelines.feature_files import ImportOptions
     from lamflow.pipelines.manifest import OutputDirError, SettingsMismatchError
 
     if args.stream != "text" and args.fps is None:
@@ -64,8 +68,9 @@ def run_import(args: argparse.Namespace, command: str, importer: Callable[..., A
               f"{fps_example})", file=sys.stderr)
         return 2
     try:
-        summary = importer(source, args.out, stream=args.stream, fps=args.fps, dtype=args.dtype,
-                           shard_samples=args.shard_samples, shard_bytes=int(args.shard_bytes), overwrite=args.overwrite)
+        options = ImportOptions(stream=args.stream, fps=args.fps, dtype=args.dtype, shard_samples=args.shard_samples,
+                                shard_bytes=int(args.shard_bytes), overwrite=args.overwrite)
+        summary = importer(source, args.out, options)
     except (SettingsMismatchError, OutputDirError, ValueError, FileNotFoundError) as error:
         print(f"lamflow {command}: error: {error}", file=sys.stderr)
         return 2

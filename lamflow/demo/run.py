@@ -70,7 +70,7 @@ class DemoConfig:
         generator's mask column j means the same stream and position in every batch (README: choosing the
         defaults)."""
         from lamflow.pipelines.audio_tokens import hop_count
-        from lamflow.pipelines.decode import frame_count
+        from lamflow.pipelines.video_decode import frame_count
         from lamflow.pipelines.settings import ExtractSettings
 
         settings, longest = ExtractSettings(), self.corpus.duration + self.corpus.duration_jitter
