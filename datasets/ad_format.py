@@ -54,8 +54,6 @@ def read_ads(path: str | Path, what: str) -> list[ADRecord]:
     first_line: dict[str, str] = {}
     for line, record in iter_jsonl(path, what):
         where = f"{path}:{line}"
-        if not isinstance(record, dict):
-            raise CaptionFileError(f"{where}: expected an object {{\"ad_id\", \"movie\", \"start\", \"end\", \"text\"}}")
         ad_id = ad_id_field(record, where)
         if ad_id in first_line:
             raise CaptionFileError(f"{where}: duplicate ad_id {ad_id!r} (first at {first_line[ad_id]})")

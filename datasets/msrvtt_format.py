@@ -1,8 +1,11 @@
-"""MSRVTT's ``{train_val,test}_videodatainfo.json`` (FORMATS.md), read and validated once for the captioning
-task (datasets/captioning.py) and the caption evaluator (train/tasks/captioning_eval.py).
+"""The caption files of the captioning task (datasets/captioning.py) and the caption evaluator
+(train/tasks/captioning_eval.py), read and validated once (FORMATS.md):
 
-The file holds ``videos[{video_id, split, ...}]`` and ``sentences[{video_id, caption, sen_id}]`` (20 per
-clip); ``split`` is ``train``, ``validate`` or ``test``. Every error names the file and the record.
+- MSRVTT's ``{train_val,test}_videodatainfo.json``: ``videos[{video_id, split, ...}]`` and
+  ``sentences[{video_id, caption, sen_id}]`` (20 per clip); ``split`` is ``train``, ``validate`` or ``test``;
+- JSONL ``{"vid", "caption"}`` lines: several lines of one video are several captions (no splits).
+
+Every error names the file and the record.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lamflow.errors import DataFileError
-from lamflow.fileio import read_json
+from lamflow.fileio import iter_jsonl, read_json
 
 MSRVTT_SPLITS = ("train", "validate", "test")
 
@@ -27,6 +30,12 @@ class VideoDataInfo:
 
     def present_splits(self) -> list[str]:
         return sorted(set(self.splits.values()))
+
+
+@dataclass(frozen=True)
+class CaptionFile:
+    captions: dict[str, list[str]]  # video name -> its captions in file order; only videos with a caption
+    splits: dict[str, str]  # MSRVTT: video_id -> its split, every listed video; JSONL: empty
 
 
 def name_field(record: Mapping[str, Any], field: str, where: str) -> str:
@@ -76,3 +85,30 @@ def read_videodatainfo(path: Path, split: str | None) -> VideoDataInfo:
             raise CaptionFileError(f"{where}: video_id {vid!r} is not in 'videos'")
         info.sentences.append((vid, caption_field(sentence, "caption", where)))
     return info
+
+
+def read_captions(path: str | Path, split: str | None = None) -> CaptionFile:
+    """The captions of a caption file: MSRVTT videodatainfo (``.json``; ``split`` keeps one split's videos, None
+    every video, in the order ``videos`` lists them) or ``{"vid", "caption"}`` JSONL (any other name; a
+    ``split`` is an error: the file has none). A file (or split) without a caption is an error."""
+    path = Path(path)
+    captions: dict[str, list[str]] = {}
+    splits: dict[str, str] = {}
+    if path.suffix == ".json":
+        info = read_videodatainfo(path, split)
+        splits = info.splits
+        chosen: dict[str, list[str]] = {vid: [] for vid, video_split in splits.items() if split in (None, video_split)}
+        for vid, text in info.sentences:
+            if vid in chosen:
+                chosen[vid].append(text)
+        captions = {vid: texts for vid, texts in chosen.items() if texts}
+    elif split is not None:
+        raise CaptionFileError(f"{path}: a JSONL caption file has no splits (got split {split!r}); leave the split "
+                               "unset or give an MSRVTT videodatainfo .json")
+    else:
+        for line, record in iter_jsonl(path, "caption file"):
+            where = f"{path}:{line}"
+            captions.setdefault(name_field(record, "vid", where), []).append(caption_field(record, "caption", where))
+    if not captions:
+        raise CaptionFileError(f"{path} holds no caption" + (f" for split {split!r}" if split else ""))
+    return CaptionFile(captions, splits)

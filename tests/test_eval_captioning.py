@@ -127,21 +127,21 @@ def test_jsonl_references_with_identical_captions_score_one_and_spice_is_reporte
          r"pred.jsonl: no caption for 1 of 2 ground-truth video\(s\): b;"),
         # predictions for unknown videos
         ([{"vid": "a", "caption": "x y"}], ['{"vid": "a", "caption": "x"}', '{"vid": "zz", "caption": "x"}'], (),
-         r"pred.jsonl: 1 prediction\(s\) for videos not in the ground truth being scored: zz"),
+         r"pred.jsonl: 1 vid\(s\) not in the ground truth being scored: zz"),
         # empty captions, on either side
         ([{"vid": "a", "caption": "x y"}], ['{"vid": "a", "caption": "  "}'], (),
-         r"pred.jsonl:1: 'caption' must be a non-empty string"),
+         r"pred.jsonl:1: 'caption' must be a non-empty caption"),
         ([{"vid": "a", "caption": ""}], ['{"vid": "a", "caption": "x"}'], (),
-         r"refs.jsonl:1: 'caption' must be a non-empty string"),
+         r"refs.jsonl:1: 'caption' must be a non-empty caption"),
         # malformed files
         ([{"vid": "a", "caption": "x y"}], ['{"vid": "a", "caption": "x"}', '{"vid": "a",'], (),
          r"pred.jsonl:2: not valid JSON"),
         ([{"vid": "a", "caption": "x y"}], ['{"vid": "a", "caption": "x"}', '{"vid": "a", "caption": "y"}'], (),
-         r"pred.jsonl:2: duplicate vid 'a'"),
+         r"pred.jsonl:2: duplicate vid 'a' \(first at line 1\); write one caption per vid"),
         ([{"video": "a", "caption": "x y"}], ['{"vid": "a", "caption": "x"}'], (),
          r"refs.jsonl:1: 'vid' must be a non-empty string"),
         ([{"vid": "a", "caption": "x y"}], ['{"vid": "a", "caption": "x"}'], ("--split", "test"),
-         r"a JSONL reference file has no splits"),
+         r"refs.jsonl: a JSONL caption file has no splits"),
     ],
 )
 def test_unscorable_inputs_are_one_line_errors(tmp_path, capsys, references, predictions, extra, message):
@@ -162,7 +162,7 @@ def test_unscorable_inputs_are_one_line_errors(tmp_path, capsys, references, pre
          r"sentences\[10\]: video_id 'video99' is not in 'videos'"),
         (MSRVTT, ("--split", "val"), r"no video has split 'val'; the file's splits are \['test', 'train', 'valid"),
         # Predictions for the test videos scored against train: they belong to another split.
-        (MSRVTT, ("--split", "train"), r"videos not in the ground truth being scored: .*belong to split test"),
+        (MSRVTT, ("--split", "train"), r"3 vid\(s\) not in the ground truth being scored: .*; they belong to split test: pass that --split"),
     ],
 )
 def test_msrvtt_file_errors(tmp_path, capsys, document, extra, message):

@@ -19,14 +19,14 @@ from lamflow.cli import main
 from lamflow.errors import DataFileError
 from lamflow.fileio import read_jsonl
 from lamflow.train.tasks.qvhighlights_eval import (
-    ADJUSTMENTS,
     BRIEF_KEYS,
-    EvaluationInputError,
     detection_average_precision,
     evaluate,
     evaluate_files,
     highlight_average_precision,
 )
+from lamflow.train.tasks.qvhighlights_input_eval import ADJUSTMENTS
+from lamflow.train.tasks.scoring import EvaluationInputError
 from real_data import QVHIGHLIGHTS, requires_qvhighlights
 
 VAL_FILE = QVHIGHLIGHTS / "highlight_val_release.jsonl"
@@ -387,7 +387,7 @@ def test_missing_and_unknown_qids_are_listed():
     preds = [pred_record(q, 20, [(0, 10, 1.0)]) for q in (1, 2)]
     with pytest.raises(EvaluationInputError, match=r"no prediction for 6 of 8 .*: 3, 4, 5, 6, 7 \(and 1 more\)"):
         evaluate(gt, preds)
-    with pytest.raises(EvaluationInputError, match="1 qid\\(s\\) not in the ground truth: 99"):
+    with pytest.raises(EvaluationInputError, match=r"predictions: 1 qid\(s\) not in the ground truth: 99; are the predictions for another split\?"):
         evaluate(gt, [pred_record(q, 20, [(0, 10, 1.0)]) for q in (*range(1, 9), 99)])
 
 
@@ -396,7 +396,7 @@ def test_duplicate_and_string_qids_are_errors():
     pred = pred_record(1, 20, [(0, 10, 1.0)])
     # The official evaluator merges duplicate lines inconsistently (both lines' windows for mAP, the last
     # line for R1 and HL): refused in both modes.
-    with pytest.raises(EvaluationInputError, match="predictions:2: duplicate qid 1"):
+    with pytest.raises(EvaluationInputError, match=r"predictions:2: duplicate qid 1 \(first at line 1\)"):
         evaluate(gt, [pred, pred])
     with pytest.raises(EvaluationInputError, match="'qid' must be an integer"):
         evaluate(gt, [{**pred, "qid": "1"}])

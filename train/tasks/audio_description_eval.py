@@ -30,11 +30,19 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from lamflow.datasets.ad_format import ADRecord, ad_id_field, read_ads
+from lamflow.datasets.msrvtt_format import caption_field
 from lamflow.errors import LamflowError
 from lamflow.fileio import iter_jsonl
-from lamflow.train.tasks.qvhighlights_eval import EvaluationInputError, as_percent, listed
+from lamflow.train.tasks.scoring import EvaluationInputError, PredictionKeys, as_percent, check_ks, one_prediction_per_key
 
 BERTSCORE_DEFAULT_MODEL = "roberta-large"
+PREDICTION_KEYS = PredictionKeys(
+    key="ad_id",
+    prediction="caption",
+    expected="reference AD(s)",
+    truth="the references",
+    why_every_one="R@k/N needs every AD of a movie",
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -176,32 +184,18 @@ def load_references(path: str | Path) -> dict[str, list[ADRecord]]:
 
 def load_predictions(path: str | Path, references: Mapping[str, Sequence[ADRecord]]) -> dict[str, str]:
     """``{ad_id: caption}``: exactly one non-empty caption for every reference AD."""
-    expected = {ad.ad_id for ads in references.values() for ad in ads}
-    predictions: dict[str, str] = {}
-    for line, record in iter_jsonl(path, "AD prediction file"):
-        where = f"{path}:{line}"
-        ad_id = ad_id_field(record, where)
-        caption = record.get("caption")
-        if not isinstance(caption, str) or not caption.strip():
-            raise EvaluationInputError(f"{where}: 'caption' must be a non-empty string, got {caption!r}")
-        if ad_id in predictions:
-            raise EvaluationInputError(f"{where}: duplicate ad_id {ad_id!r}; write one caption per AD")
-        predictions[ad_id] = caption
-    unknown = set(predictions) - expected
-    if unknown:
-        raise EvaluationInputError(f"{path}: {len(unknown)} ad_id(s) not in the references: {listed(unknown)}")
-    missing = expected - set(predictions)
-    if missing:
-        raise EvaluationInputError(
-            f"{path}: no caption for {len(missing)} of {len(expected)} reference AD(s): {listed(missing)}; "
-            "R@k/N needs every AD of a movie"
-        )
-    return predictions
+    return one_prediction_per_key(
+        iter_jsonl(path, "AD prediction file"),
+        {ad.ad_id for ads in references.values() for ad in ads},
+        ad_id_field,
+        lambda ad_id, record, where: caption_field(record, "caption", where),
+        str(path),
+        PREDICTION_KEYS,
+    )
 
 
 def _check_parameters(ks: Sequence[int], n: int) -> None:
-    if not ks or any(k < 1 for k in ks):
-        raise EvaluationInputError(f"--k values must be positive integers, got {list(ks)}")
+    check_ks(ks, "--k")
     if n < 2:
         raise EvaluationInputError(f"--n must be >= 2 (windows advance by n // 2), got {n}")
 

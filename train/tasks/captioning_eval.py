@@ -20,104 +20,59 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from lamflow.datasets.msrvtt_format import caption_field, name_field, read_captions
 from lamflow.errors import LamflowError
-from lamflow.datasets.msrvtt_format import read_videodatainfo
 from lamflow.fileio import iter_jsonl
-from lamflow.train.tasks.qvhighlights_eval import EvaluationInputError, listed
+from lamflow.train.tasks.scoring import EvaluationInputError, PredictionKeys, listed, one_prediction_per_key
 
 BLEU_KEYS: tuple[str, ...] = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4")
 METRIC_KEYS: tuple[str, ...] = (*BLEU_KEYS, "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 # The jars pycocoevalcap's SPICE downloads (spice/get_stanford_models.py) into spice/lib/.
 SPICE_MODEL_JARS: tuple[str, ...] = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 JAVA_HINT = "install a Java runtime (Debian: apt-get install default-jre-headless; `make setup` does it)"
-
-
-def _caption(record: Mapping, field: str, where: str) -> str:
-    caption = record.get(field)
-    if not isinstance(caption, str) or not caption.strip():
-        raise EvaluationInputError(f"{where}: '{field}' must be a non-empty string, got {caption!r}")
-    return caption
-
-
-def _video_id(record: Mapping, field: str, where: str) -> str:
-    vid = record.get(field)
-    if not isinstance(vid, str) or not vid:
-        raise EvaluationInputError(f"{where}: '{field}' must be a non-empty string (the video id), got {vid!r}")
-    return vid
-
-
-def _msrvtt_references(path: Path, split: str | None) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """References per video of an MSRVTT videodatainfo file, and every listed video's split."""
-    info = read_videodatainfo(path, split)
-    references: dict[str, list[str]] = {
-        vid: [] for vid, video_split in info.splits.items() if split is None or video_split == split
-    }
-    for vid, caption in info.sentences:
-        if vid in references:
-            references[vid].append(caption)
-    unreferenced = {vid for vid, captions in references.items() if not captions}
-    if unreferenced:
-        raise EvaluationInputError(
-            f"{path}: {len(unreferenced)} video(s) have no sentence to score against: {listed(unreferenced)}"
-        )
-    return references, info.splits
-
-
-def _jsonl_references(path: Path) -> dict[str, list[str]]:
-    references: dict[str, list[str]] = {}
-    for line, record in iter_jsonl(path, "caption reference file"):
-        where = f"{path}:{line}"
-        references.setdefault(_video_id(record, "vid", where), []).append(_caption(record, "caption", where))
-    if not references:
-        raise EvaluationInputError(f"{path}: no reference captions; expected {{\"vid\", \"caption\"}} lines")
-    return references
+PREDICTION_KEYS = PredictionKeys(
+    key="vid",
+    prediction="caption",
+    expected="ground-truth video(s)",
+    truth="the ground truth being scored",
+    why_every_one="every scored video needs one",
+)
 
 
 def load_references(path: str | Path, split: str | None = None) -> tuple[dict[str, list[str]], dict[str, str]]:
     """``({vid: [reference, ...]}, {vid: split})`` of the videos to score (the split map is empty for JSONL).
 
-    A ``.json`` file is read as MSRVTT videodatainfo (``split`` picks one split's videos); any other name
-    as JSONL ``{"vid", "caption"}`` lines, for which ``split`` is an error.
+    The caption files of the captioning task (``lamflow.datasets.msrvtt_format.read_captions``): MSRVTT
+    videodatainfo (``.json``; ``split`` picks one split's videos, None all of them) or JSONL ``{"vid",
+    "caption"}`` lines. Every video of an MSRVTT file (of the split) needs a sentence to score against.
     """
-    path = Path(path)
-    if path.suffix == ".json":
-        return _msrvtt_references(path, split)
-    if split is not None:
-        raise EvaluationInputError(f"{path}: --split selects MSRVTT videos; a JSONL reference file has no splits")
-    return _jsonl_references(path), {}
+    file = read_captions(path, split)
+    unreferenced = {vid for vid, video_split in file.splits.items() if split in (None, video_split)} - set(file.captions)
+    if unreferenced:
+        raise EvaluationInputError(
+            f"{path}: {len(unreferenced)} video(s) have no sentence to score against: {listed(unreferenced)}"
+        )
+    return file.captions, file.splits
 
 
 def load_predictions(
     path: str | Path, references: Mapping[str, Sequence[str]], splits: Mapping[str, str]
 ) -> dict[str, str]:
     """``{vid: caption}``: exactly one non-empty caption for every video of ``references``."""
-    path = Path(path)
-    predictions: dict[str, str] = {}
-    unknown: dict[str, str] = {}  # vid -> its split ("" when not in the file at all)
-    for line, record in iter_jsonl(path, "caption prediction file"):
-        where = f"{path}:{line}"
-        vid = _video_id(record, "vid", where)
-        caption = _caption(record, "caption", where)
-        if vid in predictions or vid in unknown:
-            raise EvaluationInputError(f"{where}: duplicate vid {vid!r}; write one caption per video")
-        if vid in references:
-            predictions[vid] = caption
-        else:
-            unknown[vid] = splits.get(vid, "")
-    if unknown:
-        other_split = sorted({split for split in unknown.values() if split})
-        hint = f" (they belong to split {', '.join(other_split)}: pass that --split)" if other_split else ""
-        raise EvaluationInputError(
-            f"{path}: {len(unknown)} prediction(s) for videos not in the ground truth being scored: "
-            f"{listed(set(unknown))}{hint}"
-        )
-    missing = set(references) - set(predictions)
-    if missing:
-        raise EvaluationInputError(
-            f"{path}: no caption for {len(missing)} of {len(references)} ground-truth video(s): {listed(missing)}; "
-            "every scored video needs one"
-        )
-    return predictions
+
+    def other_splits(unknown: set[str]) -> str:
+        found = sorted({splits[vid] for vid in unknown if vid in splits})
+        return f"they belong to split {', '.join(found)}: pass that --split" if found else ""
+
+    return one_prediction_per_key(
+        iter_jsonl(path, "caption prediction file"),
+        references,
+        lambda record, where: name_field(record, "vid", where),
+        lambda vid, record, where: caption_field(record, "caption", where),
+        str(path),
+        PREDICTION_KEYS,
+        unknown_hint=other_splits,
+    )
 
 
 def _package_dir() -> Path:

@@ -1,4 +1,4 @@
-"""Top-k accuracy for classification, from logits in memory or from a prediction file.
+"""Top-k accuracy for classification, from prediction lines in memory or in a file.
 
 Label files are the ones the classification task reads (``lamflow.datasets.classification.load_labels``):
 a CSV of ``key,label`` rows (an optional ``key,label`` header) or a JSON object ``{key: label}``, or an image
@@ -10,44 +10,21 @@ with the predicted labels best first (at least ``max(k)`` of them, or every clas
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
-
-import numpy as np
+from typing import Any, Iterable, Mapping, Sequence
 
 from lamflow.datasets.classification import load_labels
 from lamflow.fileio import iter_jsonl
-from lamflow.train.tasks.qvhighlights_eval import EvaluationInputError, as_percent, listed
+from lamflow.train.tasks.scoring import EvaluationInputError, PredictionKeys, as_percent, check_ks, one_prediction_per_key
 
 DEFAULT_TOPK: tuple[int, ...] = (1, 5)
-
-
-def _check_ks(ks: Sequence[int]) -> None:
-    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
-        raise EvaluationInputError(f"top-k values must be positive integers, got {list(ks)}")
-
-
-def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = DEFAULT_TOPK) -> dict[str, float]:
-    """``{"top1": %, "top5": %}`` for (N, C) scores and (N,) integer labels.
-
-    A sample counts for top-k when its label is among the k highest scores; tied scores rank the lower
-    class index first (stable sort), so a constant score vector predicts class 0. ``k`` larger than C
-    counts every sample as correct, as timm's ``accuracy`` does.
-    """
-    _check_ks(ks)
-    logits = np.asarray(logits, dtype=float)
-    labels = np.asarray(labels)
-    if logits.ndim != 2 or labels.ndim != 1 or len(logits) != len(labels):
-        raise EvaluationInputError(
-            f"logits must be (N, C) and labels (N,), got {logits.shape} and {labels.shape}"
-        )
-    if len(labels) == 0:
-        raise EvaluationInputError("no samples to score")
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= logits.shape[1]:
-        raise EvaluationInputError(f"labels must be class indices in [0, {logits.shape[1]}), got {labels.dtype} values")
-    ranking = np.argsort(-logits, axis=1, kind="stable")
-    # rank_of_label[i]: 0 when the label is the top prediction of sample i.
-    rank_of_label = np.argmax(ranking == labels[:, None], axis=1)
-    return {f"top{k}": as_percent(np.mean(rank_of_label < k)) for k in ks}
+PREDICTION_KEYS = PredictionKeys(
+    key="key",
+    prediction="prediction",
+    expected="labelled key(s)",
+    truth="the labels",
+    why_every_one="accuracy is over every labelled key",
+)
+LINE_FORMAT = '{"key": str, "top_labels": [label, ...]}'
 
 
 def ranked_accuracy(
@@ -64,42 +41,37 @@ def ranked_accuracy(
     return _ranked_accuracy(labels, enumerate(predictions, start=1), ks, source)
 
 
+def _key(record: Mapping[str, Any], where: str) -> str:
+    key = record.get("key")
+    if not isinstance(key, str):
+        raise EvaluationInputError(f"{where}: expected {LINE_FORMAT}, got 'key' {key!r}")
+    return key
+
+
 def _ranked_accuracy(
     labels: Mapping[str, str], numbered: Iterable[tuple[int, Mapping]], ks: Sequence[int], source: str
 ) -> dict[str, float | int]:
-    _check_ks(ks)
+    check_ks(ks, "top-k")
     if not labels:
         raise EvaluationInputError("no labelled keys to score")
-    num_classes = len(set(labels.values()))
-    needed = min(max(ks), num_classes)
-    hits = {k: 0 for k in ks}
-    seen: set[str] = set()
-    unknown: set[str] = set()
-    for line, record in numbered:
-        where = f"{source}:{line}"
-        key, ranking = record.get("key"), record.get("top_labels")
-        if not isinstance(key, str) or not isinstance(ranking, list):
-            raise EvaluationInputError(f"{where}: expected {{\"key\": str, \"top_labels\": [label, ...]}}")
-        if key in seen:
-            raise EvaluationInputError(f"{where}: duplicate key {key!r}")
-        seen.add(key)
-        if key not in labels:
-            unknown.add(key)
-            continue
-        if len(ranking) < needed:
+    # A ranking of every class is complete even when shorter than max(ks).
+    needed = min(max(ks), len(set(labels.values())))
+
+    def ranking(key: str, record: Mapping[str, Any], where: str) -> list[str]:
+        ranked = record.get("top_labels")
+        if not isinstance(ranked, list):
+            raise EvaluationInputError(f"{where}: expected {LINE_FORMAT}, got 'top_labels' {ranked!r}")
+        if len(ranked) < needed:
             raise EvaluationInputError(
-                f"{where}: 'top_labels' lists {len(ranking)} label(s); top-{max(ks)} needs at least {needed}"
+                f"{where}: 'top_labels' lists {len(ranked)} label(s); top-{max(ks)} needs at least {needed}"
             )
-        ranked = [str(label) for label in ranking]
-        truth = labels[key]
-        for k in ks:
-            hits[k] += truth in ranked[:k]
-    if unknown:
-        raise EvaluationInputError(f"{source}: {len(unknown)} key(s) have no label: {listed(unknown)}")
-    missing = set(labels) - seen
-    if missing:
-        raise EvaluationInputError(f"{source}: no prediction for {len(missing)} labelled key(s): {listed(missing)}")
-    result: dict[str, float | int] = {f"top{k}": as_percent(hits[k] / len(labels)) for k in ks}
+        return [str(label) for label in ranked]  # labels compare as strings: 3 and "3" match
+
+    rankings = one_prediction_per_key(numbered, labels, _key, ranking, source, PREDICTION_KEYS)
+    result: dict[str, float | int] = {
+        f"top{k}": as_percent(sum(labels[key] in ranked[:k] for key, ranked in rankings.items()) / len(labels))
+        for k in ks
+    }
     result["num_samples"] = len(labels)
     return result
 

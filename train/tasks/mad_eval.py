@@ -16,17 +16,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from lamflow.train.tasks.qvhighlights_eval import EvaluationInputError, as_percent
+from lamflow.train.tasks.scoring import EvaluationInputError, as_percent, temporal_iou
 
 RECALL_AT = (1, 5)
 IOU_THRESHOLDS = (0.1, 0.3, 0.5)
-
-
-def temporal_iou(windows: np.ndarray, moment: Sequence[float]) -> np.ndarray:
-    """IoU of each (N, 2) window with one [start, end] moment."""
-    inter = np.clip(np.minimum(windows[:, 1], moment[1]) - np.maximum(windows[:, 0], moment[0]), 0, None)
-    union = (windows[:, 1] - windows[:, 0]) + (moment[1] - moment[0]) - inter
-    return inter / np.maximum(union, 1e-9)
 
 
 def window_recall(queries: Iterable[Any], rows: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -41,7 +34,7 @@ def window_recall(queries: Iterable[Any], rows: Sequence[dict[str, Any]]) -> dic
                                        "annotations; predict the split the annotations describe")
         windows = np.asarray([window[:2] for window in row["pred_relevant_windows"]], dtype=float).reshape(-1, 2)
         # The best IoU with any ground-truth moment (MAD has one per query).
-        iou = np.max([temporal_iou(windows, moment) for moment in query.windows], axis=0)
+        iou = temporal_iou(windows, np.asarray(query.windows, dtype=float)).max(axis=1)
         for i, k in enumerate(RECALL_AT):
             hits[i] += (iou[:k, None] >= np.asarray(IOU_THRESHOLDS)[None, :]).any(axis=0)
         first_iou.append(iou[0] if len(iou) else 0.0)

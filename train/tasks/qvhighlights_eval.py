@@ -25,32 +25,26 @@ that code. Every function below names the official behaviour it reproduces, incl
 * Results are percentages formatted like the official ``float(f"{100 * x:.2f}")``, and the output
   has the official layout: ``brief`` (the 14 numbers), then per-bucket and per-HL-level details.
 
-Prediction files: every file the official evaluator scores is scored, with its numbers. Lines it
-accepts although they break the documented format are counted in the output's ``adjusted_lines`` (see
-``ADJUSTMENTS``): ``pred_saliency_scores`` shorter or longer than the video's clips (fitted to the GT's
-``int(duration / 2)`` clips as ``compute_ap_from_tuple`` does: padded with 0 or cut), windows not sorted
-by score, windows outside the video, a ``vid`` other than the GT's. ``strict=True`` refuses those lines
-instead. Inputs the official evaluator crashes on (missing or unknown qids, missing fields, no window,
-an empty or non-finite saliency list) are errors in both modes, and so are duplicate qids (which it
-merges inconsistently: windows of both lines for mAP, the last line for R1 and HL). Predicted windows
-that run past the end of the video are scored unclipped, as the official evaluator does (it never
-clips; moment_detr clips windows at 150 s, not at each video's duration, when writing them).
-
-Ground truth: any file with the val schema, e.g. ``highlight_val_release.jsonl`` or the public test
-answers ``highlight_test_with_gt.jsonl``; the unlabelled ``highlight_test_release.jsonl`` is an error.
+Which prediction lines are scored, adjusted or refused, and which ground truth is accepted: see
+``qvhighlights_input_eval``, which reads both files.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lamflow.datasets.qvhighlights_format import CLIP_SECONDS, MAX_SALIENCY, NUM_ANNOTATORS
-from lamflow.errors import LamflowError
+from lamflow.datasets.qvhighlights_format import NUM_ANNOTATORS
 from lamflow.fileio import iter_jsonl
+from lamflow.train.tasks.qvhighlights_input_eval import (
+    ADJUSTMENTS,
+    GroundTruthQuery,
+    PredictedQuery,
+    validate_ground_truth,
+    validate_predictions,
+)
+from lamflow.train.tasks.scoring import as_percent, temporal_iou
 
 # np.linspace(0.5, 0.95, 10) rounded to 2 decimals, exactly as the official code rounds its thresholds
 # (so 0.65 is the float 0.65, not 0.6499999...).
@@ -81,239 +75,6 @@ BRIEF_KEYS: tuple[str, ...] = (
     "HL-min-VeryGood-mAP",
     "HL-min-VeryGood-Hit1",
 )
-# How many offending qids an error message lists before summarising the rest.
-_LISTED_IN_ERRORS = 5
-# Prediction lines the official evaluator scores although they break the documented format: kind -> what
-# was accepted and how it is scored. Counted in the output's "adjusted_lines"; refused with strict=True.
-ADJUSTMENTS: dict[str, str] = {
-    "saliency_padded": "pred_saliency_scores shorter than int(duration / 2) (the GT's clips): padded with 0 for HL-mAP",
-    "saliency_truncated": "pred_saliency_scores longer than ceil(duration / 2): cut to int(duration / 2) for HL-mAP",
-    "windows_unsorted": "pred_relevant_windows not sorted by score: mAP ranks them by score, R1 takes the first",
-    "windows_out_of_range": "a window with st > ed, st < 0 or st > duration: scored as written",
-    "vid_mismatch": "a vid other than the ground truth's: ignored",
-}
-
-
-class EvaluationInputError(LamflowError, ValueError):
-    """A ground-truth or prediction file that cannot be scored; the message names the record and fix."""
-
-
-@dataclass(frozen=True)
-class GroundTruthQuery:
-    """One validated annotation line."""
-
-    qid: int
-    vid: str | None
-    duration: float
-    windows: np.ndarray  # (n, 2) seconds, n >= 1
-    clip_scores: np.ndarray  # (int(duration / 2), 3) annotator scores 0-4, 0 for non-relevant clips
-
-
-@dataclass(frozen=True)
-class PredictedQuery:
-    """One validated prediction line."""
-
-    qid: int
-    windows: np.ndarray  # (k, 3) [st, ed, score] rows in file order (sorted by score, descending)
-    saliency: np.ndarray  # (c,) one score per 2-second clip
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading and validation
-# ---------------------------------------------------------------------------------------------------
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _require(record: Mapping, field: str, where: str) -> Any:
-    if field not in record:
-        raise EvaluationInputError(f"{where}: missing field '{field}' (keys present: {sorted(record)})")
-    return record[field]
-
-
-def _require_qid(record: Mapping, where: str) -> int:
-    qid = _require(record, "qid", where)
-    if not isinstance(qid, int) or isinstance(qid, bool):
-        raise EvaluationInputError(f"{where}: 'qid' must be an integer, got {qid!r}")
-    return qid
-
-
-def _number_rows(value: Any, width: int, field: str, where: str, example: str) -> np.ndarray:
-    """``value`` as a (n, width) float array of finite numbers, or an error showing the expected shape."""
-    if not isinstance(value, list) or not all(
-        isinstance(row, list) and len(row) == width and all(_is_number(x) for x in row) for row in value
-    ):
-        raise EvaluationInputError(f"{where}: '{field}' must be a list of {example} rows of finite numbers")
-    return np.asarray(value, dtype=float).reshape(len(value), width)
-
-
-def num_gt_clips(duration: float) -> int:
-    """Number of 2-second clips the official GT covers: ``int(duration / 2)`` (``mk_gt_scores``)."""
-    return int(duration / CLIP_SECONDS)
-
-
-def validate_ground_truth(
-    numbered: Iterable[tuple[int, Mapping]], source: str = "ground truth"
-) -> dict[int, GroundTruthQuery]:
-    """Check annotation records (val schema) and index them by qid, keeping file order.
-
-    ``numbered`` yields (line number, record) pairs, e.g. :func:`lamflow.fileio.iter_jsonl`'s; errors
-    quote ``source:line``.
-
-    Errors (official crashes or meaningless scores otherwise): duplicate qids, a missing label field
-    (e.g. the unlabelled test split), a duration below one clip, no GT window, windows with
-    ``st >= ed`` or outside ``[0, duration]``, clip ids outside ``[0, int(duration / 2))``, saliency rows
-    that are not 3 scores in 0-4 aligned with ``relevant_clip_ids``.
-    """
-    queries: dict[int, GroundTruthQuery] = {}
-    for line, record in numbered:
-        where = f"{source}:{line}"
-        qid = _require_qid(record, where)
-        if qid in queries:
-            raise EvaluationInputError(f"{where}: duplicate qid {qid}; each query must appear once")
-        for field in ("relevant_windows", "relevant_clip_ids", "saliency_scores"):
-            if field not in record:
-                raise EvaluationInputError(
-                    f"{where}: qid {qid} has no '{field}'; ground truth needs labels (highlight_test_release.jsonl "
-                    "is unlabelled: evaluate on highlight_val_release.jsonl, or on the public test answers "
-                    "highlight_test_with_gt.jsonl)"
-                )
-        duration = _require(record, "duration", where)
-        if not _is_number(duration) or duration < CLIP_SECONDS:
-            raise EvaluationInputError(
-                f"{where}: 'duration' must be a number of seconds >= {CLIP_SECONDS:g} (one clip), got {duration!r}"
-            )
-        windows = _number_rows(record["relevant_windows"], 2, "relevant_windows", where, "[st, ed]")
-        if len(windows) == 0:
-            raise EvaluationInputError(f"{where}: qid {qid} has an empty 'relevant_windows'; MR needs >= 1 GT window")
-        bad = (windows[:, 0] >= windows[:, 1]) | (windows[:, 0] < 0) | (windows[:, 1] > duration)
-        if bad.any():
-            raise EvaluationInputError(
-                f"{where}: GT window {windows[bad][0].tolist()} of qid {qid} must satisfy 0 <= st < ed <= duration "
-                f"({duration:g})"
-            )
-        clip_ids = record["relevant_clip_ids"]
-        n_clips = num_gt_clips(duration)
-        if not isinstance(clip_ids, list) or not all(
-            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n_clips for c in clip_ids
-        ):
-            raise EvaluationInputError(
-                f"{where}: 'relevant_clip_ids' must be integers in [0, {n_clips}) (2-second clips of a "
-                f"{duration:g} s video), got {clip_ids!r}"
-            )
-        if len(set(clip_ids)) != len(clip_ids):
-            raise EvaluationInputError(f"{where}: 'relevant_clip_ids' of qid {qid} has repeated clip ids")
-        scores = _number_rows(record["saliency_scores"], NUM_ANNOTATORS, "saliency_scores", where, "[a1, a2, a3]")
-        if len(scores) != len(clip_ids):
-            raise EvaluationInputError(
-                f"{where}: 'saliency_scores' has {len(scores)} rows but 'relevant_clip_ids' has {len(clip_ids)}; "
-                "they must be aligned"
-            )
-        if ((scores < 0) | (scores > MAX_SALIENCY)).any():
-            raise EvaluationInputError(f"{where}: 'saliency_scores' must be in 0..{MAX_SALIENCY}")
-        clip_scores = np.zeros((n_clips, NUM_ANNOTATORS))
-        clip_scores[clip_ids] = scores
-        vid = record.get("vid")
-        vid = vid if isinstance(vid, str) else None
-        queries[qid] = GroundTruthQuery(qid, vid, float(duration), windows, clip_scores)
-    if not queries:
-        raise EvaluationInputError(f"{source}: no annotation records")
-    return queries
-
-
-def listed(values: set[int] | set[str]) -> str:
-    """The first few of ``values`` (sorted) for an error message, and how many more there are."""
-    shown = ", ".join(str(v) for v in sorted(values)[:_LISTED_IN_ERRORS])
-    more = len(values) - _LISTED_IN_ERRORS
-    return f"{shown} (and {more} more)" if more > 0 else shown
-
-
-def validate_predictions(
-    numbered: Iterable[tuple[int, Mapping]],
-    ground_truth: Mapping[int, GroundTruthQuery],
-    source: str = "predictions",
-    strict: bool = False,
-) -> tuple[dict[int, PredictedQuery], dict[str, list[int]]]:
-    """Check prediction records against the GT and index them by qid; also return the qids of the lines
-    accepted with an adjustment, per kind of ``ADJUSTMENTS`` (all empty for a well-formed file).
-
-    ``numbered`` yields (line number, record) pairs; errors quote ``source:line``. Errors in both modes:
-    unknown, duplicate or missing qids (the official ``match_number=True`` check), a missing field,
-    ``pred_relevant_windows`` that is empty (official R1 crashes) or not ``[st, ed, score]`` rows of finite
-    numbers, ``pred_saliency_scores`` that is empty or not finite numbers. Accepted as the official does
-    (more than 10 windows: only the first 10 are scored; tied scores: file order kept; windows ending after
-    ``duration``: scored unclipped) and, unless ``strict``, the ``ADJUSTMENTS``. ``strict`` refuses those,
-    requiring windows sorted by score with ``0 <= st <= ed`` and ``st <= duration``, the GT's ``vid``, and
-    one saliency score per 2-second clip: ``ceil(duration / 2)`` values (``int(duration / 2)``, the
-    official GT length, is accepted too; the two differ only for odd durations).
-    """
-    predictions: dict[int, PredictedQuery] = {}
-    adjusted: dict[str, list[int]] = {kind: [] for kind in ADJUSTMENTS}
-    unknown: set[int] = set()
-    for line, record in numbered:
-        where = f"{source}:{line}"
-        qid = _require_qid(record, where)
-        if qid in predictions:
-            raise EvaluationInputError(f"{where}: duplicate qid {qid}; write one prediction line per query")
-        gt = ground_truth.get(qid)
-        if gt is None:
-            unknown.add(qid)
-            continue
-        windows = _number_rows(
-            _require(record, "pred_relevant_windows", where), 3, "pred_relevant_windows", where, "[st, ed, score]"
-        )
-        if len(windows) == 0:
-            raise EvaluationInputError(f"{where}: qid {qid} has no 'pred_relevant_windows'; predict >= 1 window")
-        saliency = _require(record, "pred_saliency_scores", where)
-        if not isinstance(saliency, list) or not saliency or not all(_is_number(x) for x in saliency):
-            raise EvaluationInputError(f"{where}: 'pred_saliency_scores' must be a non-empty list of finite numbers")
-
-        # Deviations from the format that the official evaluator scores anyway: kind -> the strict refusal.
-        deviations: dict[str, str] = {}
-        vid = record.get("vid")
-        if vid is not None and gt.vid is not None and vid != gt.vid:
-            deviations["vid_mismatch"] = f"qid {qid} has vid {vid!r} but the ground truth says {gt.vid!r}"
-        starts, ends, window_scores = windows.T
-        bad = (starts > ends) | (starts < 0) | (starts > gt.duration)
-        if bad.any():
-            deviations["windows_out_of_range"] = (
-                f"predicted window {windows[bad][0].tolist()} of qid {qid} is out of range: need "
-                f"0 <= st <= ed and st <= duration ({gt.duration:g} s)"
-            )
-        if (np.diff(window_scores) > 0).any():
-            deviations["windows_unsorted"] = (
-                f"'pred_relevant_windows' of qid {qid} is not sorted by score (descending); the official "
-                "evaluator scores the first 10 windows and uses the first as top-1, so sort them"
-            )
-        clips = math.ceil(gt.duration / CLIP_SECONDS)
-        if len(saliency) not in (clips, num_gt_clips(gt.duration)):
-            kind = "saliency_padded" if len(saliency) < clips else "saliency_truncated"
-            deviations[kind] = (
-                f"qid {qid} has {len(saliency)} 'pred_saliency_scores' but its {gt.duration:g} s video has "
-                f"{clips} two-second clips (ceil(duration / 2)); write one score per clip"
-            )
-        if strict and deviations:
-            raise EvaluationInputError(
-                f"{where}: {next(iter(deviations.values()))} (strict mode; without it the line is scored as the "
-                "official evaluator does)"
-            )
-        for kind in deviations:
-            adjusted[kind].append(qid)
-        predictions[qid] = PredictedQuery(qid, windows, np.asarray(saliency, dtype=float))
-    if unknown:
-        raise EvaluationInputError(
-            f"{source}: {len(unknown)} qid(s) not in the ground truth: {listed(unknown)}; "
-            "are the predictions for another split?"
-        )
-    missing = set(ground_truth) - set(predictions)
-    if missing:
-        raise EvaluationInputError(
-            f"{source}: no prediction for {len(missing)} of {len(ground_truth)} ground-truth qid(s): "
-            f"{listed(missing)}; the official evaluator requires one prediction per query"
-        )
-    return predictions, adjusted
 
 
 def adjustment_summary(adjusted_lines: Mapping[str, int]) -> str | None:
@@ -330,21 +91,6 @@ def adjustment_summary(adjusted_lines: Mapping[str, int]) -> str | None:
 # ---------------------------------------------------------------------------------------------------
 # Moment retrieval
 # ---------------------------------------------------------------------------------------------------
-
-
-def temporal_iou_cross(windows_a: np.ndarray, windows_b: np.ndarray) -> np.ndarray:
-    """IoU of every window in ``windows_a`` (N, 2) with every one in ``windows_b`` (M, 2) -> (N, M).
-
-    Union = len_a + len_b - intersection, as the official ``compute_temporal_iou_batch_cross`` (same
-    floating-point operations, so IoUs that sit exactly on a threshold compare the same way).
-    """
-    lengths_a = windows_a[:, 1] - windows_a[:, 0]
-    lengths_b = windows_b[:, 1] - windows_b[:, 0]
-    left = np.maximum(windows_a[:, None, 0], windows_b[None, :, 0])
-    right = np.minimum(windows_a[:, None, 1], windows_b[None, :, 1])
-    intersection = np.clip(right - left, 0, None)
-    union = lengths_a[:, None] + lengths_b[None, :] - intersection
-    return intersection / union
 
 
 def temporal_iou_hull(windows_a: np.ndarray, windows_b: np.ndarray) -> np.ndarray:
@@ -380,7 +126,7 @@ def detection_average_precision(
     thresholds = np.asarray(thresholds, dtype=float)
     order = np.argsort(-pred_windows[:, 2], kind="stable")
     ranked = pred_windows[order]
-    ious = temporal_iou_cross(ranked[:, :2], gt_windows)  # (k, n)
+    ious = temporal_iou(ranked[:, :2], gt_windows)  # (k, n)
     matched_gt = np.zeros((len(thresholds), len(gt_windows)), dtype=bool)
     true_positive = np.zeros((len(thresholds), len(ranked)))
     for rank, pred_ious in enumerate(ious):
@@ -396,11 +142,6 @@ def detection_average_precision(
     recall = tp_cumsum / float(len(gt_windows))
     precision = tp_cumsum / (tp_cumsum + fp_cumsum)
     return np.array([interpolated_average_precision(precision[t], recall[t]) for t in range(len(thresholds))])
-
-
-def as_percent(value: float) -> float:
-    """The official formatting of every reported number: ``float(f"{100 * value:.2f}")``."""
-    return float(f"{100 * value:.2f}")
 
 
 def _threshold_key(threshold: float) -> str:
@@ -433,7 +174,7 @@ def recall_at_one(
     top_windows = np.array([predictions[qid].windows[0, :2] for qid in qids])
     best_gt = np.array(
         [
-            gt_windows_by_qid[qid][np.argmax(temporal_iou_cross(top_windows[i : i + 1], gt_windows_by_qid[qid])[0])]
+            gt_windows_by_qid[qid][np.argmax(temporal_iou(top_windows[i : i + 1], gt_windows_by_qid[qid])[0])]
             for i, qid in enumerate(qids)
         ]
     )
