@@ -126,16 +126,17 @@ def test_one_shard_set_trains_moment_retrieval_classification_and_captioning_unt
     assert fingerprint(toy.shards) == before  # same bytes, same mtimes: nothing rewrote a shard or an index
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["data.train_captions="], "data.train_captions is required for task captioning"),
-    (["data.loader.streams=[text,video]"], "must not list 'text' for task captioning"),
-    (["data.val_captions="], "data.val_captions is required when data.val_shards is set"),
-    (["model.max_caption_tokens=2"], "model.max_caption_tokens must be an integer >= 3"),
-    (["data.ad_context_before=-1"], "data.ad_context_before must be a finite number of seconds >= 0"),
+@pytest.mark.parametrize("config, overrides, message", [
+    ("captioning", ["data.train_captions="], "data.train_captions is required for task captioning"),
+    ("captioning", ["data.loader.streams=[text,video]"], "must not list 'text' for task captioning"),
+    ("captioning", ["data.val_captions="], "data.val_captions is required when data.val_shards is set"),
+    ("captioning", ["model.max_caption_tokens=2"], "model.max_caption_tokens must be an integer >= 3"),
+    ("audio_description", ["data.ad_context_before=-1"], "data.ad_context_before must be a finite number of seconds >= 0"),
+    ("captioning", ["data.ad_context_before=5"], r"data.ad_context_before applies to task audio_description only"),
 ])
-def test_generation_configs_that_cannot_run_name_the_field(overrides, message):
+def test_generation_configs_that_cannot_run_name_the_field(config, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("captioning", overrides)
+        load_config(config, overrides)
 
 
 @pytest.mark.parametrize("name, task", [("captioning", "captioning"), ("demo_captioning", "captioning"),
