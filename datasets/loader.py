@@ -185,10 +185,8 @@ class _EpochStream:
         worker = info.id if info is not None else 0
         counter = SkipCounter()
         # A task drawing per-item randomness (QVHighlightsTask's window cut) draws it from the epoch's seed, here
-        # in the worker that makes the items, so a resumed epoch yields the same items. (hasattr: an adapter that
-        # does not subclass Task, CaptioningTask today, lacks the default.)
-        if hasattr(self.task, "start_epoch"):
-            self.task.start_epoch(self.plan.seed, self.plan.epoch)
+        # in the worker that makes the items, so a resumed epoch yields the same items.
+        self.task.start_epoch(self.plan.seed, self.plan.epoch)
         try:
             for index, items in enumerate(self._batches(worker, counter)):
                 if index < self.skips[worker]:
