@@ -71,3 +71,11 @@ def read_ads(path: str | Path, what: str) -> list[ADRecord]:
     if not ads:
         raise CaptionFileError(f"{path} holds no audio description")
     return ads
+
+
+def ads_by_movie(path: str | Path, what: str) -> dict[str, list[ADRecord]]:
+    """``{movie: [ADRecord, ...]}`` in file order (``read_ads``'s checks)."""
+    movies: dict[str, list[ADRecord]] = {}
+    for ad in read_ads(path, what):
+        movies.setdefault(ad.movie, []).append(ad)
+    return movies

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from lamflow.datasets.ad_format import read_ads
+from lamflow.datasets.ad_format import ads_by_movie
 from lamflow.datasets.caption_text import collate_captions, encode_caption
 from lamflow.datasets.msrvtt_format import CaptionFileError
 from lamflow.datasets.task import Task
@@ -41,11 +41,9 @@ class AudioDescription:
 
 def load_ads(path: str | Path) -> dict[str, list[AudioDescription]]:
     """``{movie: [AudioDescription, ...]}`` in file order, validated (``datasets/ad_format.py``)."""
-    movies: dict[str, list[AudioDescription]] = {}
-    for ad in read_ads(path, "audio description file"):
-        movies.setdefault(ad.movie, []).append(
-            AudioDescription(ad.ad_id, ad.movie, ad.start, ad.end, ad.text, tuple(encode_caption(ad.text))))
-    return movies
+    return {movie: [AudioDescription(ad.ad_id, ad.movie, ad.start, ad.end, ad.text, tuple(encode_caption(ad.text)))
+                    for ad in ads]
+            for movie, ads in ads_by_movie(path, "audio description file").items()}
 
 
 class AudioDescriptionTask(Task):

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from lamflow.datasets.ad_format import ADRecord, ad_id_field, read_ads
+from lamflow.datasets.ad_format import ADRecord, ad_id_field, ads_by_movie
 from lamflow.datasets.msrvtt_format import caption_field
 from lamflow.errors import LamflowError
 from lamflow.fileio import iter_jsonl
@@ -175,11 +175,9 @@ class BertScoreSimilarity:
 
 def load_references(path: str | Path) -> dict[str, list[ADRecord]]:
     """``{movie: [ADRecord, ...]}`` in time order from a JSONL file of ``{ad_id, movie, start, end, text}``."""
-    movies: dict[str, list[ADRecord]] = {}
-    for ad in read_ads(path, "AD reference file"):
-        movies.setdefault(ad.movie, []).append(ad)
     # sorted() is stable: ADs with the same start and end keep their file order.
-    return {movie: sorted(ads, key=lambda ad: (ad.start, ad.end)) for movie, ads in movies.items()}
+    return {movie: sorted(ads, key=lambda ad: (ad.start, ad.end))
+            for movie, ads in ads_by_movie(path, "AD reference file").items()}
 
 
 def load_predictions(path: str | Path, references: Mapping[str, Sequence[ADRecord]]) -> dict[str, str]:
