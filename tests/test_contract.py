@@ -10,6 +10,7 @@ from lamflow.contract import (
     MAX_KEY_LENGTH,
     AmbiguousJoin,
     ContractError,
+    decode_meta,
     encode_sample,
     join_names,
     parse_manifest,
@@ -48,6 +49,14 @@ def test_encoding_refuses_what_would_break_a_reader():
         encode_sample({"__key__": "a", "x.pyd": b"pickle"})
     with pytest.raises(ValueError):  # NaN is not JSON
         encode_sample({"__key__": "a", "meta.json": {"duration": float("nan")}})
+
+
+def test_meta_json_is_a_json_object_or_an_error_naming_the_member():
+    assert decode_meta(b'{"duration": 2.0}', "a.meta.json") == {"duration": 2.0}
+    with pytest.raises(ContractError, match=r"a\.meta\.json: expected a JSON object, got list"):
+        decode_meta(b"[1, 2]", "a.meta.json")
+    with pytest.raises(ContractError, match=r"a\.meta\.json: not valid JSON"):
+        decode_meta(b"{cut", "a.meta.json")
 
 
 def test_written_shards_read_back_the_same_with_lamflow_and_with_plain_webdataset(tmp_path):
