@@ -1,5 +1,5 @@
 """The caption files of the captioning task (datasets/captioning.py) and the caption evaluator
-(train/tasks/captioning_eval.py), read and validated once (FORMATS.md):
+(train/tasks/captioning_eval.py), read and validated once (docs/FORMATS.md, "Captions"):
 
 - MSRVTT's ``{train_val,test}_videodatainfo.json``: ``videos[{video_id, split, ...}]`` and
   ``sentences[{video_id, caption, sen_id}]`` (20 per clip); ``split`` is ``train``, ``validate`` or ``test``;

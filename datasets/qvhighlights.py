@@ -1,6 +1,6 @@
 """QVHighlights-style moment retrieval + highlight detection over lamflow shards (QVHighlights and MAD).
 
-Annotations (jsonl, schema in docs/FORMATS.md) are validated on load; a malformed line is an error naming
+Annotations (jsonl, schema in docs/FORMATS.md, "QVHighlights annotations") are validated on load; a malformed line is an error naming
 ``file:line``, the field and the fix. A shard sample (one video) joins its annotations by the video name
 (``vid``; rules in ``lamflow.contract.join_names``) and expands into one item per query.
 

@@ -1,4 +1,4 @@
-"""Fixed facts of the QVHighlights annotation format (FORMATS.md), defined once for the task adapter
+"""Fixed facts of the QVHighlights annotation format (docs/FORMATS.md, "QVHighlights annotations"), defined once for the task adapter
 (datasets/qvhighlights.py), the official-metric evaluator (train/tasks/qvhighlights_eval.py), the heads and
 losses, and the demo corpus that writes annotations in this format. Plain constants: importing them costs
 nothing (no torch)."""

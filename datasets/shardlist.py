@@ -97,7 +97,7 @@ class ShardSet(Sequence[ShardInfo]):
     def join(self, annotated: Iterable[str], what: str) -> list[tuple[int, str, str]]:
         """(shard, key, annotated name) of every sample one of ``annotated`` names, by the rules (and with the
         errors) of :func:`lamflow.contract.join_names`, which is given only the samples the index finds under
-        the strings those rules compare (:func:`lamflow.sample_index.annotated_lookups`)."""
+        the strings those rules compare (:func:`lamflow.sample_index_lookup.annotated_lookups`)."""
         annotated = list(dict.fromkeys(annotated))
         lookups = annotated_lookups(annotated)
         samples: list[tuple[str, str]] = []

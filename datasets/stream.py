@@ -24,7 +24,7 @@ from lamflow.contract import (
     TEXT_STREAM,
     TEXT_TOKENS,
     ContractError,
-    decode_json,
+    decode_meta,
     decode_npy,
     raw_samples,
     timestamps_field,
@@ -125,11 +125,9 @@ def _read_meta(sample: dict) -> dict:
     if data is None:
         raise CorruptSample(f"missing field {META}")
     try:
-        meta = decode_json(data, META)
+        meta = decode_meta(data, META)
     except ContractError as error:
         raise CorruptSample(str(error)) from None
-    if not isinstance(meta, dict):
-        raise CorruptSample("meta.json: expected an object")
     duration = meta.get("duration")
     if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration >= 0:
         raise CorruptSample(f"meta.json: 'duration' must be a number >= 0, got {duration!r}")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lamflow.contract import META, TEXT_STREAM, TEXT_TOKENS, ContractError, decode_json, decode_npy, iter_members
+from lamflow.contract import META, TEXT_STREAM, TEXT_TOKENS, ContractError, decode_meta, decode_npy, iter_members
 from lamflow.datasets.shardlist import resolve_shards
 from lamflow.errors import DataFileError
 
@@ -121,8 +121,8 @@ def _text_members(url: str) -> dict[str, tuple[tarfile.TarInfo, list[tuple[str, 
             if name == TEXT_TOKENS:
                 arrays[key] = member
             elif name == META:
-                meta = decode_json(tar.extractfile(member).read(), f"{url}: {member.name}")
-                listed = meta.get("texts") if isinstance(meta, dict) else None
+                meta = decode_meta(tar.extractfile(member).read(), f"{url}: {member.name}")
+                listed = meta.get("texts")
                 if isinstance(listed, list):
                     texts[key] = [_text_entry(entry, url, key) for entry in listed]
     except (OSError, tarfile.TarError, EOFError, ContractError) as error:
