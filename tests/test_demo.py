@@ -66,7 +66,7 @@ def test_demo_writes_the_report_with_metrics_over_seeds_curves_and_mask_heatmaps
 def test_demo_says_clip_weights_are_random_and_shows_every_stage(demo):
     _, log = demo
     assert "CLIP weights are RANDOM" in log
-    for stage in ("1/5 corpus", "2/5 extract", "3/5 train: the LAM and the vanilla model x seeds 0, 1",
+    for stage in ("1/5 corpus", "2/5 extract", "3/5 train: the LAM and the vanilla qvhighlights model x seeds 0, 1",
                   "[1/4] training lam, seed 0", "[4/4] training vanilla, seed 1", "4/5 evaluate", "5/5 report"):
         assert stage in log
 
@@ -104,27 +104,42 @@ def shard_files(out):
     return {p.name: content(p) for p in sorted((out / "features").rglob("*")) if p.is_file() and p.name != ".lamflow.lock"}
 
 
+def test_the_cli_offers_the_demo_tasks():
+    from lamflow.commands.demo import TASKS as offered
+    from lamflow.demo.tasks import TASKS
+
+    assert offered == tuple(TASKS)
+
+
 def test_captioning_demo_reuses_the_shards_and_reports_beside_the_moment_retrieval_rows(demo):
     # Last in this module: it adds captioning rows to the report the tests above read.
     out, _ = demo
     before = shard_files(out)
     result = subprocess.run([sys.executable, "-m", "lamflow", "demo", "--quick", "--task", "captioning", "--out", str(out),
-                             "--steps", "5", "--nproc", "1"], capture_output=True, text=True, timeout=600)
+                             "--seeds", "0,1", "--steps", "5", "--nproc", "1"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "0 videos extracted, 16 already done" in log and shard_files(out) == before
-    for stage in ("3/6 train (1/2): lam caption model", "3/6 train (2/2): vanilla caption model", "4/6 predict",
-                  "5/6 evaluate", "6/6 report"):
+    for stage in ("3/5 train: the LAM and the vanilla captioning model x seeds 0, 1", "[1/4] training lam, seed 0",
+                  "[4/4] training vanilla, seed 1", "4/5 evaluate", "5/5 report"):
         assert stage in log
     val_vids = {line["vid"] for line in read_jsonl(out / "corpus" / "val_captions.jsonl")}
-    reported = json.loads((out / "report" / "report.json").read_text())["tasks"]["captioning"]["scores"]
-    for name in (*MODELS, "most-frequent-caption"):
-        metrics = json.loads((out / "report" / "captioning" / f"metrics_{name}.json").read_text())
-        assert metrics["num_videos"] == len(val_vids) == 4 and math.isfinite(metrics["CIDEr"])
-        # The report's rows are the evaluator's numbers (of the first seed, the one captioning trains).
-        assert reported[name]["0"] == {key: metrics[key] for key in SECTIONS["captioning"].metrics}
-    predictions = out / "runs" / "captioning_lam" / "predictions" / "val-step-00000005.jsonl"  # the first seed's
-    assert {line["vid"] for line in read_jsonl(predictions)} == val_vids
+    report = json.loads((out / "report" / "report.json").read_text())["tasks"]["captioning"]
+    metrics_dir = out / "report" / "captioning"
+    for name in MODELS:
+        for seed in SEEDS:
+            metrics = json.loads((metrics_dir / f"metrics_{name}_seed{seed}.json").read_text())
+            assert metrics["num_videos"] == len(val_vids) == 4 and math.isfinite(metrics["CIDEr"])
+            # The report's rows are the evaluator's numbers of each seed's run, scoring its last step's predictions.
+            assert report["scores"][name][str(seed)] == {key: metrics[key] for key in SECTIONS["captioning"].metrics}
+            predictions = out / "captioning" / "runs" / name / f"seed-{seed}" / "predictions" / "val-step-00000005.jsonl"
+            assert {line["vid"] for line in read_jsonl(predictions)} == val_vids
+    baseline = json.loads((metrics_dir / "metrics_most-frequent-caption.json").read_text())
+    assert report["scores"]["most-frequent-caption"]["0"] == {key: baseline[key] for key in SECTIONS["captioning"].metrics}
+    # Over seeds: mean ± sd per model, and LAM - vanilla paired per seed with its bootstrap interval.
+    difference = report["summary"]["differences"]["lam"]["CIDEr"]
+    assert difference["n"] == 2 and difference["low"] <= difference["mean"] <= difference["high"]
     summary = (out / "report" / "summary.md").read_text()
     assert "| MR-full-mAP |" in summary and "| CIDEr |" in summary and "captioning_curves.png" in summary
+    assert "| metric | lam (2 seeds) | vanilla (2 seeds) | most-frequent-caption | LAM - vanilla [95% CI] |" in summary
     assert set(json.loads((out / "report" / "report.json").read_text())["tasks"]) == {"qvhighlights", "captioning"}

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from lamflow.demo.baselines import most_frequent_caption
-from lamflow.demo.corpus import CorpusConfig, build_corpus
+from lamflow.demo.corpus import build_corpus
+from lamflow.demo.schedule import CorpusConfig
 from lamflow.fileio import read_jsonl, write_jsonl_atomic
 from lamflow.pipelines.extract import run_extraction
 from lamflow.pipelines.settings import ExtractSettings
@@ -32,7 +33,7 @@ def test_a_trained_caption_model_beats_the_most_frequent_caption_by_a_clear_marg
     run_extraction([str(corpus.videos_dir)], features, ExtractSettings(clip_model="lamflow-tiny", frame_batch=16),
                    workers=1, shard_samples=8, progress=False)
     train(load_config("demo_captioning", [
-        f"data.train_shards={features}", f"data.train_captions={corpus.train_captions}",
+        f"data.train_shards={features}", f"data.val_shards={features}", f"data.train_captions={corpus.train_captions}",
         f"data.val_captions={corpus.val_captions}", f"run.out_dir={tmp_path / 'run'}", *TINY_CAPTIONER]))
     predictions = predict_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"), "val", tmp_path / "lam.jsonl",
                                      [f"data.val_shards={features}"])

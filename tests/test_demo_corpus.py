@@ -1,7 +1,8 @@
 """`lamflow make-demo-data`: a generated corpus whose moments need both the picture and the sound.
 
 The corpus is rendered for real with ffmpeg once per module (the quick size) and then decoded back
-with ffmpeg to check that the scheduled shapes and beeps really are where corpus.json says.
+with ffmpeg to check that the scheduled shapes and beeps really are where corpus.json says, and that
+each caption says what the decoded picture and sound show.
 """
 from __future__ import annotations
 
@@ -16,16 +17,10 @@ import pytest
 from lamflow.datasets.qvhighlights_format import CLIP_SECONDS
 
 from lamflow.cli import main as lamflow_main
-from lamflow.demo.corpus import (
-    BEEP_SECONDS,
-    COLOURS,
-    TONES,
-    CorpusConfig,
-    annotation_jsonl,
-    build_corpus,
-    corpus_document,
-    plan_corpus,
-)
+from lamflow.demo.annotations import annotation_jsonl, corpus_document
+from lamflow.demo.captions import caption, captions as video_captions
+from lamflow.demo.corpus import build_corpus
+from lamflow.demo.schedule import BEEP_SECONDS, COLOURS, TONES, CorpusConfig, plan_corpus
 from lamflow.fileio import read_jsonl
 
 SEED = 3
@@ -137,18 +132,25 @@ def test_every_query_has_visual_only_and_audio_only_distractors(corpus):
             assert start_end[0]["end"] <= start_end[1]["start"], "segments never overlap"
 
 
-def test_every_caption_names_a_colour_on_screen_while_its_pitch_beeps(corpus):
+def test_every_video_has_one_caption_naming_its_first_two_crossed_events_in_order(corpus):
     result, document = corpus
     lines = {split: read_jsonl(path) for split, path in (("train", result.train_captions), ("val", result.val_captions))}
     for video in document["videos"]:
         captions = [line["caption"] for line in lines[video["split"]] if line["vid"] == video["vid"]]
-        crossed = [s for s in video["segments"] if s["shape"] and s["tone"]]
-        # One caption per crossed segment in time order (a colour shown twice with one pitch is said once).
-        expected = [f"a {s['shape']['colour']} shape appears while a {s['tone']} tone beeps" for s in crossed]
-        assert captions == list(dict.fromkeys(expected)) and len(crossed) == 4
-        # Neither modality alone tells the captions apart: each colour comes with two pitches and vice versa.
-        colours, tones = {s["shape"]["colour"] for s in crossed}, {s["tone"] for s in crossed}
-        assert len(tones) == 2 and all(sum(c in caption for caption in captions) >= 2 for c in colours)
+        crossed = [(s["shape"]["colour"], s["tone"]) for s in video["segments"] if s["shape"] and s["tone"]]
+        assert captions == [caption(crossed[0], crossed[1])] and len(crossed) == 4
+
+
+def test_the_four_kinds_of_change_read_as_their_captions():
+    assert caption(("red", "high"), ("red", "low")) == "a red shape with a high tone, then the tone turns low"
+    assert caption(("red", "high"), ("blue", "high")) == "a red shape with a high tone, then the shape turns blue"
+    assert caption(("red", "high"), ("blue", "low")) == "a red shape with a high tone, then a blue shape with a low tone"
+    assert caption(("red", "high"), ("red", "high")) == "a red shape with a high tone, then another red shape with a high tone"
+    plans = plan_corpus(CorpusConfig())  # the default corpus has every kind, and no caption dominates
+    captions = [line for p in plans for line in video_captions(p)]
+    assert {kind for kind in ("the tone turns", "the shape turns", "then a ", "another") if any(kind in c for c in captions)} == {
+        "the tone turns", "the shape turns", "then a ", "another"}
+    assert max(captions.count(c) for c in captions) <= 0.1 * len(captions)
 
 
 def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
@@ -229,6 +231,57 @@ def test_shapes_are_drawn_in_their_box_only_while_scheduled(corpus):
             before = frame_rgb(path, quiet, width, height)[py, px]
             assert np.abs(before - np.array(video["background_rgb"])).max() < 20, (
                 f"{segment['shape']} box shows something at {quiet} s, when no shape is scheduled")
+
+
+def clip_frames(path: Path, fps: int, width: int, height: int) -> np.ndarray:
+    """The frame at the centre of every 2-s clip (frame number fps * (2k + 1)), decoded in one ffmpeg call."""
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-vf", f"select='eq(mod(n,{2 * fps}),{fps})'", "-vsync", "0",
+         "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        check=True, capture_output=True,
+    ).stdout
+    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, height, width, 3).astype(int)
+
+
+def seen(frame: np.ndarray, background: np.ndarray) -> tuple[str, tuple[int, ...]] | None:
+    """The colour on screen (nearest of the palette) and its bounding box, or None for an empty screen."""
+    ys, xs = np.nonzero(np.abs(frame - background).max(axis=2) > 40)
+    if len(ys) < 50:
+        return None
+    pixel = np.median(frame[ys, xs], axis=0)
+    colour = min(COLOURS, key=lambda name: np.abs(pixel - np.array(COLOURS[name])).sum())
+    return colour, (xs.min(), ys.min(), xs.max(), ys.max())
+
+
+def heard(audio: np.ndarray, rate: int, start: float) -> str | None:
+    """The pitch that beeps in the clip starting at ``start`` (0.1-s windows every 0.05 s), or None."""
+    loudest = {tone: max(tone_amplitude(audio, rate, start + offset, hz) for offset in np.arange(0.05, 1.85, 0.05))
+               for tone, hz in TONES.items()}
+    tone = max(loudest, key=loudest.get)
+    return tone if loudest[tone] > 0.15 else None
+
+
+def test_each_caption_says_what_the_decoded_picture_and_sound_show_in_that_order(corpus):
+    """Read the events back from the media alone (colour and box on screen, pitch heard, per 2-s clip), take
+    the first two moments where a shape is seen while a tone beeps, and caption them: that is the caption."""
+    result, document = corpus
+    config = document["config"]
+    captions = {line["vid"]: line["caption"] for path in (result.train_captions, result.val_captions)
+                for line in read_jsonl(path)}
+    for video in document["videos"]:
+        path = result.out_dir / video["file"]
+        frames = clip_frames(path, config["fps"], config["width"], config["height"])
+        audio = decode_audio(path, config["sample_rate"])
+        clips = [(seen(frame, np.array(video["background_rgb"])), heard(audio, config["sample_rate"], 2 * k))
+                 for k, frame in enumerate(frames)]
+        assert len(clips) == video["duration"] // CLIP_SECONDS
+        events = []  # runs of clips with the same shape (colour and box, give or take coding noise) and pitch
+        for previous, clip in zip([(None, None), *clips], clips):
+            same = previous[0] and clip[0] and previous[0][0] == clip[0][0] and previous[1] == clip[1] and max(
+                abs(a - b) for a, b in zip(previous[0][1], clip[0][1])) <= 4
+            if clip[0] and clip[1] and not same:
+                events.append((clip[0][0], clip[1]))
+        assert captions[video["vid"]] == caption(events[0], events[1]), video["vid"]
 
 
 def test_rerun_with_same_settings_reuses_every_video(corpus):

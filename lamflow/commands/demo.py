@@ -6,7 +6,9 @@ from pathlib import Path
 
 from lamflow.commands.ablate import seeds_argument
 
-TASKS = ("qvhighlights", "captioning")  # what the two demo models learn (lamflow.demo.run, lamflow.demo.captioning)
+# What the two demo models learn: the names of lamflow.demo.tasks.TASKS, restated here because importing it
+# loads torch, which `lamflow --help` must not wait for (tests/test_demo.py checks that they agree).
+TASKS = ("qvhighlights", "captioning")
 
 DESCRIPTION = """\
 Run lamflow's main job end to end on this machine, no GPU or network needed:
@@ -21,10 +23,11 @@ Run lamflow's main job end to end on this machine, no GPU or network needed:
   4. evaluate both, and two trivial baselines, with the official QVHighlights metrics (lamflow eval);
   5. write OUT/report: metrics_*.json, summary.md / summary.html, curves.png, masks/layer_XX.png.
 
-With --task captioning, stages 3-5 train, predict (lamflow predict) and score (lamflow eval captioning:
-BLEU, METEOR, ROUGE-L, CIDEr) caption models instead, on the corpus's captions ("a red shape appears
-while a high tone beeps": a colour seen and a pitch heard), from the same shards, against the
-most-frequent-training-caption baseline; their rows join the report of the same --out folder.
+With --task captioning, stages 3-5 train and score (lamflow eval captioning: BLEU, METEOR, ROUGE-L,
+CIDEr) caption models instead, once per seed, on the corpus's captions ("a red shape with a high tone,
+then the tone turns low": the first colour seen while a pitch is heard, and what changes next), from the
+same shards, against the most-frequent-training-caption baseline; their rows join the report of the same
+--out folder.
 
 Every stage reuses finished work: re-running skips rendered videos and extracted shards, resumes an
 interrupted training run from its last checkpoint and reuses finished runs. CLIP weights are RANDOM
@@ -50,12 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--nproc", type=int, default=2, help="torchrun processes per model (default 2)")
     parser.add_argument("--steps", type=int, default=None,
                         help="optimizer steps per model (default: train/configs/demo.yaml, 150 with --quick; "
-                             "captioning: demo_captioning.yaml, 300 with --quick)")
+                             "captioning: train/configs/demo_captioning.yaml, 200 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated corpus (default 0)")
     parser.add_argument("--seeds", type=seeds_argument, default=(0, 1, 2),
                         help="training seeds, comma-separated: each model is trained once per seed and the report "
-                             "shows mean ± sd and LAM - vanilla with a 95%% interval (default 0,1,2; captioning "
-                             "trains with the first)")
+                             "shows mean ± sd and LAM - vanilla with a 95%% interval (default 0,1,2)")
     parser.add_argument("--task", choices=TASKS, default="qvhighlights",
                         help="what the two models learn: moment retrieval + highlights (default) or captioning")
     parser.set_defaults(func=handle)

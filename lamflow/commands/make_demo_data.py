@@ -16,15 +16,16 @@ names a shape and a pitch; its moment is the one segment where both co-occur. Ev
 shapes with two pitches, so each query also has a segment with only its shape (other pitch) and one
 with only its pitch (other shape). The beeps are shorter than the 1 s between video tokens: only the
 0.1 s audio tokens resolve them. Segments sit on the 2-second clip grid, so clip ids and saliency
-scores are exact. Each crossed segment is also a caption of its video ("a red shape appears while a
-high tone beeps"): a colour seen and a pitch heard, so captions also need both the picture and the sound.
+scores are exact. Each video also has one caption naming its first crossed segment and what changes at the
+next one ("a red shape with a high tone, then the tone turns low"): the order of events and which
+modality changed, so captions also need both the picture and the sound, at the same time.
 
 Writes into --out:
   videos/<vid>.mp4   H.264 320x240 25 fps + mono AAC 16 kHz, about --duration seconds each
   train.jsonl        QVHighlights annotation lines (qid, query, duration, vid, relevant_windows,
   val.jsonl          relevant_clip_ids, saliency_scores with three annotators 0-4)
   texts.jsonl        {"vid", "id", "text"} per query: the input of `lamflow extract --texts`
-  train_captions.jsonl  {"vid", "caption"} per crossed segment: the captioning task's captions
+  train_captions.jsonl  {"vid", "caption"} per video: the captioning task's captions
   val_captions.jsonl    and references (`lamflow train ... data.task=captioning`, `lamflow eval captioning`)
   corpus.json        every drawn shape (box, colour, times) and every beep (start, end, pitch)
 
