@@ -43,7 +43,7 @@ def fixed_layout(config: DemoConfig) -> list[str]:
     width: the layout the defaults' ablation compared every variant on, in which a fixed generator's mask column
     j means the same stream and position in every batch (README: choosing the defaults)."""
     from lamflow.pipelines.audio_tokens import hop_count
-    from lamflow.pipelines.decode import frame_count
+    from lamflow.pipelines.video_decode import frame_count
     from lamflow.pipelines.settings import ExtractSettings
 
     settings, longest = ExtractSettings(), config.corpus.duration + config.corpus.duration_jitter
