@@ -1,4 +1,4 @@
-"""Dask worker preload for the SLURM tests: the run's first worker pauses once it has encoded
+"""Dask worker preload for the SLURM and kill tests: the run's first worker pauses once it has encoded
 $LAMFLOW_TEST_PAUSE_AFTER videos, as Dask pauses a worker over its memory limit: it starts no other video,
 while its event loop (heartbeats, its retirement) runs on. So the first job's share of the corpus outlasts
 that job on any machine, however fast, and later jobs must finish the run. Only the worker that claims the

@@ -327,9 +327,9 @@ def test_an_unfinished_shard_keeps_every_complete_sample(tmp_path, cut):
     assert_manifest_lists_each_shard_in_tar_order(out)
 
 
-def _cli_extract(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
+def _cli_extract(videos: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(CLI + [str(videos), "--out", str(out), "--shard-samples", "3", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
 
 
 def _written(out: Path) -> tuple[int, int]:
@@ -351,8 +351,13 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result_re_extracting_
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     assert _cli_extract(videos, reference, "--workers", "2").wait(timeout=300) == 0
 
-    run = _cli_extract(videos, resumed, "--workers", "2")
-    deadline = time.time() + 240
+    # The run's one worker pauses after 4 videos (tests/pause_worker.py), so however fast this machine is, the
+    # kill lands with the first shard of 3 committed and the next one holding 1 finished sample (2 if one more
+    # video had started before the pause).
+    paused = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([str(Path(__file__).parent / "pause_worker.py")]),
+              "LAMFLOW_TEST_PAUSE_AFTER": "4", "LAMFLOW_TEST_PAUSE_MARK": str(tmp_path / "paused")}
+    run = _cli_extract(videos, resumed, "--workers", "1", env=paused)
+    deadline = time.time() + 240  # a hang guard: the pause, not the clock, decides where the kill lands
     committed = unfinished = 0
     # Kill once a shard is committed and the next, unfinished one already holds finished samples.
     while not (committed and unfinished) and run.poll() is None and time.time() < deadline:
