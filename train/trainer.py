@@ -249,7 +249,7 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
             return
         rows = gather_predictions(rows, config.data.task)
         if ctx.is_main:
-            write_jsonl_atomic(_predictions_file(out_dir, step), rows)
+            write_jsonl_atomic(predictions_file(out_dir, step), rows)
             record = {"step": step, "split": "val", "items": len(rows), **score(rows, config.data)}
             run_log.write(record)
             last["val"] = record
@@ -300,7 +300,7 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     nonfinite_steps = nonfinite_in_a_row = 0
-    if evaluation_due() and not _predictions_file(out_dir, step).exists():
+    if evaluation_due() and not predictions_file(out_dir, step).exists():
         evaluate()  # resumed from a checkpoint whose evaluation did not finish (stopped, or killed after the save)
     next_step = position()
     while step < optim.max_steps:
@@ -372,7 +372,8 @@ def _train(config: TrainConfig, require_checkpoint: bool, ctx: DistContext, stop
     return last
 
 
-def _predictions_file(out_dir: Path, step: int) -> Path:
+def predictions_file(out_dir: Path, step: int) -> Path:
+    """The validation predictions a run wrote at ``step`` (the demo scores these files with `lamflow eval`)."""
     return out_dir / "predictions" / f"val-step-{step:08d}.jsonl"
 
 

@@ -115,14 +115,14 @@ def evaluate_runs(ablation: Ablation, task: DemoTask, corpus: CorpusResult,
     """`lamflow eval` of every run's final validation predictions and of the task's baselines (no training, no
     seed: one score each, filed under the first seed); returns {model: {seed: its result file}}."""
     from lamflow.fileio import write_jsonl_atomic
-    from lamflow.train.trainer import _predictions_file
+    from lamflow.train.trainer import predictions_file
 
     steps = ablation.validate()
     truth = task.ground_truth(corpus)
     scores: dict[str, dict[int, dict[str, Any]]] = {}
     for variant in ablation.variants:
         for seed in ablation.seeds:
-            predictions = _predictions_file(ablation.run_dir(variant, seed), steps)
+            predictions = predictions_file(ablation.run_dir(variant, seed), steps)
             scores.setdefault(variant.name, {})[seed] = evaluate(
                 task.name, truth, predictions, metrics_dir / f"metrics_{variant.name}_seed{seed}.json")
     for name, rows in task.baselines(corpus).items():

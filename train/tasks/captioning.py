@@ -28,8 +28,8 @@ from lamflow.train.tasks.spec import Encoded, EvalCommand, HeadFacts, Prediction
 if TYPE_CHECKING:
     from lamflow.train.config import DataConfig, ModelConfig
 
-# Headline caption metrics, under pycocoevalcap's own keys.
-CAPTION_METRICS = ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+# Headline caption metrics, under pycocoevalcap's own keys; CIDEr, the one captioning papers rank by, first.
+CAPTION_METRICS = ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L")
 
 
 @dataclass

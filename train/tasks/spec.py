@@ -103,7 +103,7 @@ class TaskSpec:
     prediction_key: str
     # The official numbers of the validation split's lines (data.val_*: the ground truth).
     score: Callable[[list[dict[str, Any]], "DataConfig"], dict[str, float]]
-    # The metrics tables and plots show by default (every metric is recorded).
+    # The metrics tables and plots show by default, the main one first (every metric is recorded).
     headline_metrics: tuple[str, ...]
     eval_command: EvalCommand
     # generate(head, encoded, model options): what prediction lines are read from instead of one forward
