@@ -48,7 +48,7 @@ def fixed_layout(config: DemoConfig) -> list[str]:
 
     settings, longest = ExtractSettings(), config.corpus.duration + config.corpus.duration_jitter
     lengths = {"text": QUERY_TOKENS, "video": frame_count(longest, settings.fps),
-               "audio": hop_count(round(longest * settings.sample_rate), round(settings.audio_hop * settings.sample_rate))}
+               "audio": hop_count(round(longest * settings.sample_rate), settings.audio_hop_samples)}
     return [f"data.loader.fixed_lengths={json.dumps(lengths)}", f"model.encoder.max_len={sum(lengths.values())}"]
 
 
