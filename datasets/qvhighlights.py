@@ -259,6 +259,7 @@ class QVHighlightsTask(Task):
             raise ValueError(f"window_seconds must be a finite number >= 0 (0 = whole videos), got {window_seconds!r}")
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        self.by_qid = {query.qid: query for query in self.queries}  # qids are unique (load_queries)
         self.by_vid: dict[str, list[QVHighlightsQuery]] = {}
         for query in self.queries:
             self.by_vid.setdefault(query.vid, []).append(query)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -190,24 +189,13 @@ def moment_loss(outputs: dict[str, torch.Tensor], batch: dict[str, Any], config:
     return {"loss": total, **terms}
 
 
-_QUERY_LOOKUPS: "weakref.WeakKeyDictionary[Any, dict[int, Any]]" = weakref.WeakKeyDictionary()
-
-
-def _queries_by_qid(adapter: Any) -> dict[int, Any]:
-    """qid -> annotation of an adapter's queries, built once per adapter (not once per batch: MAD has ~70k)."""
-    if adapter not in _QUERY_LOOKUPS:
-        _QUERY_LOOKUPS[adapter] = {query.qid: query for query in adapter.queries}
-    return _QUERY_LOOKUPS[adapter]
-
-
 def moment_rows(batch: dict[str, Any], outputs: dict[str, torch.Tensor], context: PredictionContext) -> list[dict[str, Any]]:
     """Official QVHighlights lines: ``qid``, ``query``, ``vid`` (the annotated name, not the shard key, as the
     evaluator checks it), ``pred_relevant_windows`` [[start, end, score], ...] best first and
     ``pred_saliency_scores`` (one per 2-second clip). A query whose view was cut to a window
     (data.window_seconds, e.g. MAD) has its windows in video time and a ``window`` field [start, end]: its
     ``pred_saliency_scores`` cover that window's 2-second clips."""
-    queries = _queries_by_qid(context.adapter)
-    annotations = [queries[int(qid)] for qid in batch["qids"]]
+    annotations = [context.adapter.by_qid[int(qid)] for qid in batch["qids"]]
     # Each item saw [start, start + duration] of its video: all of it, or the window cut for its query
     # (data.window_seconds). Windows are decoded in that view and shifted back to video time.
     starts, durations = batch["window_starts"].tolist(), batch["query_durations"].tolist()
