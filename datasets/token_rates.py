@@ -20,7 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from lamflow.contract import META, decode_json, iter_members
+from lamflow.contract import META, decode_meta, iter_members
 from lamflow.datasets.loader import StreamingLoader
 from lamflow.datasets.shardlist import ShardSet
 from lamflow.errors import ConfigError, DataFileError
@@ -64,7 +64,7 @@ def shard_rates(shards: ShardSet) -> TokenRates:
         with closing(iter_members(url)) as members:  # the first sample's members come first
             for _, field, tar, member in members:
                 if field == META:
-                    return meta_rates(decode_json(tar.extractfile(member).read(), META))
+                    return meta_rates(decode_meta(tar.extractfile(member).read(), META))
     except (OSError, tarfile.TarError, EOFError, DataFileError) as error:
         log.warning("shard %s: cannot read the first sample's %s (%s); its token rates are not checked", url, META, error)
     return TokenRates()
