@@ -46,7 +46,18 @@ class DataSources:
 
 
 @dataclass
-class DataConfig(*reversed(options_classes("data_options")), DataSources):
+class TaskOptions(*reversed(options_classes("data_options"))):
+    """Every task's data options (each declared and documented in its task module)."""
+
+
+# data option -> the tasks that read it (two tasks may share one: the caption files).
+TASK_OPTION_OWNERS = {option.name: tuple(name for name, spec in TASKS.items()
+                                         if option.name in {f.name for f in dataclasses.fields(spec.data_options)})
+                      for option in dataclasses.fields(TaskOptions)}
+
+
+@dataclass
+class DataConfig(TaskOptions, DataSources):
     """Which shards feed training and validation, the task's annotations, and how shards are streamed."""
 
     # Items per batch during evaluation and prediction (no gradients, so it can exceed loader.batch_size).
@@ -57,14 +68,12 @@ class DataConfig(*reversed(options_classes("data_options")), DataSources):
     def validate(self) -> None:
         if not self.train_shards:
             raise ConfigError("data.train_shards is required: the extraction output DIR or a .tar pattern")
-        spec = get_task(self.task)
-        own = {f.name for f in dataclasses.fields(spec.data_options)}
-        for option in dataclasses.fields(DataConfig):
-            owners = [name for name, other in TASKS.items() if option.name in {f.name for f in dataclasses.fields(other.data_options)}]
-            if owners and option.name not in own and getattr(self, option.name) != option.default:
+        for option in dataclasses.fields(TaskOptions):
+            owners = TASK_OPTION_OWNERS[option.name]
+            if self.task not in owners and getattr(self, option.name) != option.default:
                 raise ConfigError(f"data.{option.name} applies to task {' and '.join(owners)} only (task is {self.task}); "
                                   "remove it")
-        spec.validate_data(self)
+        get_task(self.task).validate_data(self)
         at_least("data.eval_batch_size", self.eval_batch_size, 1)
         with nested("data.loader"):
             self.loader.validate()
